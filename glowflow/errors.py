@@ -1,0 +1,19 @@
+"""Exceptions raised by glowflow.
+
+Bad *input* (shapes, ranges, NaN/inf, labels) raises the built-in ``ValueError``; the classes below name
+failures of state or numerics that a caller may want to catch on their own.
+"""
+
+from __future__ import annotations
+
+
+class GlowflowError(Exception):
+    """Base class of glowflow's own exceptions."""
+
+
+class NotInitializedError(GlowflowError, RuntimeError):
+    """A data-initialised layer (ActNorm) was run in the generative direction before seeing any data."""
+
+
+class SingularWeightError(GlowflowError, ArithmeticError):
+    """An invertible linear map became (numerically) singular; using it would silently lose exactness."""

@@ -1,0 +1,65 @@
+"""The contract every glowflow bijection follows, and the container that composes them.
+
+Direction: ``forward`` is the *normalizing* direction (data -> latent), ``inverse`` the *generative* direction
+(latent -> data). This is the direction of the Glow paper; normflows uses the opposite naming.
+
+Contract, for every layer ``f``::
+
+    y, logdet = f(x, cond=None)          # logdet = log|det dy/dx|, shape (B,)
+    x, logdet = f.inverse(y, cond=None)  # logdet = log|det dx/dy| = -(forward logdet), shape (B,)
+
+``cond`` is an optional conditioning tensor (a (B, F) feature vector such as a one-hot label, or a
+(B, C', H, W) map); layers that do not use it ignore it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Flow(nn.Module):
+    """Base class of an invertible layer with a tractable log-determinant (see the module docstring)."""
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class FlowSequence(Flow):
+    """Composition ``f_n o ... o f_1``: forward runs the layers in order and sums their log-dets; inverse
+    runs them in reverse order."""
+
+    def __init__(self, *layers: Flow) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, index: int) -> Flow:
+        return self.layers[index]
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        logdet = x.new_zeros(x.shape[0], dtype=_logdet_dtype(x))
+        for layer in self.layers:
+            x, ld = layer(x, cond)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        logdet = y.new_zeros(y.shape[0], dtype=_logdet_dtype(y))
+        for layer in reversed(self.layers):
+            y, ld = layer.inverse(y, cond)
+            logdet = logdet + ld
+        return y, logdet
+
+
+def _logdet_dtype(x: Tensor) -> torch.dtype:
+    # Log-dets are accumulated in at least float32, whatever precision activations use.
+    return torch.promote_types(x.dtype, torch.float32)

@@ -1,0 +1,166 @@
+"""Conditioner networks: the (non-invertible) functions inside coupling layers and split priors.
+
+Every conditioner maps ``(x, cond) -> h``. Its last layer is zero-initialised, so ``h == 0`` at construction
+and the coupling that uses it starts as the identity. ``cond`` is optional: a feature vector (B, F) enters
+through a learned projection added to the first hidden layer; a spatial map (B, C', H, W) is concatenated to
+the input channels.
+
+* :class:`GlowConvNet` - Glow's own: 3x3 conv -> ActNorm -> ReLU -> 1x1 conv -> ActNorm -> ReLU -> zero 3x3 conv.
+* :class:`GatedResNet` - Flow++ / RealNVP-style gated residual network with concat-ELU and channel layer norm.
+* :class:`MLP` - for vectors: Linear -> ReLU -> Linear -> ReLU -> zero Linear.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glowflow.layers.actnorm import ActNorm
+
+
+class ZeroConv2d(nn.Module):
+    """Conv2d initialised to output zeros, with a learned per-channel output gain ``exp(3 * logs)``
+    (the original Glow's ``Conv2dZeros``, which lets the last layer's scale learn quickly)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        self.logs = nn.Parameter(torch.zeros(out_channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x) * (3.0 * self.logs).exp()
+
+
+class ZeroLinear(nn.Linear):
+    """Linear layer initialised to output zeros."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+class _Conditioned(nn.Module):
+    """Shared handling of the optional conditioning input of the convolutional conditioners."""
+
+    def __init__(self, cond_features: int, cond_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.cond_channels = cond_channels
+        self.cond_proj = nn.Linear(cond_features, hidden) if cond_features else None
+
+    def _input(self, x: Tensor, cond: Tensor | None) -> Tensor:
+        if self.cond_channels:
+            if cond is None or cond.dim() != 4:
+                raise ValueError(f"this conditioner needs a (B, {self.cond_channels}, H, W) conditioning map")
+            return torch.cat([x, cond.to(x.dtype)], dim=1)
+        return x
+
+    def _add_cond(self, h: Tensor, cond: Tensor | None) -> Tensor:
+        if self.cond_proj is None:
+            return h
+        if cond is None or cond.dim() != 2:
+            raise ValueError(f"this conditioner needs a (B, {self.cond_proj.in_features}) conditioning vector")
+        return h + self.cond_proj(cond.to(h.dtype))[:, :, None, None]
+
+
+class GlowConvNet(_Conditioned):
+    """Glow's coupling network. Shapes: (B, in_channels, H, W) -> (B, out_channels, H, W)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int,
+        cond_features: int = 0,
+        cond_channels: int = 0,
+    ) -> None:
+        super().__init__(cond_features, cond_channels, hidden)
+        self.conv1 = nn.Conv2d(in_channels + cond_channels, hidden, 3, padding=1, bias=False)
+        self.norm1 = ActNorm(hidden)
+        self.conv2 = nn.Conv2d(hidden, hidden, 1, bias=False)
+        self.norm2 = ActNorm(hidden)
+        self.out = ZeroConv2d(hidden, out_channels, 3)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        h = self._add_cond(self.conv1(self._input(x, cond)), cond)
+        h = F.relu(self.norm1(h)[0])
+        h = F.relu(self.norm2(self.conv2(h))[0])
+        return self.out(h)
+
+
+def concat_elu(x: Tensor) -> Tensor:
+    """ELU of ``x`` and ``-x`` stacked on the channel axis (doubles the channels, keeps both signs' information)."""
+    return F.elu(torch.cat([x, -x], dim=1))
+
+
+class ChannelLayerNorm(nn.Module):
+    """Layer norm over the channel axis at each position of a (B, C, H, W) map."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class GatedResidualBlock(nn.Module):
+    """``x + a * sigmoid(g)`` with ``(a, g) = conv1x1(concat_elu(conv3x3(concat_elu(x))))``, then layer norm."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2 * channels, channels, 3, padding=1)
+        self.gate = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.norm = ChannelLayerNorm(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, g = self.gate(concat_elu(self.conv(concat_elu(x)))).chunk(2, dim=1)
+        return self.norm(x + a * torch.sigmoid(g))
+
+
+class GatedResNet(_Conditioned):
+    """Gated residual conditioner (Flow++). Shapes: (B, in_channels, H, W) -> (B, out_channels, H, W)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int,
+        blocks: int = 2,
+        cond_features: int = 0,
+        cond_channels: int = 0,
+    ) -> None:
+        super().__init__(cond_features, cond_channels, hidden)
+        self.conv_in = nn.Conv2d(in_channels + cond_channels, hidden, 3, padding=1)
+        self.blocks = nn.Sequential(*[GatedResidualBlock(hidden) for _ in range(blocks)])
+        self.out = ZeroConv2d(2 * hidden, out_channels, 3)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        h = self._add_cond(self.conv_in(self._input(x, cond)), cond)
+        return self.out(concat_elu(self.blocks(h)))
+
+
+class MLP(nn.Module):
+    """Vector conditioner. Shapes: (B, in_features) -> (B, out_features); ``cond`` (B, F) is concatenated."""
+
+    def __init__(
+        self, in_features: int, out_features: int, hidden: int, layers: int = 2, cond_features: int = 0
+    ) -> None:
+        super().__init__()
+        self.cond_features = cond_features
+        dims = [in_features + cond_features] + [hidden] * layers
+        body: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            body += [nn.Linear(a, b), nn.ReLU()]
+        self.body = nn.Sequential(*body)
+        self.out = ZeroLinear(dims[-1], out_features)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        if self.cond_features:
+            if cond is None or cond.dim() != 2:
+                raise ValueError(f"this conditioner needs a (B, {self.cond_features}) conditioning vector")
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
+        return self.out(self.body(x))

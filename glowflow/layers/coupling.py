@@ -1,0 +1,197 @@
+"""Coupling layers (RealNVP / Glow): transform one part of the input conditioned on the other part.
+
+Masks:
+
+* ``"channel"``: split dim 1 into a conditioning part ``x_a`` (``C // 2`` channels) and a transformed part ``x_b``
+  (the rest); ``parity=1`` swaps which end of the channel axis plays which role. Works for (B, C, H, W) and (B, D).
+* ``"checkerboard"``: spatial mask ``m[i, j] = ((i + j) % 2 == parity)``; positions with ``m == 1`` condition,
+  the others are transformed. Images only.
+
+The conditioner sees only the conditioning part (and ``cond``), so the Jacobian is triangular. Its last layer is
+zero-initialised, so every coupling starts as the identity map.
+
+With ``precision="bf16"`` the conditioner runs under bf16 autocast while the invertible arithmetic and the
+log-det stay in the input's precision. Encode and decode remain exact inverses: the conditioner is a
+deterministic function of the part the coupling leaves unchanged, so both directions compute the same ``h``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glowflow.layers.base import Flow
+from glowflow.layers.conditioners import MLP, GatedResNet, GlowConvNet
+
+ConditionerFactory = Callable[[int, int], nn.Module]
+"""``factory(in_channels, out_channels) -> module`` with ``module(x, cond) -> h``."""
+
+MASKS = ("channel", "checkerboard")
+CONDITIONERS = ("glow", "gated", "mlp")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def build_conditioner(
+    kind: str | ConditionerFactory,
+    in_channels: int,
+    out_channels: int,
+    hidden: int,
+    cond_features: int = 0,
+    cond_channels: int = 0,
+) -> nn.Module:
+    """Make a conditioner by name (``"glow"``, ``"gated"``, ``"mlp"``) or from a factory."""
+    if callable(kind):
+        return kind(in_channels, out_channels)
+    if kind == "glow":
+        return GlowConvNet(in_channels, out_channels, hidden, cond_features, cond_channels)
+    if kind == "gated":
+        return GatedResNet(in_channels, out_channels, hidden, cond_features=cond_features, cond_channels=cond_channels)
+    if kind == "mlp":
+        if cond_channels:
+            raise ValueError("the MLP conditioner takes a conditioning vector, not a map (cond_channels)")
+        return MLP(in_features=in_channels, out_features=out_channels, hidden=hidden, cond_features=cond_features)
+    raise ValueError(f"unknown conditioner {kind!r}; expected one of {CONDITIONERS} or a factory")
+
+
+class _Coupling(Flow):
+    """Shared masking and conditioner plumbing; subclasses define how ``h`` acts on the transformed part."""
+
+    params_per_channel: int
+
+    def __init__(
+        self,
+        channels: int,
+        hidden: int = 512,
+        conditioner: str | ConditionerFactory = "glow",
+        mask: str = "channel",
+        parity: int = 0,
+        cond_features: int = 0,
+        cond_channels: int = 0,
+        precision: str = "fp32",
+    ) -> None:
+        super().__init__()
+        if mask not in MASKS:
+            raise ValueError(f"unknown mask {mask!r}; expected one of {MASKS}")
+        if mask == "channel" and channels < 2:
+            raise ValueError(f"a channel-split coupling needs at least 2 channels, got {channels}")
+        if mask == "checkerboard" and conditioner == "mlp":
+            raise ValueError("the checkerboard mask needs an image conditioner ('glow' or 'gated'), not 'mlp'")
+        if parity not in (0, 1):
+            raise ValueError(f"parity must be 0 or 1, got {parity}")
+        self.channels = channels
+        self.mask = mask
+        self.parity = parity
+        self.precision = precision
+        if mask == "channel":
+            n_cond = channels // 2
+            net_in, net_out = n_cond, (channels - n_cond) * self.params_per_channel
+        else:
+            net_in, net_out = channels, channels * self.params_per_channel
+        self.net = build_conditioner(conditioner, net_in, net_out, hidden, cond_features, cond_channels)
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ValueError(f"unknown precision {value!r}; expected one of {tuple(PRECISIONS)}")
+        self._precision = value
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, mask={self.mask!r}, parity={self.parity}, precision={self.precision!r}"
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (conditioning input of the net, part to transform)."""
+        if self.mask == "channel":
+            k = self.channels // 2
+            if self.parity == 0:
+                return x[:, :k], x[:, k:]
+            return x[:, self.channels - k :], x[:, : self.channels - k]
+        return x * self._checkerboard(x), x
+
+    def _merge(self, x_cond: Tensor, y_target: Tensor) -> Tensor:
+        if self.mask == "channel":
+            parts = (x_cond, y_target) if self.parity == 0 else (y_target, x_cond)
+            return torch.cat(parts, dim=1)
+        return y_target  # checkerboard: parameters are masked, so y_target already holds the unchanged half
+
+    def _checkerboard(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        i = torch.arange(h, device=x.device).view(h, 1)
+        j = torch.arange(w, device=x.device).view(1, w)
+        return ((i + j) % 2 == self.parity).to(x.dtype)
+
+    def _conditioner(self, x_cond: Tensor, cond: Tensor | None) -> Tensor:
+        dtype = PRECISIONS[self._precision]
+        if dtype is None:
+            return self.net(x_cond, cond)
+        with torch.autocast(x_cond.device.type, dtype=dtype):
+            h = self.net(x_cond, cond)
+        return h.to(x_cond.dtype)
+
+    def _transform_params(self, x: Tensor, x_cond: Tensor, cond: Tensor | None) -> list[Tensor]:
+        """Conditioner output split into ``params_per_channel`` tensors shaped like the transformed part,
+        zeroed where the checkerboard mask leaves the input unchanged."""
+        params = list(self._conditioner(x_cond, cond).chunk(self.params_per_channel, dim=1))
+        if self.mask == "checkerboard":
+            keep = 1.0 - self._checkerboard(x)
+            params = [p * keep for p in params]
+        return params
+
+
+class AdditiveCoupling(_Coupling):
+    """Volume-preserving coupling (NICE): ``y_b = x_b + t(x_a)``, ``y_a = x_a``.  log|det| = 0.
+
+    Shapes: (B, C, H, W) or (B, D) for the channel mask; (B, C, H, W) for the checkerboard mask.
+    """
+
+    params_per_channel = 1
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x_cond, x_b = self._split(x)
+        (shift,) = self._transform_params(x, x_cond, cond)
+        return self._merge(x_cond, x_b + shift), x.new_zeros(x.shape[0])
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        y_cond, y_b = self._split(y)
+        (shift,) = self._transform_params(y, y_cond, cond)
+        return self._merge(y_cond, y_b - shift), y.new_zeros(y.shape[0])
+
+
+_LOGSIGMOID_2 = -math.log1p(math.exp(-2.0))  # bit-identical to torch.logsigmoid(2.0): zero h gives log s == 0
+
+
+class AffineCoupling(_Coupling):
+    """Affine coupling (RealNVP / Glow): ``y_b = (x_b + t(x_a)) * s(x_a)``, ``y_a = x_a``.
+
+    The scale is Glow's stable ``sigmoid(h + 2)``, divided by ``sigmoid(2)`` so that the zero-initialised
+    conditioner gives exactly the identity: ``log s = logsigmoid(h + 2) - logsigmoid(2)`` (so ``s`` lies in
+    (0, 1.135)).  log|det dy/dx| = sum over the transformed part of ``log s``.
+
+    Shapes: (B, C, H, W) or (B, D) for the channel mask; (B, C, H, W) for the checkerboard mask.
+    """
+
+    params_per_channel = 2
+
+    def _shift_log_scale(self, x: Tensor, x_cond: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        shift, raw = self._transform_params(x, x_cond, cond)
+        # Masked positions have raw == 0, hence log_s == 0: they pass through unchanged.
+        return shift, F.logsigmoid(raw + 2.0) - _LOGSIGMOID_2
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x_cond, x_b = self._split(x)
+        shift, log_s = self._shift_log_scale(x, x_cond, cond)
+        y_b = (x_b + shift) * log_s.exp()
+        return self._merge(x_cond, y_b), log_s.flatten(1).sum(1)
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        y_cond, y_b = self._split(y)
+        shift, log_s = self._shift_log_scale(y, y_cond, cond)
+        x_b = y_b * (-log_s).exp() - shift
+        return self._merge(y_cond, x_b), -log_s.flatten(1).sum(1)

@@ -1,0 +1,25 @@
+"""Volume-preserving reshapes of the multi-scale architecture."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from glowflow.layers.base import Flow
+
+
+class Squeeze(Flow):
+    """2x2 space-to-depth: (B, C, H, W) -> (B, 4C, H/2, W/2); log|det| = 0.
+
+    Output channel ``4c + 2di + dj`` holds input pixel ``(2i + di, 2j + dj)`` of channel ``c``.
+    H and W must be even (the models check this at their boundary).
+    """
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        b, c, h, w = x.shape
+        y = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+        return y.reshape(b, 4 * c, h // 2, w // 2), x.new_zeros(b)
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        b, c, h, w = y.shape
+        x = y.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+        return x.reshape(b, c // 4, 2 * h, 2 * w), y.new_zeros(b)
