@@ -17,3 +17,12 @@ class NotInitializedError(GlowflowError, RuntimeError):
 
 class SingularWeightError(GlowflowError, ArithmeticError):
     """An invertible linear map became (numerically) singular; using it would silently lose exactness."""
+
+
+class DataError(GlowflowError, ValueError):
+    """A data file is missing, corrupt, of the wrong format, or failed its checksum. The message names the file,
+    where it was looked for, and how to get it."""
+
+
+class CheckpointError(GlowflowError, ValueError):
+    """A checkpoint is corrupt, truncated, foreign (not written by glowflow) or incompatible with the model."""
