@@ -1,0 +1,25 @@
+"""Data sets for glowflow: readers for MNIST / Fashion-MNIST (idx), CIFAR-10 (python batches), image folders,
+tabular files and scikit-learn's digits, 2-D toy densities, and a verified downloader.
+
+    from glowflow.data import load_dataset
+    train = load_dataset("mnist", "~/data", split="train", download=True)
+    train.data      # torch.uint8 (60000, 1, 28, 28), levels 0..255; train.num_bins == 256
+    train.labels    # torch.long (60000,)
+
+Images are returned as discrete levels ``0..num_bins-1``, never scaled; see ``glowflow/layers/dequantization.py``.
+"""
+
+from glowflow.data.datasets import DATASETS, Dataset, default_data_dir, load_dataset, pad_images
+from glowflow.data.downloader import download
+from glowflow.data.toy import TOY_DENSITIES, sample_toy
+
+__all__ = [
+    "DATASETS",
+    "TOY_DENSITIES",
+    "Dataset",
+    "default_data_dir",
+    "download",
+    "load_dataset",
+    "pad_images",
+    "sample_toy",
+]
