@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+MEMORY_MODES = ("standard", "checkpoint", "invertible")
+
 
 class Flow(nn.Module):
     """Base class of an invertible layer with a tractable log-determinant (see the module docstring)."""
@@ -30,11 +32,27 @@ class Flow(nn.Module):
 
 class FlowSequence(Flow):
     """Composition ``f_n o ... o f_1``: forward runs the layers in order and sums their log-dets; inverse
-    runs them in reverse order."""
+    runs them in reverse order.
 
-    def __init__(self, *layers: Flow) -> None:
+    ``memory`` sets how training (forward with autograd on) stores activations, see ``glowflow.layers.memory``:
+    ``"standard"`` (all of them), ``"checkpoint"`` (each layer's input; layers re-run in backward) or
+    ``"invertible"`` (only the sequence's output; inputs rebuilt with the exact inverse in backward).
+    """
+
+    def __init__(self, *layers: Flow, memory: str = "standard") -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.memory = memory
+
+    @property
+    def memory(self) -> str:
+        return self._memory
+
+    @memory.setter
+    def memory(self, value: str) -> None:
+        if value not in MEMORY_MODES:
+            raise ValueError(f"unknown memory mode {value!r}; expected one of {MEMORY_MODES}")
+        self._memory = value
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -46,20 +64,24 @@ class FlowSequence(Flow):
         return self.layers[index]
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        logdet = x.new_zeros(x.shape[0], dtype=_logdet_dtype(x))
+        if self._memory != "standard" and torch.is_grad_enabled():
+            from glowflow.layers import memory  # imports this module
+
+            return memory.memory_saving_forward(self._memory, self.layers, x, cond)
+        logdet = zero_logdet(x)
         for layer in self.layers:
             x, ld = layer(x, cond)
             logdet = logdet + ld
         return x, logdet
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        logdet = y.new_zeros(y.shape[0], dtype=_logdet_dtype(y))
+        logdet = zero_logdet(y)
         for layer in reversed(self.layers):
             y, ld = layer.inverse(y, cond)
             logdet = logdet + ld
         return y, logdet
 
 
-def _logdet_dtype(x: Tensor) -> torch.dtype:
-    # Log-dets are accumulated in at least float32, whatever precision activations use.
-    return torch.promote_types(x.dtype, torch.float32)
+def zero_logdet(x: Tensor) -> Tensor:
+    """A (B,) zero log-det accumulator for batch ``x``, in at least float32 whatever precision ``x`` uses."""
+    return x.new_zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32))

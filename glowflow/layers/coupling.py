@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glowflow.layers.base import Flow
+from glowflow.layers.base import Flow, zero_logdet
 from glowflow.layers.conditioners import MLP, GatedResNet, GlowConvNet
 
 ConditionerFactory = Callable[[int, int], nn.Module]
@@ -135,14 +135,57 @@ class _Coupling(Flow):
             h = self.net(x_cond, cond)
         return h.to(x_cond.dtype)
 
-    def _transform_params(self, x: Tensor, x_cond: Tensor, cond: Tensor | None) -> list[Tensor]:
+    def _coefficients(self, like: Tensor, x_cond: Tensor, cond: Tensor | None) -> list[Tensor]:
         """Conditioner output split into ``params_per_channel`` tensors shaped like the transformed part,
-        zeroed where the checkerboard mask leaves the input unchanged."""
+        zeroed where the checkerboard mask leaves the input unchanged (``like`` gives the spatial size)."""
         params = list(self._conditioner(x_cond, cond).chunk(self.params_per_channel, dim=1))
         if self.mask == "checkerboard":
-            keep = 1.0 - self._checkerboard(x)
+            keep = 1.0 - self._checkerboard(like)
             params = [p * keep for p in params]
         return params
+
+    def _transform(self, x_t: Tensor, coeffs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Transform the target part: -> (y_t, log|det|)."""
+        raise NotImplementedError
+
+    def _untransform(self, y_t: Tensor, coeffs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Invert :meth:`_transform`: -> (x_t, log|det| of the inverse)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x_cond, x_t = self._split(x)
+        y_t, logdet = self._transform(x_t, self._coefficients(x, x_cond, cond))
+        return self._merge(x_cond, y_t), logdet
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        y_cond, y_t = self._split(y)
+        x_t, logdet = self._untransform(y_t, self._coefficients(y, y_cond, cond))
+        return self._merge(y_cond, x_t), logdet
+
+    def rebuild(self, y: Tensor, cond: Tensor | None = None):
+        """For invertible backpropagation: reconstruct the input from the output ``y`` and rebuild the forward
+        graph, running the conditioner once (the inverse and the forward share it, since it only sees the part
+        the coupling leaves unchanged).
+
+        Returns ``(x, leaves, (y_rebuilt, logdet), input_grad)``: ``x`` the reconstructed input (detached),
+        ``leaves`` the tensors that gradients are taken with respect to, and ``input_grad(*leaf_grads)`` maps
+        their gradients to the gradient with respect to ``x``.
+        """
+        y_cond, y_t = self._split(y)
+        a = y_cond.detach().requires_grad_()
+        coeffs = self._coefficients(y, a, cond)
+        with torch.no_grad():
+            x_t, _ = self._untransform(y_t, [c.detach() for c in coeffs])
+        b = x_t.requires_grad_()
+        y_t_rebuilt, logdet = self._transform(b, coeffs)
+        x = self._merge(a.detach(), b.detach())
+        return x, (a, b), (self._merge(a, y_t_rebuilt), logdet), self._input_grad
+
+    def _input_grad(self, grad_cond: Tensor, grad_t: Tensor) -> Tensor:
+        """Adjoint of :meth:`_split`: gradients of (conditioning part, target part) -> gradient of the input."""
+        if self.mask == "channel":
+            return self._merge(grad_cond, grad_t)
+        return grad_cond * self._checkerboard(grad_t) + grad_t
 
 
 class AdditiveCoupling(_Coupling):
@@ -153,15 +196,11 @@ class AdditiveCoupling(_Coupling):
 
     params_per_channel = 1
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x_cond, x_b = self._split(x)
-        (shift,) = self._transform_params(x, x_cond, cond)
-        return self._merge(x_cond, x_b + shift), x.new_zeros(x.shape[0])
+    def _transform(self, x_t: Tensor, coeffs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        return x_t + coeffs[0], zero_logdet(x_t)
 
-    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        y_cond, y_b = self._split(y)
-        (shift,) = self._transform_params(y, y_cond, cond)
-        return self._merge(y_cond, y_b - shift), y.new_zeros(y.shape[0])
+    def _untransform(self, y_t: Tensor, coeffs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        return y_t - coeffs[0], zero_logdet(y_t)
 
 
 _LOGSIGMOID_2 = -math.log1p(math.exp(-2.0))  # bit-identical to torch.logsigmoid(2.0): zero h gives log s == 0
@@ -179,19 +218,17 @@ class AffineCoupling(_Coupling):
 
     params_per_channel = 2
 
-    def _shift_log_scale(self, x: Tensor, x_cond: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
-        shift, raw = self._transform_params(x, x_cond, cond)
-        # Masked positions have raw == 0, hence log_s == 0: they pass through unchanged.
-        return shift, F.logsigmoid(raw + 2.0) - _LOGSIGMOID_2
+    @staticmethod
+    def _log_scale(raw: Tensor) -> Tensor:
+        # Masked positions have raw == 0, hence log s == 0: they pass through unchanged.
+        return F.logsigmoid(raw + 2.0) - _LOGSIGMOID_2
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x_cond, x_b = self._split(x)
-        shift, log_s = self._shift_log_scale(x, x_cond, cond)
-        y_b = (x_b + shift) * log_s.exp()
-        return self._merge(x_cond, y_b), log_s.flatten(1).sum(1)
+    def _transform(self, x_t: Tensor, coeffs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        shift, raw = coeffs
+        log_s = self._log_scale(raw)
+        return (x_t + shift) * log_s.exp(), log_s.flatten(1).sum(1)
 
-    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        y_cond, y_b = self._split(y)
-        shift, log_s = self._shift_log_scale(y, y_cond, cond)
-        x_b = y_b * (-log_s).exp() - shift
-        return self._merge(y_cond, x_b), -log_s.flatten(1).sum(1)
+    def _untransform(self, y_t: Tensor, coeffs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        shift, raw = coeffs
+        log_s = self._log_scale(raw)
+        return y_t * (-log_s).exp() - shift, -log_s.flatten(1).sum(1)

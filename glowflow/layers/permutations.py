@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from glowflow.layers.base import Flow
+from glowflow.layers.base import Flow, zero_logdet
 
 
 class ChannelPermutation(Flow):
@@ -24,10 +24,10 @@ class ChannelPermutation(Flow):
         self.register_buffer("inverse_perm", torch.argsort(perm))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return x[:, self.perm], x.new_zeros(x.shape[0])
+        return x[:, self.perm], zero_logdet(x)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return y[:, self.inverse_perm], y.new_zeros(y.shape[0])
+        return y[:, self.inverse_perm], zero_logdet(y)
 
 
 class ChannelReverse(ChannelPermutation):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from glowflow.layers.base import Flow
+from glowflow.layers.base import Flow, zero_logdet
 
 
 class Squeeze(Flow):
@@ -17,9 +17,9 @@ class Squeeze(Flow):
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         b, c, h, w = x.shape
         y = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
-        return y.reshape(b, 4 * c, h // 2, w // 2), x.new_zeros(b)
+        return y.reshape(b, 4 * c, h // 2, w // 2), zero_logdet(x)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         b, c, h, w = y.shape
         x = y.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
-        return x.reshape(b, c // 4, 2 * h, 2 * w), y.new_zeros(b)
+        return x.reshape(b, c // 4, 2 * h, 2 * w), zero_logdet(y)

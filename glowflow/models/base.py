@@ -80,6 +80,7 @@ class FlowModel(nn.Module):
     num_classes: int | None
     latent_shapes: list[tuple[int, ...]]
     bijection: nn.Module  # the layers between data and latents (what decode runs backwards)
+    config: dict  # the constructor arguments, enough to rebuild the model: ``type(model)(**model.config)``
 
     # ---- subclass hooks -------------------------------------------------------------------------------------
     def _encode(self, x: Tensor, cond: Tensor | None) -> tuple[list[Tensor], Tensor]:
@@ -151,6 +152,7 @@ class FlowModel(nn.Module):
         for m in self.modules():
             if isinstance(m, _Coupling):
                 m.precision = value
+        self.config["precision"] = value
 
     # ---- helpers --------------------------------------------------------------------------------------------
     def _latent_log_prob(self, zs: list[Tensor]) -> Tensor:

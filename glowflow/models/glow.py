@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from glowflow.layers.base import FlowSequence
+from glowflow.layers.base import MEMORY_MODES, FlowSequence, zero_logdet
 from glowflow.layers.coupling import CONDITIONERS, MASKS
 from glowflow.layers.dequantization import (
     UniformDequantization,
@@ -50,6 +50,9 @@ class Glow(FlowModel):
             for n-bit images (256 for 8-bit, 32 for 5-bit), 17 for scikit-learn's 8x8 digits.
         dequantization: ``"uniform"`` or ``"variational"`` (Flow++).
         precision: ``"fp32"`` or ``"bf16"`` (conditioners under bf16 autocast; the invertible path stays fp32).
+        memory: how training stores activations of the steps of flow: ``"standard"``, ``"checkpoint"``
+            (``torch.utils.checkpoint`` per layer) or ``"invertible"`` (inputs rebuilt by the exact inverse during
+            backward, so stored activations do not grow with ``steps``); see ``glowflow.layers.memory``.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Glow(FlowModel):
         num_bins: int = 256,
         dequantization: str = "uniform",
         precision: str = "fp32",
+        memory: str = "standard",
     ) -> None:
         super().__init__()
         if len(in_shape) != 3 or any(int(s) != s or s < 1 for s in in_shape):
@@ -84,13 +88,14 @@ class Glow(FlowModel):
         check_choice("conditioner", conditioner, CONDITIONERS[:2])
         check_choice("mask", mask, MASKS)
         check_choice("dequantization", dequantization, DEQUANTIZATIONS)
+        check_choice("memory", memory, MEMORY_MODES)
 
         self.data_shape = (c, h, w)
         self.num_classes = num_classes
         self.config = dict(
             in_shape=(c, h, w), levels=levels, steps=steps, hidden=hidden, coupling=coupling,
             permutation=permutation, conditioner=conditioner, mask=mask, num_classes=num_classes,
-            num_bins=num_bins, dequantization=dequantization, precision=precision,
+            num_bins=num_bins, dequantization=dequantization, precision=precision, memory=memory,
         )  # fmt: skip
         cond_features = num_classes or 0
 
@@ -112,7 +117,8 @@ class Glow(FlowModel):
                         precision=precision,
                     )  # fmt: skip
                     for k in range(steps)
-                ]
+                ],
+                memory=memory,
             )
             if level < levels - 1:
                 split = Split(c, cond_features)
@@ -131,12 +137,24 @@ class Glow(FlowModel):
             self.dequantizer = VariationalDequantization(self.data_shape[0], num_bins)
 
     @property
+    def memory(self) -> str:
+        """How training stores activations of the steps of flow (settable): see the class docstring."""
+        return self.config["memory"]
+
+    @memory.setter
+    def memory(self, value: str) -> None:
+        check_choice("memory", value, MEMORY_MODES)
+        for level in self.levels:
+            level[1].memory = value
+        self.config["memory"] = value
+
+    @property
     def num_bins(self) -> int:
         return self.dequantizer.num_bins
 
     def _encode(self, x: Tensor, cond: Tensor | None) -> tuple[list[Tensor], Tensor]:
         zs: list[Tensor] = []
-        logdet = x.new_zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32))
+        logdet = zero_logdet(x)
         h = x
         for i, level in enumerate(self.levels):
             h, ld = level(h, cond)
