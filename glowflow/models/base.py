@@ -90,6 +90,14 @@ class FlowModel(nn.Module):
         raise NotImplementedError
 
     # ---- public API ----------------------------------------------------------------------------------------
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The per-example training objective, shape (B,): bits per dimension of discrete images for
+        :class:`~glowflow.Glow`, negative log-likelihood in nats for :class:`~glowflow.TabularGlow`.
+
+        Being ``forward``, it is what ``DistributedDataParallel`` and ``torch.compile`` wrap for training.
+        """
+        return -self.log_prob(x, y)
+
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         """Data -> latents. Returns ``(zs, logdet)``: one latent per level (finest first; a single one for the
         tabular model), standard normal under the model, and ``log|det d(zs)/dx|`` of shape (B,)."""

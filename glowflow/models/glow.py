@@ -174,6 +174,10 @@ class Glow(FlowModel):
             h, _ = self.levels[i].inverse(h, cond)
         return h
 
+    def forward(self, k: Tensor, y: Tensor | None = None) -> Tensor:
+        """Training objective: bits per dimension of discrete data ``k`` (one dequantization draw); shape (B,)."""
+        return self.bits_per_dim(k, y)
+
     def discrete_log_prob(
         self, k: Tensor, y: Tensor | None = None, n_samples: int = 1, importance_weighted: bool = False
     ) -> Tensor:

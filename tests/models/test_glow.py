@@ -211,3 +211,12 @@ def test_state_dict_round_trip_gives_same_model():
     clone.load_state_dict(model.state_dict())
     assert clone.is_initialized
     assert torch.equal(clone.log_prob(x, y), model.log_prob(x, y))
+
+
+def test_forward_is_the_training_objective():
+    model = Glow((1, 4, 4), levels=2, steps=1, hidden=4, num_bins=32)
+    k = torch.randint(0, 32, (3, 1, 4, 4))
+    torch.manual_seed(2)
+    a = model(k)
+    torch.manual_seed(2)
+    assert torch.equal(a, model.bits_per_dim(k)) and a.shape == (3,)

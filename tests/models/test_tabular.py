@@ -74,3 +74,9 @@ def test_bad_inputs():
         model.log_prob(torch.tensor([[0.0, float("nan"), 1.0]]))
     with pytest.raises(ValueError, match="latent"):
         model.decode(torch.zeros(2, 3))
+
+
+def test_forward_is_the_negative_log_likelihood():
+    model = TabularGlow(3, steps=1, hidden=8)
+    x = torch.randn(4, 3)
+    assert torch.equal(model(x), -model.log_prob(x))
