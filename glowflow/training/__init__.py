@@ -1,0 +1,40 @@
+"""Training glowflow models: ``glowflow.train`` / ``glowflow train`` and what they are made of.
+
+- :mod:`~glowflow.training.config`: :class:`TrainConfig`, the presets, config files and their layering;
+- :mod:`~glowflow.training.loop`: :func:`train`, the loop;
+- :mod:`~glowflow.training.checkpoint`: atomic, validated checkpoints and :func:`load_model`;
+- :mod:`~glowflow.training.data` / :mod:`~glowflow.training.evaluate`: data preparation, scoring, sampling;
+- :mod:`~glowflow.training.distributed`: torchrun / DistributedDataParallel helpers;
+- :mod:`~glowflow.training.metrics`: ``metrics.jsonl`` and TensorBoard;
+- :mod:`~glowflow.training.guard`: the fault guard (skip non-finite steps, roll back, give up).
+"""
+
+from glowflow.training.checkpoint import find_checkpoint, load_checkpoint, load_model, save_checkpoint
+from glowflow.training.config import PRESETS, TrainConfig, load_config_file, resolve_config
+from glowflow.training.data import TrainingData, prepare_data
+from glowflow.training.evaluate import draw_samples, evaluate
+from glowflow.training.guard import FaultGuard, TrainingError
+from glowflow.training.loop import RESUMABLE, TrainResult, build_model, train
+from glowflow.training.metrics import read_metrics
+
+__all__ = [
+    "PRESETS",
+    "RESUMABLE",
+    "FaultGuard",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingData",
+    "TrainingError",
+    "build_model",
+    "draw_samples",
+    "evaluate",
+    "find_checkpoint",
+    "load_checkpoint",
+    "load_config_file",
+    "load_model",
+    "prepare_data",
+    "read_metrics",
+    "resolve_config",
+    "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,325 @@
+"""The training configuration: one dataclass of plain values, named presets, and how they are layered.
+
+Resolution order, later wins::
+
+    TrainConfig defaults  <  preset  <  config file (JSON or TOML) / dict  <  explicit flags / keyword arguments
+
+The preset defaults to the one named after the data (``digits``, ``mnist`` for MNIST and Fashion-MNIST,
+``cifar10``, ``toy`` for the 2-D toy densities, ``tabular``); other data (an image ``folder``) starts from the
+``digits`` preset's model unless a preset is named (``celeba64`` is the one for 64x64 face folders). ``preset="none"``
+keeps the bare defaults. Unknown keys, wrong types and impossible values raise ``ValueError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from glowflow.data import DATASETS, TOY_DENSITIES
+from glowflow.layers.base import MEMORY_MODES
+from glowflow.layers.coupling import MASKS
+from glowflow.models.base import COUPLINGS, PERMUTATIONS
+from glowflow.models.glow import DEQUANTIZATIONS
+
+IMAGE_DATA = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
+OPTIMIZERS = ("adam", "adamax")
+PRECISIONS = ("fp32", "bf16")
+CONDITIONERS = ("glow", "gated")
+
+
+def _f(default: Any, help: str, group: str, **meta: Any) -> Any:
+    """A dataclass field carrying its help text and CLI group (the CLI is generated from these)."""
+    kwargs: dict[str, Any] = {"metadata": {"help": help, "group": group, **meta}}
+    if isinstance(default, list):
+        kwargs["default_factory"] = lambda: list(default)
+    else:
+        kwargs["default"] = default
+    return field(**kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``glowflow train`` needs, as plain data (``dataclasses.asdict`` gives ``RUN/config.json``).
+
+    The defaults are the ``digits`` preset: the README's ``glowflow train``.
+    """
+
+    # ---- data ---------------------------------------------------------------------------------------------
+    data: str = _f("digits", "data set: " + ", ".join(DATASETS), "data", choices=tuple(DATASETS))
+    data_dir: str | None = _f(
+        None,
+        "where the data files are (default $GLOWFLOW_DATA or ~/.cache/glowflow); the image folder for 'folder', "
+        "the .csv/.npy file or folder for 'tabular'",
+        "data",
+    )
+    download: bool = _f(False, "download MNIST / Fashion-MNIST / CIFAR-10 if missing (verified by checksum)", "data")
+    n_bits: int | None = _f(None, "model 8-bit images at this many bits per channel (e.g. 5)", "data")
+    pad: int | None = _f(None, "zero-pad images to PAD x PAD first (e.g. 32 for MNIST with 3 levels)", "data")
+    conditional: bool = _f(False, "class-conditional model on the data's labels (sample with --label)", "data")
+    # ---- run ----------------------------------------------------------------------------------------------
+    out: str | None = _f(None, "run directory (default runs/<data>-<YYYYmmdd-HHMMSS>)", "run")
+    preset: str | None = _f(None, "the preset these values started from (recorded; chosen with --preset)", "run")
+    seed: int = _f(0, "seed of the model initialisation, the batches and the noise", "run")
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto (cuda when available)", "run")
+    # ---- model --------------------------------------------------------------------------------------------
+    levels: int = _f(2, "L, the number of scales (image Glow)", "model")
+    steps: int = _f(8, "K, steps of flow per level (per model for tabular / toy data)", "model")
+    hidden: int = _f(64, "width of the coupling conditioners", "model")
+    coupling: str = _f("affine", "coupling layer", "model", choices=COUPLINGS)
+    permutation: str = _f("lu", "channel mixing: LU 1x1 conv, dense 1x1 conv, shuffle or reverse", "model",
+                          choices=PERMUTATIONS)  # fmt: skip
+    conditioner: str = _f("glow", "coupling conditioner of the image Glow", "model", choices=CONDITIONERS)
+    mask: str = _f("channel", "coupling mask of the image Glow", "model", choices=MASKS)
+    dequantization: str = _f("uniform", "dequantization noise of the image Glow", "model", choices=DEQUANTIZATIONS)
+    precision: str = _f("fp32", "conditioner precision: fp32, or bf16 autocast", "model", choices=PRECISIONS)
+    memory: str = _f("standard", "activation memory of the image Glow's steps in training", "model",
+                     choices=MEMORY_MODES)  # fmt: skip
+    compile: bool = _f(False, "torch.compile the model's forward", "model")
+    # ---- optimisation -------------------------------------------------------------------------------------
+    iters: int = _f(2000, "optimiser steps to train to (counted from the start of the run)", "optimisation")
+    batch_size: int = _f(64, "examples per step, over all processes", "optimisation")
+    lr: float = _f(1e-3, "learning rate after warm-up", "optimisation")
+    warmup: int = _f(200, "steps of linear learning-rate warm-up (0: none)", "optimisation")
+    optimizer: str = _f("adam", "optimiser", "optimisation", choices=OPTIMIZERS)
+    grad_clip: float | None = _f(50.0, "clip the gradient norm to this (none: no clipping)", "optimisation")
+    init_batch_size: int = _f(512, "examples in the dedicated first batch that initialises ActNorm", "optimisation")
+    # ---- evaluation and outputs ---------------------------------------------------------------------------
+    eval_every: int = _f(250, "evaluate on the test split every N steps (0: only at the start and the end)", "output")
+    eval_samples: int = _f(4, "dequantization noise draws averaged per test image", "output")
+    eval_size: int | None = _f(None, "evaluate on a fixed subset of this many test examples (none: all)", "output")
+    eval_batch_size: int = _f(512, "examples per evaluation batch", "output")
+    sample_every: int = _f(500, "write sample images every N steps (0: only at the end)", "output")
+    sample_n: int = _f(64, "samples per temperature in the sample images", "output")
+    temperatures: list[float] = _f([0.0, 0.5, 0.7, 0.8, 1.0], "sampling temperatures of the sample images", "output")
+    checkpoint_every: int = _f(500, "write checkpoints/last.pt every N steps (0: only at the end)", "output")
+    log_every: int = _f(10, "write a metrics.jsonl line every N steps", "output")
+    tensorboard: bool = _f(False, "also log to RUN/tensorboard (needs the tensorboard package)", "output")
+    progress: bool = _f(True, "show a progress bar", "output")
+    # ---- fault guard --------------------------------------------------------------------------------------
+    max_faults: int = _f(5, "consecutive non-finite steps that trigger a rollback to the last checkpoint", "faults")
+    max_rollbacks: int = _f(3, "rollbacks after which training stops with an error", "faults")
+    rollback_lr_factor: float = _f(0.5, "learning-rate multiplier applied at each rollback", "faults")
+
+    # ---- helpers ------------------------------------------------------------------------------------------
+    @property
+    def is_image(self) -> bool:
+        return self.data in IMAGE_DATA
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (what ``RUN/config.json`` holds)."""
+        return dataclasses.asdict(self)
+
+    def validate(self) -> TrainConfig:
+        """Check every value; raise ``ValueError`` naming the key. Returns self."""
+        for f in fields(self):
+            _check_type(f, getattr(self, f.name))
+            choices = f.metadata.get("choices")
+            if choices is not None and getattr(self, f.name) not in choices:
+                raise ValueError(f"config key {f.name!r}: unknown value {getattr(self, f.name)!r}; expected one of "
+                                 f"{', '.join(choices)}")  # fmt: skip
+        positive = ("levels", "steps", "hidden", "iters", "batch_size", "init_batch_size", "eval_samples",
+                    "eval_batch_size", "sample_n", "log_every", "max_faults")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"config key {name!r} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup", "eval_every", "sample_every", "checkpoint_every", "max_rollbacks", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"config key {name!r} must be >= 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"config key 'lr' must be a positive number, got {self.lr}")
+        if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
+            raise ValueError(f"config key 'grad_clip' must be a positive number or none, got {self.grad_clip}")
+        if not 0 < self.rollback_lr_factor <= 1:
+            raise ValueError(f"config key 'rollback_lr_factor' must lie in (0, 1], got {self.rollback_lr_factor}")
+        if self.n_bits is not None and not 1 <= self.n_bits <= 8:
+            raise ValueError(f"config key 'n_bits' must lie in 1..8, got {self.n_bits}")
+        if self.pad is not None and self.pad < 1:
+            raise ValueError(f"config key 'pad' must be a positive image size, got {self.pad}")
+        if self.eval_size is not None and self.eval_size < 1:
+            raise ValueError(f"config key 'eval_size' must be >= 1 or none, got {self.eval_size}")
+        if not self.temperatures or any(not (0 <= t < math.inf) for t in self.temperatures):
+            raise ValueError(f"config key 'temperatures' must be a non-empty list of numbers >= 0, "
+                             f"got {self.temperatures}")  # fmt: skip
+        if self.device != "auto" and not (self.device == "cpu" or self.device.split(":")[0] == "cuda"):
+            raise ValueError(f"config key 'device' must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; presets: {', '.join(PRESETS)}")
+        if not self.is_image:
+            image_only = {"n_bits": None, "pad": None, "memory": "standard", "dequantization": "uniform"}
+            for key, neutral in image_only.items():
+                if getattr(self, key) != neutral:
+                    raise ValueError(f"config key {key!r} applies to image data only; {self.data!r} is "
+                                     f"{'a 2-D toy density' if self.data in TOY_DENSITIES else 'tabular'}")  # fmt: skip
+        return self
+
+
+def _check_type(f: dataclasses.Field, value: Any) -> None:
+    t = str(f.type)
+    optional = "None" in t
+    if value is None:
+        if not optional:
+            raise ValueError(f"config key {f.name!r} must not be none")
+        return
+    base = t.split("|")[0].strip()
+    ok = {
+        "str": isinstance(value, str),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "list[float]": isinstance(value, list)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
+    }[base]
+    if not ok:
+        raise ValueError(f"config key {f.name!r} expects {_type_words(base)}, got {value!r}")
+
+
+def _type_words(base: str) -> str:
+    return {
+        "str": "a string",
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "list[float]": "a list of numbers",
+    }[base]
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The README's main command: the sklearn 8x8 digits (17 grey levels) in a few minutes on a 2-core CPU.
+    "digits": dict(data="digits", levels=2, steps=8, hidden=64, iters=2000, batch_size=64, lr=1e-3, warmup=200,
+                   eval_every=250, sample_every=500, checkpoint_every=500, eval_samples=4),
+    # Paper-style configurations (Kingma & Dhariwal 2018, and the openai/glow scripts), for a GPU.
+    "mnist": dict(data="mnist", levels=2, steps=16, hidden=256, iters=50_000, batch_size=64, lr=1e-3,
+                  warmup=2000, eval_every=2500, sample_every=2500, checkpoint_every=2500, eval_samples=4,
+                  sample_n=64),
+    "cifar10": dict(data="cifar10", levels=3, steps=32, hidden=512, iters=200_000, batch_size=64, lr=1e-3,
+                    warmup=5000, eval_every=5000, sample_every=5000, checkpoint_every=5000, eval_samples=1,
+                    sample_n=64),
+    # 64x64 faces (e.g. CelebA at 64x64) from an image folder, 5 bits per channel as in the paper.
+    "celeba64": dict(data="folder", levels=4, steps=32, hidden=512, n_bits=5, iters=200_000, batch_size=32,
+                     lr=1e-3, warmup=5000, eval_every=5000, sample_every=5000, checkpoint_every=5000,
+                     eval_samples=1, eval_size=2000, sample_n=36),
+    # The 1-D TabularGlow.
+    "toy": dict(data="moons", steps=8, hidden=64, iters=2000, batch_size=256, lr=2e-3, warmup=100,
+                eval_every=250, sample_every=500, checkpoint_every=500, eval_samples=1, sample_n=2000,
+                temperatures=[0.7, 1.0]),
+    "tabular": dict(data="tabular", steps=10, hidden=128, iters=10_000, batch_size=256, lr=1e-3, warmup=200,
+                    eval_every=500, sample_every=1000, checkpoint_every=1000, eval_samples=1, sample_n=2000,
+                    temperatures=[0.7, 1.0]),
+}  # fmt: skip
+
+PRESET_NOTES: dict[str, str] = {
+    "digits": "Glow L=2 K=8 width 64, 2000 steps: the sklearn 8x8 digits on a CPU in a few minutes",
+    "mnist": "Glow L=2 K=16 width 256, 50k steps (MNIST / Fashion-MNIST)",
+    "cifar10": "Glow L=3 K=32 width 512, 200k steps (CIFAR-10)",
+    "celeba64": "Glow L=4 K=32 width 512, 5-bit, 200k steps (a folder of 64x64 faces)",
+    "toy": "TabularGlow K=8 width 64, 2000 steps (the 2-D toy densities)",
+    "tabular": "TabularGlow K=10 width 128, 10k steps (a .csv/.npy table)",
+}
+
+
+def default_preset(data: str) -> str:
+    """The preset used when none is named: the one made for ``data``."""
+    if data in ("mnist", "fashion-mnist"):
+        return "mnist"
+    if data in TOY_DENSITIES:
+        return "toy"
+    if data in ("cifar10", "tabular"):
+        return data
+    return "digits"
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The values of preset ``name`` (``"none"``: nothing), less its data set: the ``toy`` preset serves every
+    toy density, ``mnist`` Fashion-MNIST too, ``celeba64`` any folder of 64x64 images."""
+    if name == "none":
+        return {}
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}, none")
+    values = dict(PRESETS[name])
+    values.pop("data")
+    return values
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON (``.json``) or TOML (``.toml``) config file into a dict (keys checked by :func:`check_keys`).
+
+    In TOML, write none as the string ``"none"`` (TOML has no null). Raises ``ValueError`` for a file that cannot
+    be parsed, ``FileNotFoundError`` for a missing one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    elif suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            raise ValueError(f"config file {path}: TOML needs Python >= 3.11; use JSON") from None
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"config file {path} is not valid TOML: {e}") from None
+    else:
+        raise ValueError(f"config file {path}: expected a .json or .toml file")
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold one object of key: value pairs")
+    check_keys(values, f"config file {path}")
+    return {k: _none(v) for k, v in values.items()}
+
+
+def _none(value: Any) -> Any:
+    return None if isinstance(value, str) and value.lower() in ("none", "null") else value
+
+
+def check_keys(values: dict[str, Any], where: str) -> None:
+    """``ValueError`` for a key that is not a config field (with the closest names as a hint)."""
+    for key in values:
+        if key not in FIELD_NAMES:
+            close = difflib.get_close_matches(str(key).replace("-", "_"), FIELD_NAMES, n=2)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise ValueError(f"{where}: unknown config key {key!r}{hint}")
+
+
+def resolve_config(
+    config: TrainConfig | dict[str, Any] | str | os.PathLike | None = None, **overrides: Any
+) -> TrainConfig:
+    """Layer defaults < preset < ``config`` (a dict, or the path of a JSON/TOML file) < ``overrides``.
+
+    A ``TrainConfig`` passed as ``config`` is taken as already resolved: only ``overrides`` apply on top.
+    The preset comes from ``overrides``, else ``config``, else :func:`default_preset` of the data.
+    """
+    check_keys(overrides, "train()")
+    if isinstance(config, TrainConfig):
+        values = {**config.to_dict(), **overrides}
+        return TrainConfig(**values).validate()
+    if config is None:
+        file_values: dict[str, Any] = {}
+    elif isinstance(config, dict):
+        check_keys(config, "config")
+        file_values = dict(config)
+    elif isinstance(config, (str, os.PathLike)):
+        file_values = load_config_file(config)
+    else:
+        raise ValueError(f"config must be a TrainConfig, a dict or a file path, got {type(config).__name__}")
+    named = overrides.get("preset", file_values.get("preset"))
+    data = overrides.get("data", file_values.get("data"))
+    if data is None:  # a named preset brings its own data set: ``--preset mnist`` trains on MNIST
+        data = PRESETS[named]["data"] if named in PRESETS else TrainConfig.data
+    preset = named or default_preset(data)
+    values = {**preset_values(preset), **file_values, **overrides}
+    values["preset"] = None if preset == "none" else preset
+    values["data"] = data
+    return TrainConfig(**values).validate()

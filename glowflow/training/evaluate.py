@@ -1,0 +1,172 @@
+"""Scoring and drawing a model: test bits/dim (or NLL), samples at a temperature, and the sample pictures.
+
+Randomness here never disturbs training: evaluation runs under ``torch.random.fork_rng`` with its own seed (so the
+dequantization noise is the same at every evaluation, and a resumed run continues the same random stream), and
+sampling uses its own ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from glowflow import viz
+from glowflow.layers.dequantization import to_uint8
+from glowflow.models import FlowModel, Glow
+from glowflow.training.data import TrainingData
+from glowflow.training.distributed import DistContext, all_reduce_sum
+
+EVAL_SEED = 1234
+
+
+@contextmanager
+def isolated_rng(seed: int, device: torch.device):
+    """Run a block with the global RNGs seeded to ``seed`` and restored afterwards."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        fork = torch.random.fork_rng(devices=[index], device_type="cuda")
+    else:
+        fork = torch.random.fork_rng(devices=[])
+    with fork:
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def evaluate(
+    model: FlowModel,
+    data: TrainingData,
+    x: Tensor,
+    y: Tensor | None,
+    n_samples: int = 1,
+    batch_size: int = 512,
+    importance_weighted: bool = False,
+    ctx: DistContext | None = None,
+    seed: int = EVAL_SEED,
+) -> dict[str, float]:
+    """Mean score of the examples ``x`` (labels ``y``), split over the processes of ``ctx``.
+
+    Images: ``{"bpd": ...}``, bits/dim with the dequantization noise averaged over ``n_samples`` draws (or their
+    importance-weighted combination). Tabular / toy data (``x`` standardised): ``{"nll": ..., "bpd": ...}``, NLL in
+    nats of the original units and ``nll / (D ln 2)``.
+    """
+    ctx = ctx or DistContext()
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    idx = torch.arange(len(x))[ctx.rank :: ctx.world_size]  # every rank scores its own share
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    with isolated_rng(seed + ctx.rank, device):
+        for start in range(0, len(idx), batch_size):
+            b = idx[start : start + batch_size]
+            xb = x[b].to(device)
+            yb = None if y is None else y[b].to(device)
+            if isinstance(model, Glow):
+                score = model.bits_per_dim(xb, yb, n_samples=n_samples, importance_weighted=importance_weighted)
+            else:
+                score = -model.log_prob(xb, yb)
+            total[0] += score.double().sum()
+            total[1] += len(b)
+    model.train(was_training)
+    all_reduce_sum(total, ctx)
+    mean = (total[0] / total[1]).item()
+    if data.is_image:
+        return {"bpd": mean}
+    nll = mean + data.log_std_sum
+    return {"nll": nll, "bpd": nll / (data.num_dims * math.log(2.0))}
+
+
+def sample_labels(model: FlowModel, n: int, label: int | None = None) -> Tensor | None:
+    """Labels for ``n`` samples of a class-conditional model: ``label``, or every class in turn."""
+    if model.num_classes is None:
+        return None
+    if label is not None:
+        return torch.full((n,), int(label), dtype=torch.long)
+    return torch.arange(n) % model.num_classes
+
+
+@torch.no_grad()
+def draw_samples(
+    model: FlowModel,
+    data: TrainingData,
+    n: int,
+    temperature: float,
+    labels: Tensor | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """``n`` samples: images as displayable grey levels (uint8 ``(n, C, H, W)``, 0..255); tabular / toy data as
+    float32 ``(n, D)`` in original units. The same ``seed`` draws the same latents."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        x = model.sample(n, temperature, y=None if labels is None else labels.to(device), generator=g)
+    finally:
+        model.train(was_training)
+    if data.is_image:
+        # decoding at high temperature early in training can overflow: show those pixels as black / white
+        x = torch.nan_to_num(x.float(), nan=-0.5, posinf=0.5, neginf=-0.5)
+        return to_uint8(x, data.num_bins).cpu()
+    return data.unstandardize(x.float()).cpu()
+
+
+def images_for_display(k: Tensor, num_bins: int) -> Tensor:
+    """Discrete levels 0..num_bins-1 -> grey levels 0..255."""
+    return torch.round(k.float() * (255.0 / (num_bins - 1))).clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def density_grid(
+    model: FlowModel, data: TrainingData, extent: tuple[float, float, float, float], n: int = 160
+) -> np.ndarray:
+    """The model's density (original units) on an ``n x n`` grid over ``extent = (x0, x1, y0, y1)``."""
+    device = next(model.parameters()).device
+    x0, x1, y0, y1 = extent
+    gx, gy = torch.meshgrid(torch.linspace(x0, x1, n), torch.linspace(y0, y1, n), indexing="xy")
+    pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
+    was_training = model.training
+    model.eval()
+    log_p = (
+        torch.cat([model.log_prob(data.standardize(chunk).to(device)).cpu() for chunk in pts.split(8192)])
+        - data.log_std_sum
+    )
+    model.train(was_training)
+    return torch.exp(log_p.double()).nan_to_num(0.0).reshape(n, n).numpy()
+
+
+def extent_of(points: np.ndarray, margin: float = 0.1) -> tuple[float, float, float, float]:
+    lo = np.percentile(points, 0.5, axis=0)
+    hi = np.percentile(points, 99.5, axis=0)
+    pad = margin * (hi - lo) + 1e-6
+    return (float(lo[0] - pad[0]), float(hi[0] + pad[0]), float(lo[1] - pad[1]), float(hi[1] + pad[1]))
+
+
+def sample_picture(
+    model: FlowModel,
+    data: TrainingData,
+    temperatures: list[float],
+    n: int,
+    seed: int = 0,
+    caption: str = "",
+) -> np.ndarray:
+    """What ``RUN/samples.png`` shows: image grids at each temperature (one class per column for a
+    class-conditional model); for 2-D data the test data, the model density and samples; for tabular data data
+    and samples on the first two coordinates."""
+    if data.is_image:
+        ncol = model.num_classes
+        if ncol is not None:  # one class per column: whole rows
+            n = math.ceil(n / ncol) * ncol
+        labels = sample_labels(model, n)
+        grids = [(t, draw_samples(model, data, n, t, labels, seed)) for t in temperatures]
+        return viz.sample_sheet(grids, ncol=ncol, caption=caption)
+    test = data.unstandardize(data.test_x).numpy()
+    samples = [(t, draw_samples(model, data, n, t, None, seed).numpy()) for t in temperatures]
+    if data.num_dims == 2:
+        extent = extent_of(test)
+        return viz.density_plot(density_grid(model, data, extent), extent, test, samples, title=caption)
+    return viz.scatter_plot(test, samples, title=caption)
