@@ -17,7 +17,9 @@ deterministic function of the part the coupling leaves unchanged, so both direct
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -55,6 +57,17 @@ def build_conditioner(
             raise ValueError("the MLP conditioner takes a conditioning vector, not a map (cond_channels)")
         return MLP(in_features=in_channels, out_features=out_channels, hidden=hidden, cond_features=cond_features)
     raise ValueError(f"unknown conditioner {kind!r}; expected one of {CONDITIONERS} or a factory")
+
+
+@functools.cache
+def _warn_if_no_native_bf16() -> None:
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn(
+            "precision='bf16' on a CPU without native bf16 instructions (AVX512-BF16 / AMX): oneDNN emulates bf16 "
+            "here and the conditioners run several times slower than in fp32; use precision='fp32' on this machine",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 class _Coupling(Flow):
@@ -131,6 +144,8 @@ class _Coupling(Flow):
         dtype = PRECISIONS[self._precision]
         if dtype is None:
             return self.net(x_cond, cond)
+        if x_cond.device.type == "cpu":
+            _warn_if_no_native_bf16()
         with torch.autocast(x_cond.device.type, dtype=dtype):
             h = self.net(x_cond, cond)
         return h.to(x_cond.dtype)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from glowflow.layers.actnorm import ActNorm
 from glowflow.layers.base import zero_logdet
 
 
@@ -39,12 +40,19 @@ def memory_saving_forward(
     if mode == "checkpoint":
         logdet = zero_logdet(x)
         for layer in layers:
-            x, ld = checkpoint(layer, x, cond, use_reentrant=False, preserve_rng_state=False)
+            if _initializing(layer):  # the re-run in backward would skip the init and save different tensors
+                x, ld = layer(x, cond)
+            else:
+                x, ld = checkpoint(layer, x, cond, use_reentrant=False, preserve_rng_state=False)
             logdet = logdet + ld
         return x, logdet
     leaves = leaf_layers(layers)
     params = [p for layer in leaves for p in layer.parameters() if p.requires_grad]
     return _InvertibleBackprop.apply(x, cond, leaves, *params)
+
+
+def _initializing(layer: nn.Module) -> bool:
+    return any(not m.is_initialized() for m in layer.modules() if isinstance(m, ActNorm))
 
 
 def _rebuild(layer: nn.Module, y: Tensor, cond: Tensor | None):
