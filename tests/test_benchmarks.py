@@ -1,0 +1,148 @@
+"""Smoke tests for benchmarks/: every benchmark's code path on tiny settings, so the scripts cannot rot.
+
+The normflows parts need the ``bench`` extra (``pip install -e '.[bench]'``); without it they are skipped, and the
+benchmark scripts themselves fall back to glowflow only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+import _normflows_glow as nfg  # noqa: E402
+import bench  # noqa: E402
+import budget  # noqa: E402
+
+from glowflow import Glow  # noqa: E402
+from glowflow.layers.conditioners import ZeroConv2d  # noqa: E402
+from glowflow.layers.dequantization import bits_per_dim, to_continuous  # noqa: E402
+from glowflow.layers.priors import Split  # noqa: E402
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*torch.lu is deprecated:UserWarning"),  # inside normflows
+    pytest.mark.filterwarnings("ignore:precision='bf16' on a CPU:RuntimeWarning"),  # bench.py measures bf16 anyway
+]
+
+needs_normflows = pytest.mark.skipif(
+    nfg.nf is None, reason="normflows is not installed (the optional 'bench' extra: pip install -e '.[bench]')"
+)
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread only adds synchronisation cost
+    yield
+    torch.set_num_threads(before)
+
+
+def test_objective_matches_glowflow_convention():
+    k = torch.randint(0, 256, (3, 1, 4, 4))
+    u = torch.rand(k.shape) * 0.999
+    assert torch.allclose(nfg.dequantize(k, 256, u), to_continuous(k.float(), u, 256))
+    log_p = torch.randn(3) * 10
+    d = 16
+    assert torch.allclose(nfg.bits_per_dim_from_log_prob(log_p, d, 256), bits_per_dim(log_p - d * math.log(256), d))
+
+
+def split_convs(model: Glow) -> list[torch.nn.Module]:
+    return [m.conv for m in model.modules() if isinstance(m, Split)]
+
+
+@needs_normflows
+@pytest.mark.parametrize(("shape", "levels"), [((3, 16, 16), 3), ((1, 32, 32), 2), ((1, 28, 28), 2)])
+def test_normflows_glow_matches_architecture(shape, levels, one_thread):
+    steps, hidden = 2, 16
+    g = Glow(shape, levels, steps, hidden)
+    n = nfg.build_normflows_glow(shape, levels, steps, hidden)
+    # the steps of flow have exactly the same parameters, up to glowflow's conditioner output gain (ZeroConv2d.logs);
+    # the rest differs by design (learned conditional split priors vs unconditional per-element Gaussians)
+    g_steps = sum(p.numel() for level in g.levels for p in level[1].parameters())
+    g_gain = sum(m.logs.numel() for m in g.modules() if isinstance(m, ZeroConv2d) and m not in split_convs(g))
+    n_steps = sum(p.numel() for m in n.modules() if isinstance(m, nfg.nf.flows.GlowBlock) for p in m.parameters())
+    assert g_steps - g_gain == n_steps
+    k = torch.randint(0, 256, (4, *shape))
+    with torch.no_grad():
+        nfg.normflows_bits_per_dim(n, k)  # ActNorm initialisation
+    bpd = nfg.normflows_bits_per_dim(n, k)
+    assert bpd.shape == (4,) and torch.isfinite(bpd).all()
+    bpd.mean().backward()
+    assert all(p.grad is not None for p in n.parameters() if p.requires_grad)
+    with torch.no_grad():
+        x, _ = n.sample(3, temperature=0.7)
+        zs, _ = n.inverse_and_log_det(x)
+    assert x.shape == (3, *shape)
+    # the latents have the same shapes as glowflow's (normflows lists them coarsest first)
+    assert sorted(tuple(z.shape[1:]) for z in zs) == sorted(g.latent_shapes)
+
+
+def test_bench_quick_all_sections(tmp_path, one_thread, capsys):
+    out = tmp_path / "bench.json"
+    png = tmp_path / "scaling.png"
+    results = bench.main(["--quick", "--in-process", "--threads", "1", "--json", str(out), "--plot", str(png)])
+    text = capsys.readouterr().out
+    assert png.stat().st_size > 0
+    saved = json.loads(out.read_text())
+    assert set(saved["configs"]) == {"S", "M"}
+    for name in ("S", "M"):
+        cmp_ = saved["configs"][name]["compare"]["contenders"]
+        g = cmp_["glowflow"]
+        for key in ("train", "eval", "sample"):
+            assert g[key]["items_per_s"] > 0
+        assert g["train_flops"] > 0 and 0 < g["train"]["fraction_of_matmul"]
+        assert saved["configs"][name]["memory"]["glowflow"]["saved_activations_mib"] > 0
+        if nfg.nf is not None:
+            assert cmp_["normflows"]["train"]["items_per_s"] > 0
+            assert "normflows" in saved["configs"][name]["memory"]
+    assert "glowflow-bf16" in saved["configs"]["S"]["compare"]["contenders"]
+    assert len(saved["memmodes"]["memory"]) == 6 and len(saved["memmodes"]["speed"]) == 6
+    assert saved["pipeline"]["S"]["items_per_s"] > 0
+    assert len(saved["scaling"]) == 3
+    assert "train img/s (fp32)" in text and "memory modes" in text and "scaling" in text
+    assert results["env"]["threads"] == 1
+
+
+def test_bench_memory_case_in_fresh_process():
+    """The default path: one case in a fresh process under the memory allocator settings."""
+    cfg = bench.QUICK_CONFIGS["S"]
+    spec = {
+        "kind": "memory",
+        "device": "cpu",
+        "threads": 1,
+        "settings": {"memory_warmup": 1, "memory_steps": 1},
+        "mnist_dir": str(bench.DEFAULT_MNIST_DIR),
+        "config": bench.asdict(cfg),
+        "lib": "glowflow",
+        "memory": "invertible",
+    }
+    r = bench.run_worker(spec, bench.MEMORY_TUNABLES, in_process=False)
+    assert r["glibc_tunables"] == bench.MEMORY_TUNABLES
+    assert r["memory_mode"] == "invertible" and r["peak_reset"] in (True, False)
+    assert r["peak_mib"] >= 0 and r["baseline_mib"] > 0
+
+
+def test_budget_quick(tmp_path, one_thread, capsys):
+    out = tmp_path / "budget.json"
+    png = tmp_path / "budget.png"
+    results = budget.main(
+        ["--quick", "--minutes", "0.01", "--eval-every", "0.005", "--json", str(out), "--plot", str(png)]
+    )
+    assert png.stat().st_size > 0
+    saved = json.loads(out.read_text())
+    libs = ["glowflow"] + (["normflows"] if nfg.nf is not None else [])
+    assert list(saved["curves"]) == libs
+    for lib in libs:
+        curve = results["curves"][lib]
+        assert len(curve) == 2 and curve[-1]["steps"] > 0
+        assert all(math.isfinite(p["test_bpd"]) for p in curve)
+        # the budget counts training time only
+        assert curve[-1]["train_s"] >= 0.01 * 60
+    assert "test bpd" in capsys.readouterr().out
