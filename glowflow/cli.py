@@ -72,6 +72,15 @@ examples:
 """
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Wraps one-paragraph descriptions; keeps multi-line text (the examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line: ``glowflow train: error: ... (see glowflow train --help)``."""
 
@@ -107,7 +116,7 @@ def _train_parser(sub: Any) -> None:
         "win. Without --preset, the preset made for the data is used (digits, mnist, cifar10, toy, tabular); the "
         "defaults shown are the digits preset's.",
         epilog=f"presets (--preset NAME; none: the bare defaults):\n{presets}\n\n{TRAIN_EXAMPLES}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--config", metavar="FILE", default=None, help="JSON or TOML file of config keys")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
@@ -271,10 +280,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"trained:     {info['step']} of {info['iters']} steps, {wall:.0f} s wall time, "
           f"{info['processes']} process(es); {info['skipped']} skipped, {info['rollbacks']} rollbacks")  # fmt: skip
     best = info["best"]
-    best_text = f"{best['value']:.4f} at step {best['step']}" if best else "-"
+    best_text = f"best {best.get(metric, best['value']):.4f} at step {best['step']}" if best else "no best yet"
     name = "test bpd" if image else "test NLL"
-    print(f"{name + ':':<12} {fmt(info['last'])} {unit} now, {best_text} best "
-          f"(untrained {fmt(info['untrained'])}{'' if image else '; best by bits/dim'})")  # fmt: skip
+    print(f"{name + ':':<12} {fmt(info['last'])} {unit} at step {info['step']} ({best_text}; "
+          f"untrained {fmt(info['untrained'])})")  # fmt: skip
     print("config:")
     for key, value in info["config"].items():
         print(f"  {key} = {json.dumps(value)}")
@@ -293,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _train_parser(sub)
-    raw = argparse.RawDescriptionHelpFormatter
+    raw = _Formatter
 
     p = sub.add_parser("eval", help="bits/dim (or NLL) of a data split", epilog=EVAL_EXAMPLES, formatter_class=raw,
                        description="Score a split of the run's data: bits/dim with the dequantization noise averaged "
@@ -370,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. head, which closed early: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (GlowflowError, ValueError, FileNotFoundError, OSError, ImportError) as e:
         where = f" [rank {rank}]" if rank != "0" else ""
         print(f"{prog}{where}: error: {_one_line(e)}", file=sys.stderr)

@@ -344,7 +344,7 @@ class _Run:
                     if results and self.main:
                         self.say(f"step {step}: {self._metric_text(results)}")
                     if results and (self.best is None or results["test_bpd"] < self.best["value"]):
-                        self.best = {"value": results["test_bpd"], "step": step}
+                        self.best = {"value": results["test_bpd"], "step": step, **results}
                         self._save("best.pt", step)
                     if not stop_now and (final or (cfg.sample_every and step % cfg.sample_every == 0)):
                         self._samples(step)
@@ -619,9 +619,10 @@ class _Run:
                 self.say(f"stopped by {stopped_by} at step {step}; saved {path}. Resume with: glowflow train --out "
                          f"{self.run_dir} --resume")  # fmt: skip
             elif self.last_eval:
+                key = "test_bpd" if self.data.is_image else "test_nll"
                 best = self.best
-                best_text = f"; best {best['value']:.3f} at step {best['step']}" if best else ""
-                first = self.untrained["test_bpd" if self.data.is_image else "test_nll"]
+                best_text = f"; best {best.get(key, best['value']):.3f} at step {best['step']}" if best else ""
+                first = self.untrained[key]
                 self.say(f"done: {step} steps, {elapsed:.0f} s of training: {self._metric_text(self.last_eval)} "
                          f"(untrained {first:.3f}{best_text})")  # fmt: skip
                 self.say(f"outputs: {self.run_dir}/samples.png, curve.png, metrics.jsonl, checkpoints/")
