@@ -37,7 +37,7 @@ def test_run_directory_and_metrics(tmp_path: Path):
     assert [r["step"] for r in records if "test_bpd" in r] == [0, 4, 8]
     assert records[-1]["test_bpd"] == pytest.approx(result.metrics["test_bpd"])
     assert records[0]["test_bpd"] == pytest.approx(result.untrained["test_bpd"])
-    assert records[-1]["lr"] == pytest.approx(1e-3) and records[-1]["skipped"] == 0
+    assert records[-1]["lr"] == pytest.approx(result.config.lr) and records[-1]["skipped"] == 0
     assert records[-1]["examples_per_s"] > 0 and records[-1]["grad_norm"] > 0
     for name in ("samples.png", "curve.png", "samples/step_000008.png", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (out / name).is_file(), name
