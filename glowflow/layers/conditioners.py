@@ -119,7 +119,7 @@ class GlowConvNet(_Conditioned):
         x = self._input(x, cond).contiguous(memory_format=torch.channels_last)
         h = F.relu(self.conv1(x, self._cond_shift(cond, x.dtype)))
         h = F.relu(self.conv2(h))
-        return self.out(h).contiguous()
+        return self.out(h)
 
 
 def concat_elu(x: Tensor) -> Tensor:
@@ -175,7 +175,7 @@ class GatedResNet(_Conditioned):
         shift = self._cond_shift(cond, h.dtype)
         if shift is not None:
             h = h + shift
-        return self.out(concat_elu(self.blocks(h))).contiguous()
+        return self.out(concat_elu(self.blocks(h)))
 
 
 class MLP(nn.Module):

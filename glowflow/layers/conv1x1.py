@@ -164,14 +164,18 @@ class InvertibleConv1x1(Flow):
         return f"{self.channels}, lu={isinstance(self.matrix, LUMatrix)}"
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        w = self.matrix.weight()
         logdet = x.shape[2] * x.shape[3] * self.matrix.log_abs_det()
-        return F.conv2d(x, w.to(x.dtype)[:, :, None, None]), logdet.expand(x.shape[0])
+        return _mix_channels(x, self.matrix.weight()), logdet.expand(x.shape[0])
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        w_inv = self.matrix.inverse_weight()
         logdet = -y.shape[2] * y.shape[3] * self.matrix.log_abs_det()
-        return F.conv2d(y, w_inv.to(y.dtype)[:, :, None, None]), logdet.expand(y.shape[0])
+        return _mix_channels(y, self.matrix.inverse_weight()), logdet.expand(y.shape[0])
+
+
+def _mix_channels(x: Tensor, w: Tensor) -> Tensor:
+    """``W x`` at every position of (B, C, H, W) ``x``, as one matrix product over the channel axis in
+    (B, H, W, C) order; the result has channels-last memory layout."""
+    return F.linear(x.permute(0, 2, 3, 1), w.to(x.dtype)).permute(0, 3, 1, 2)
 
 
 class InvertibleLinear(Flow):

@@ -16,10 +16,22 @@ class Squeeze(Flow):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         b, c, h, w = x.shape
-        y = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
-        return y.reshape(b, 4 * c, h // 2, w // 2), zero_logdet(x)
+        if _channels_last(x):  # same layout, permuted in (B, H, W, C) memory order
+            y = x.permute(0, 2, 3, 1).reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 5, 2, 4)
+            y = y.reshape(b, h // 2, w // 2, 4 * c).permute(0, 3, 1, 2)
+        else:
+            y = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, h // 2, w // 2)
+        return y, zero_logdet(x)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         b, c, h, w = y.shape
-        x = y.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
-        return x.reshape(b, c // 4, 2 * h, 2 * w), zero_logdet(y)
+        if _channels_last(y):
+            x = y.permute(0, 2, 3, 1).reshape(b, h, w, c // 4, 2, 2).permute(0, 1, 4, 2, 5, 3)
+            x = x.reshape(b, 2 * h, 2 * w, c // 4).permute(0, 3, 1, 2)
+        else:
+            x = y.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c // 4, 2 * h, 2 * w)
+        return x, zero_logdet(y)
+
+
+def _channels_last(x: Tensor) -> bool:
+    return x.stride(1) == 1 and x.shape[1] > 1
