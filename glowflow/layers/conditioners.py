@@ -98,8 +98,8 @@ class _Conditioned(nn.Module):
 class GlowConvNet(_Conditioned):
     """Glow's coupling network. Shapes: (B, in_channels, H, W) -> (B, out_channels, H, W).
 
-    The hidden activations are kept in channels-last memory layout, which oneDNN convolutions run faster on;
-    input and output are ordinary contiguous tensors.
+    Activations are computed in channels-last memory layout, which oneDNN convolutions run fastest on; the
+    input may have any layout, the output is channels-last.
     """
 
     def __init__(
