@@ -46,7 +46,7 @@ from glowflow.training.data import TrainingData, prepare_data
 from glowflow.training.distributed import DistContext, shard
 from glowflow.training.evaluate import evaluate, sample_picture
 from glowflow.training.guard import FaultGuard, TrainingError
-from glowflow.training.metrics import MetricsLog, read_metrics
+from glowflow.training.metrics import MetricsLog
 
 # Settings that may change when a run is resumed; everything else (data, model, optimiser) is fixed by the run.
 RESUMABLE = frozenset({
@@ -646,8 +646,3 @@ class _NullLog:
 
     def close(self) -> None:
         pass
-
-
-def read_run_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of ``RUN/metrics.jsonl``."""
-    return read_metrics(Path(run_dir) / "metrics.jsonl")

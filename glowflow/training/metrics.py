@@ -1,12 +1,13 @@
 """``RUN/metrics.jsonl``: one JSON object per logged step, plus optional TensorBoard scalars.
 
-Every line has ``step`` and ``loss`` (the mean training objective over the steps since the previous line:
-bits/dim for images; NLL in nats of the original, unstandardised units for tabular / toy data; null if every one of
-those steps was skipped) and, when the test split was evaluated at that step, ``test_bpd`` (images: bits/dim with
-the dequantization noise averaged over ``eval_samples`` draws; tabular / toy data: ``test_nll`` in nats and
-``test_bpd = test_nll / (D ln 2)``, a differential entropy rate that can be negative). Also ``lr``, ``grad_norm``,
-``examples_per_s``, ``time`` (seconds of training so far, over resumes), ``skipped`` (faulty steps so far) and
-``events`` (skips and rollbacks since the previous line). Non-finite numbers are written as null.
+Every line has ``step`` and ``loss``: the mean training objective over the steps since the previous line (bits/dim
+for images; NLL in nats of the original, unstandardised units for tabular / toy data; null if every one of those
+steps was skipped; at step 0, the objective on the ActNorm initialisation batch). When the test split was
+evaluated at that step: ``test_bpd`` (images: bits/dim with the dequantization noise averaged over
+``eval_samples`` draws; tabular / toy data: ``test_nll`` in nats and ``test_bpd = test_nll / (D ln 2)``, a
+differential entropy rate that can be negative). Also ``lr``, ``grad_norm``, ``examples_per_s``, ``time`` (seconds
+of training so far, over resumes), ``skipped`` (faulty steps so far) and ``events`` (skips and rollbacks since the
+previous line). Non-finite numbers are written as null.
 """
 
 from __future__ import annotations
