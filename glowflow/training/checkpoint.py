@@ -43,6 +43,12 @@ MODEL_CLASSES: dict[str, type[FlowModel]] = {"Glow": Glow, "TabularGlow": Tabula
 REQUIRED = ("config", "model_class", "model_config", "model", "step")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, write: Any) -> Path:
     """Create ``path`` atomically: ``write(f)`` fills a temporary file beside it, which is flushed, fsynced and
     renamed onto ``path``. On any error the temporary file is removed and ``path`` is untouched."""
@@ -54,6 +60,7 @@ def atomic_write_bytes(path: str | os.PathLike, write: Any) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -67,6 +67,7 @@ class TrainConfig:
     preset: str | None = _f(None, "the preset these values started from (recorded; chosen with --preset)", "run")
     seed: int = _f(0, "seed of the model initialisation, the batches and the noise", "run")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto (cuda when available)", "run")
+    threads: int | None = _f(None, "CPU threads of PyTorch's operators (none: PyTorch's default, one per core)", "run")
     # ---- model --------------------------------------------------------------------------------------------
     levels: int = _f(2, "L, the number of scales (image Glow)", "model")
     steps: int = _f(8, "K, steps of flow per level (per model for tabular / toy data)", "model")
@@ -139,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"config key 'rollback_lr_factor' must lie in (0, 1], got {self.rollback_lr_factor}")
         if self.n_bits is not None and not 1 <= self.n_bits <= 8:
             raise ValueError(f"config key 'n_bits' must lie in 1..8, got {self.n_bits}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"config key 'threads' must be >= 1 or none, got {self.threads}")
         if self.pad is not None and self.pad < 1:
             raise ValueError(f"config key 'pad' must be a positive image size, got {self.pad}")
         if self.eval_size is not None and self.eval_size < 1:
@@ -194,9 +197,11 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's main command: the sklearn 8x8 digits (17 grey levels) in a few minutes on a 2-core CPU. The
     # 1,500 training images are few: the test bpd bottoms out after ~600-800 steps at lr 2e-3 and then rises
-    # (measured: 2.33 at step 500-750, 2.41 at step 1500), so the run stops there.
+    # (measured: 2.33 at step 500-750, 2.41 at step 1500), so the run stops there. One thread: convolutions on
+    # 8x8 images gain little from more, and on a CPU shared with other work, OpenMP's waiting threads made the
+    # steps 2-5x slower with two threads than with one (measured: 1050 vs 230 ms per step at load 4).
     "digits": dict(data="digits", levels=2, steps=8, hidden=64, iters=800, batch_size=64, lr=2e-3, warmup=100,
-                   eval_every=100, sample_every=200, checkpoint_every=200, eval_samples=4),
+                   eval_every=100, sample_every=200, checkpoint_every=200, eval_samples=4, threads=1),
     # Paper-style configurations (Kingma & Dhariwal 2018, and the openai/glow scripts), for a GPU.
     "mnist": dict(data="mnist", levels=2, steps=16, hidden=256, iters=50_000, batch_size=64, lr=1e-3,
                   warmup=2000, eval_every=2500, sample_every=2500, checkpoint_every=2500, eval_samples=4,

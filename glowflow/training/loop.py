@@ -50,7 +50,7 @@ from glowflow.training.metrics import MetricsLog
 
 # Settings that may change when a run is resumed; everything else (data, model, optimiser) is fixed by the run.
 RESUMABLE = frozenset({
-    "out", "iters", "device", "data_dir", "download", "precision", "memory", "compile", "eval_every",
+    "out", "iters", "device", "threads", "data_dir", "download", "precision", "memory", "compile", "eval_every",
     "eval_samples", "eval_batch_size", "sample_every", "sample_n", "temperatures", "checkpoint_every",
     "log_every", "tensorboard", "progress", "max_faults", "max_rollbacks", "rollback_lr_factor",
 })  # fmt: skip
@@ -98,11 +98,15 @@ def train(
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this; see ``glowflow.training.distributed``.
     """
     cfg, ckpt = _configure(config, resume, overrides)
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     ctx = distributed.setup(cfg.device)
     try:
         return _Run(cfg, ctx, ckpt, loss_hook).train()
     finally:
         distributed.cleanup(ctx)
+        torch.set_num_threads(threads)
 
 
 def _configure(config: Any, resume: bool, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any] | None]:

@@ -85,6 +85,9 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path: Path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(target, explode)
     assert target.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["x.pt"]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0o600
 
 
 def _write(path: Path, data: bytes) -> Path:

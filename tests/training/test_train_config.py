@@ -80,6 +80,7 @@ def test_resolved_config_round_trips_through_json(tmp_path: Path):
         ({"device": "tpu"}, "'device' must be cpu, cuda, cuda:N or auto"),
         ({"temperatures": []}, "'temperatures' must be a non-empty list"),
         ({"n_bits": 9}, "'n_bits' must lie in 1..8"),
+        ({"threads": 0}, "'threads' must be >= 1 or none"),
     ],
 )
 def test_bad_values(kwargs, message):

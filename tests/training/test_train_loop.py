@@ -156,3 +156,15 @@ def test_tensorboard_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
     with pytest.raises(ImportError, match=r"--tensorboard needs the tensorboard package: pip install 'glowflow\["):
         train(out=str(tmp_path / "tb"), iters=1, tensorboard=True, **TINY)
+
+
+def test_threads_are_set_for_the_run_and_restored(tmp_path: Path):
+    torch.set_num_threads(2)
+    seen = []
+
+    def hook(step: int, loss: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return loss
+
+    train(out=str(tmp_path / "t"), iters=2, threads=1, loss_hook=hook, **TINY)
+    assert seen == [1, 1] and torch.get_num_threads() == 2
