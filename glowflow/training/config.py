@@ -207,12 +207,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                   warmup=2000, eval_every=2500, sample_every=2500, checkpoint_every=2500, eval_samples=4,
                   sample_n=64),
     "cifar10": dict(data="cifar10", levels=3, steps=32, hidden=512, iters=200_000, batch_size=64, lr=1e-3,
-                    warmup=5000, eval_every=5000, sample_every=5000, checkpoint_every=5000, eval_samples=1,
+                    warmup=5000, eval_every=5000, sample_every=5000, checkpoint_every=5000, eval_samples=2,
                     sample_n=64),
     # 64x64 faces (e.g. CelebA at 64x64) from an image folder, 5 bits per channel as in the paper.
     "celeba64": dict(data="folder", levels=4, steps=32, hidden=512, n_bits=5, iters=200_000, batch_size=32,
                      lr=1e-3, warmup=5000, eval_every=5000, sample_every=5000, checkpoint_every=5000,
-                     eval_samples=1, eval_size=2000, sample_n=36),
+                     eval_samples=2, eval_size=2000, sample_n=36),
     # The 1-D TabularGlow.
     "toy": dict(data="moons", steps=8, hidden=64, iters=2000, batch_size=256, lr=2e-3, warmup=100,
                 eval_every=250, sample_every=500, checkpoint_every=500, eval_samples=1, sample_n=2000,

@@ -51,12 +51,15 @@ def error_line(capsys, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """A class-conditional digits run and a moons run, trained through the CLI."""
+    """A class-conditional digits run, an unconditional one with variational dequantization, and a moons run,
+    trained through the CLI."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cli")
-    out = {"digits": root / "digits", "moons": root / "moons"}
+    out = {"digits": root / "digits", "moons": root / "moons", "plain": root / "plain"}
     assert main(["train", "--out", str(out["digits"]), *TINY_FLAGS, "--iters", "4", "--conditional"]) == 0
+    assert main(["train", "--out", str(out["plain"]), *TINY_FLAGS, "--iters", "2",
+                 "--dequantization", "variational", "--memory", "invertible"]) == 0  # fmt: skip
     assert main(["train", "--data", "moons", "--out", str(out["moons"]), *TINY_FLAGS, "--iters", "4"]) == 0
     torch.set_num_threads(before)
     return out
@@ -89,6 +92,10 @@ def test_eval(runs, capsys):
     code, out, _ = run_cli(capsys, "eval", runs["digits"], "--split", "train", "--limit", "50", "--n-samples", "1")
     assert code == 0 and "train split (50 of 1500 images)" in out
     assert json.loads((runs["digits"] / "eval_train.json").read_text())["examples"] == 50
+    code, out, _ = run_cli(capsys, "eval", runs["plain"], "--n-samples", "2")  # variational: always both
+    assert code == 0 and "importance-weighted over 2 draws" in out
+    saved = json.loads((runs["plain"] / "eval_test.json").read_text())
+    assert saved["bpd_importance_weighted"] <= saved["bpd"] + 1e-9
     code, out, _ = run_cli(capsys, "eval", runs["moons"])
     assert code == 0 and "NLL" in out and "nats" in out
     assert "nll" in json.loads((runs["moons"] / "eval_test.json").read_text())
@@ -118,6 +125,8 @@ def test_interpolate(runs, tmp_path: Path, capsys):
     assert code == 0 and "test images" in out
     w, h = Image.open(tmp_path / "i.png").size
     assert w > h  # 5 frames wide, 2 pairs high
+    code, out, _ = run_cli(capsys, "interpolate", runs["plain"], "--index", "3", "17", "--out", tmp_path / "j.png")
+    assert code == 0 and "test images 3 -> 17" in out
     line = error_line(capsys, "interpolate", runs["digits"], "--index", "0", "100000")
     assert "--index 100000 out of range: the test split has 297 images" in line
     line = error_line(capsys, "interpolate", runs["moons"])
@@ -129,6 +138,9 @@ def test_manipulate(runs, tmp_path: Path, capsys):
     code, out, _ = run_cli(capsys, "manipulate", runs["digits"], "--from", "1", "--to", "7", "--n", "2",
                            "--max-per-class", "30", "--out", out_png)  # fmt: skip
     assert code == 0 and out_png.is_file() and "mean latent of 7 - mean latent of 1" in out
+    code, _, _ = run_cli(capsys, "manipulate", runs["plain"], "--from", "0", "--to", "6", "--n", "1",
+                         "--strengths", "0,1", "--max-per-class", "20")  # fmt: skip
+    assert code == 0 and (runs["plain"] / "manipulate_0_to_6.png").is_file()
     line = error_line(capsys, "manipulate", runs["moons"], "--from", "0", "--to", "1")
     assert "manipulate needs an image model" in line
     line = error_line(capsys, "manipulate", runs["digits"], "--from", "1", "--to", "cat")

@@ -34,7 +34,8 @@ def test_train_downloads_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
         monkeypatch.setitem(dl.MD5["mnist"], filename, md5((served / "mnist" / filename).read_bytes()))
     data = tmp_path / "data"
     out = tmp_path / "run"
-    args = ["train", "--data", "mnist", "--data-dir", str(data), "--out", str(out), *TINY_FLAGS, "--iters", "2"]
+    args = ["train", "--data", "mnist", "--data-dir", str(data), "--out", str(out), *TINY_FLAGS, "--iters", "2",
+            "--n-bits", "5", "--pad", "32"]  # fmt: skip
     with http_server(served) as url:
         monkeypatch.setenv(dl.MIRROR_ENV, url + "{name}/")
         assert main(args) == 2  # without --download: one line saying what is missing and how to get it
@@ -44,8 +45,8 @@ def test_train_downloads_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     for filename in dl.IDX_FILES:
         assert (data / "mnist" / filename).read_bytes() == (served / "mnist" / filename).read_bytes()
     out_text = capsys.readouterr().out
-    assert "mnist: 40 train / 10 test images, 1x28x28, 256 grey levels" in out_text
+    assert "mnist: 40 train / 10 test images, 1x32x32, 32 grey levels" in out_text  # 5 bits, padded
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 2]
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["config"]["preset"] == "mnist" and ckpt["config"]["download"] is True
-    assert ckpt["data"]["shape"] == [1, 28, 28]
+    assert ckpt["data"]["shape"] == [1, 32, 32] and ckpt["model_config"]["num_bins"] == 32
