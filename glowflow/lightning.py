@@ -36,6 +36,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from glowflow import viz
 from glowflow.layers.dequantization import to_uint8
 from glowflow.models import FlowModel, Glow, TabularGlow
+from glowflow.training.loop import make_optimizer, warmup_factor
 
 _MODELS: dict[str, type[FlowModel]] = {"Glow": Glow, "TabularGlow": TabularGlow}
 
@@ -138,10 +139,9 @@ class GlowflowModule(pl.LightningModule):
         return score
 
     def configure_optimizers(self) -> dict[str, Any]:
-        cls = torch.optim.Adam if self.hparams.optimizer == "adam" else torch.optim.Adamax
-        opt = cls(self.model.parameters(), lr=self.hparams.lr)
+        opt = make_optimizer(self.hparams.optimizer, self.model.parameters(), self.hparams.lr)
         warmup = self.hparams.warmup
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0 if warmup <= 0 else min(1.0, (e + 1) / warmup))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_factor(e, warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     @torch.no_grad()
