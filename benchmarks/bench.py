@@ -253,7 +253,12 @@ class Contender:
     def __init__(self, name: str, lib: str, model: torch.nn.Module, cfg: Config, device: str, lr: float = 1e-3) -> None:
         self.name, self.lib, self.cfg, self.device = name, lib, cfg, device
         self.model = model.to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        if lib == "glowflow":  # what glowflow.train uses: Adam with the fused (single-kernel) implementation
+            from glowflow.training.loop import make_optimizer
+
+            self.optimizer = make_optimizer("adam", self.model.parameters(), lr)
+        else:  # what normflows' examples use
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.params = count_parameters(self.model)
 
     # objective: per-example bits/dim of integer images k (dequantized inside, same formula for both libraries)

@@ -165,17 +165,22 @@ class InvertibleConv1x1(Flow):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = x.shape[2] * x.shape[3] * self.matrix.log_abs_det()
-        return _mix_channels(x, self.matrix.weight()), logdet.expand(x.shape[0])
+        return mix_channels(x, self.matrix.weight()), logdet.expand(x.shape[0])
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = -y.shape[2] * y.shape[3] * self.matrix.log_abs_det()
-        return _mix_channels(y, self.matrix.inverse_weight()), logdet.expand(y.shape[0])
+        return mix_channels(y, self.matrix.inverse_weight()), logdet.expand(y.shape[0])
 
 
-def _mix_channels(x: Tensor, w: Tensor) -> Tensor:
-    """``W x`` at every position of (B, C, H, W) ``x``, as one matrix product over the channel axis in
-    (B, H, W, C) order; the result has channels-last memory layout."""
-    return F.linear(x.permute(0, 2, 3, 1), w.to(x.dtype)).permute(0, 3, 1, 2)
+def mix_channels(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``W x (+ bias)`` applied to the channel vector at every position of ``x`` (B, C) or (B, C, H, W).
+
+    Images are multiplied as one matrix product over the channel axis in (B, H, W, C) order, so the result has
+    channels-last memory layout.
+    """
+    if x.dim() == 2:
+        return F.linear(x, w, bias)
+    return F.linear(x.permute(0, 2, 3, 1), w, bias).permute(0, 3, 1, 2)
 
 
 class InvertibleLinear(Flow):
@@ -193,9 +198,7 @@ class InvertibleLinear(Flow):
         return f"{self.features}, lu={isinstance(self.matrix, LUMatrix)}"
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        w = self.matrix.weight()
-        return F.linear(x, w.to(x.dtype)), self.matrix.log_abs_det().expand(x.shape[0])
+        return mix_channels(x, self.matrix.weight()), self.matrix.log_abs_det().expand(x.shape[0])
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        w_inv = self.matrix.inverse_weight()
-        return F.linear(y, w_inv.to(y.dtype)), (-self.matrix.log_abs_det()).expand(y.shape[0])
+        return mix_channels(y, self.matrix.inverse_weight()), (-self.matrix.log_abs_det()).expand(y.shape[0])

@@ -9,11 +9,12 @@ from torch import Tensor, nn
 
 from glowflow.errors import NotInitializedError
 from glowflow.layers.actnorm import ActNorm
-from glowflow.layers.base import Flow, FlowSequence
+from glowflow.layers.base import Flow
 from glowflow.layers.conv1x1 import InvertibleConv1x1, InvertibleLinear
 from glowflow.layers.coupling import PRECISIONS, AdditiveCoupling, AffineCoupling, _Coupling
 from glowflow.layers.permutations import ChannelReverse, ChannelShuffle
 from glowflow.layers.priors import standard_normal_log_prob
+from glowflow.layers.step import FlowStep
 
 COUPLINGS = ("affine", "additive")
 PERMUTATIONS = ("lu", "conv", "shuffle", "reverse")
@@ -36,7 +37,7 @@ def make_step(
     cond_features: int = 0,
     image: bool = True,
     precision: str = "fp32",
-) -> FlowSequence:
+) -> FlowStep:
     """One step of flow: ActNorm -> channel mixing -> coupling (Glow's Figure 2a).
 
     ``permutation``: ``"lu"`` (LU 1x1 conv / linear), ``"conv"`` (dense), ``"shuffle"`` or ``"reverse"``.
@@ -52,7 +53,7 @@ def make_step(
     else:
         mixer = ChannelReverse(channels)
     coupling_cls = AffineCoupling if coupling == "affine" else AdditiveCoupling
-    return FlowSequence(
+    return FlowStep(
         ActNorm(channels),
         mixer,
         coupling_cls(
