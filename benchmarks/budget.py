@@ -5,7 +5,8 @@
     python benchmarks/budget.py --quick                  # seconds: smoke test of the whole path
 
 The two libraries train one after the other (never in parallel) on the same sequence of training batches, with the
-same optimiser (Adam), learning rate, linear warm-up, batch size and ActNorm initialisation batch. The clock that
+same optimiser (Adam: glowflow's fused implementation as ``glowflow.train`` uses it, torch's default Adam for
+normflows, as in bench.py), learning rate, linear warm-up, batch size and ActNorm initialisation batch. The clock that
 the budget counts is training time only: batch assembly, forward, backward and optimiser step. ActNorm
 initialisation and every evaluation run with the clock stopped.
 
