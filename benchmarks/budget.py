@@ -205,6 +205,23 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def compare_at(curves: dict[str, list[dict]], libs: list[str], i: int) -> str:
+    """Whether ``libs[0]`` has the lower test bpd at evaluation ``i``; a run that diverged (non-finite loss, then
+    stopped) counts as worse from that point on."""
+    values, diverged = [], []
+    for lib in libs:
+        curve = curves[lib]
+        bad = next((j for j, p in enumerate(curve) if not math.isfinite(p["test_bpd"])), None)
+        diverged.append(bad is not None and i >= bad)
+        values.append(curve[i]["test_bpd"] if i < len(curve) else None)
+    if diverged[0] or diverged[1]:
+        if diverged[0] and diverged[1]:
+            return "- (both diverged)"
+        return ("NO" if diverged[0] else "yes") + f" ({libs[diverged.index(True)]} diverged)"
+    a, b = values
+    return "-" if a is None or b is None else ("yes" if a < b else "NO") + f" ({a - b:+.4f})"
+
+
 def report(results: dict) -> str:
     curves = results["curves"]
     libs = list(curves)
@@ -219,9 +236,7 @@ def report(results: dict) -> str:
             p = curves[lib][i] if i < len(curves[lib]) else None
             row.append("-" if p is None else f"{p['train_s'] / 60:.2f} / {p['steps']} / {p['test_bpd']:.4f}")
         if len(libs) == 2:
-            a = curves[libs[0]][i]["test_bpd"] if i < len(curves[libs[0]]) else None
-            b = curves[libs[1]][i]["test_bpd"] if i < len(curves[libs[1]]) else None
-            row.append("-" if a is None or b is None else ("yes" if a < b else "NO") + f" ({a - b:+.4f})")
+            row.append(compare_at(curves, libs, i))
         lines.append("| " + " | ".join(row) + " |")
     params = ", ".join(f"{lib} {p:,}" for lib, p in results["params"].items())
     lines.append("")
@@ -242,14 +257,20 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for lib, curve in results["curves"].items():
         pts = [p for p in curve if math.isfinite(p["test_bpd"])]
-        ax.plot([p["train_s"] / 60 for p in pts], [p["test_bpd"] for p in pts], "o-", label=lib)
+        (line,) = ax.plot([p["train_s"] / 60 for p in pts], [p["test_bpd"] for p in pts], "o-", label=lib)
+        bad = [p for p in curve if not math.isfinite(p["test_bpd"])]
+        if bad and pts:  # mark where the run stopped on a non-finite loss
+            x = bad[0]["train_s"] / 60
+            ax.plot([x], [pts[-1]["test_bpd"]], "x", color=line.get_color(), markersize=10, mew=2)
+            ax.annotate(f"{lib} diverged (step {bad[0]['steps']})", (x, pts[-1]["test_bpd"]), xytext=(6, -4),
+                        textcoords="offset points", fontsize=8, color=line.get_color())  # fmt: skip
     ax.set_xlabel("training time (min, evaluation excluded)")
     ax.set_ylabel("test bits/dim")
     cfg = results["config"]
     c, h, w = cfg["shape"]
     ax.set_title(
         f"{results['data_name']} {c}x{h}x{w}, L={cfg['levels']}, K={cfg['steps']}, "
-        f"width {cfg['hidden']}, batch {cfg['batch']}",
+        f"width {cfg['hidden']}, batch {cfg['batch']}, lr {float(results['args']['lr']):g}",
         fontsize=9,
     )
     ax.grid(True, alpha=0.3)
