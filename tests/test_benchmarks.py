@@ -146,3 +146,31 @@ def test_budget_quick(tmp_path, one_thread, capsys):
         # the budget counts training time only
         assert curve[-1]["train_s"] >= 0.01 * 60
     assert "test bpd" in capsys.readouterr().out
+
+
+def test_budget_report_counts_a_diverged_run_as_worse(tmp_path):
+    def point(minutes: float, steps: int, bpd: float) -> dict:
+        return {"train_s": 60.0 * minutes, "steps": steps, "test_bpd": bpd}
+
+    results = {
+        "curves": {
+            "glowflow": [point(4, 371, 4.05), point(8, 729, 2.37), point(12, 1069, 2.09)],
+            "normflows": [point(4, 298, 3.90), point(4.7, 348, float("nan"))],
+        },
+        "params": {"glowflow": 10, "normflows": 11},
+        "config": {"shape": [1, 28, 28], "levels": 2, "steps": 16, "hidden": 256, "batch": 32},
+        "data": "test data",
+        "data_name": "mnist",
+        "args": {"lr": "0.001"},
+    }
+    curves = results["curves"]
+    libs = ["glowflow", "normflows"]
+    assert budget.compare_at(curves, libs, 0) == "NO (+0.1500)"
+    assert budget.compare_at(curves, libs, 1) == "yes (normflows diverged)"
+    assert budget.compare_at(curves, libs, 2) == "yes (normflows diverged)"
+    swapped = {"normflows": curves["normflows"], "glowflow": curves["glowflow"]}
+    assert budget.compare_at(swapped, ["normflows", "glowflow"], 1) == "NO (normflows diverged)"
+    table = budget.report(results)
+    assert "| 3 | 12.00 / 1069 / 2.0900 | - | yes (normflows diverged) |" in table
+    budget.plot(results, tmp_path / "budget.png")
+    assert (tmp_path / "budget.png").stat().st_size > 1000
