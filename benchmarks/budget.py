@@ -205,13 +205,18 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def divergence_index(curve: list[dict]) -> int | None:
+    """Index of the evaluation point where the run stopped on a non-finite loss (its test bpd is NaN), or None."""
+    return next((j for j, p in enumerate(curve) if not math.isfinite(p["test_bpd"])), None)
+
+
 def compare_at(curves: dict[str, list[dict]], libs: list[str], i: int) -> str:
     """Whether ``libs[0]`` has the lower test bpd at evaluation ``i``; a run that diverged (non-finite loss, then
     stopped) counts as worse from that point on."""
     values, diverged = [], []
     for lib in libs:
         curve = curves[lib]
-        bad = next((j for j, p in enumerate(curve) if not math.isfinite(p["test_bpd"])), None)
+        bad = divergence_index(curve)
         diverged.append(bad is not None and i >= bad)
         values.append(curve[i]["test_bpd"] if i < len(curve) else None)
     if diverged[0] or diverged[1]:
@@ -258,11 +263,11 @@ def plot(results: dict, path: Path) -> None:
     for lib, curve in results["curves"].items():
         pts = [p for p in curve if math.isfinite(p["test_bpd"])]
         (line,) = ax.plot([p["train_s"] / 60 for p in pts], [p["test_bpd"] for p in pts], "o-", label=lib)
-        bad = [p for p in curve if not math.isfinite(p["test_bpd"])]
-        if bad and pts:  # mark where the run stopped on a non-finite loss
-            x = bad[0]["train_s"] / 60
+        bad = divergence_index(curve)
+        if bad is not None and pts:  # mark where the run stopped on a non-finite loss
+            x = curve[bad]["train_s"] / 60
             ax.plot([x], [pts[-1]["test_bpd"]], "x", color=line.get_color(), markersize=10, mew=2)
-            ax.annotate(f"{lib} diverged (step {bad[0]['steps']})", (x, pts[-1]["test_bpd"]), xytext=(6, -4),
+            ax.annotate(f"{lib} diverged (step {curve[bad]['steps']})", (x, pts[-1]["test_bpd"]), xytext=(6, -4),
                         textcoords="offset points", fontsize=8, color=line.get_color())  # fmt: skip
     ax.set_xlabel("training time (min, evaluation excluded)")
     ax.set_ylabel("test bits/dim")
