@@ -254,7 +254,7 @@ class Contender:
         self.name, self.lib, self.cfg, self.device = name, lib, cfg, device
         self.model = model.to(device)
         if lib == "glowflow":  # what glowflow.train uses: Adam with the fused (single-kernel) implementation
-            from glowflow.training.loop import make_optimizer
+            from glowflow.training.optim import make_optimizer
 
             self.optimizer = make_optimizer("adam", self.model.parameters(), lr)
         else:  # what normflows' examples use

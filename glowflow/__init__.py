@@ -1,28 +1,36 @@
 """glowflow: Glow normalizing flows on PyTorch."""
 
-from glowflow.errors import CheckpointError, DataError, GlowflowError, NotInitializedError, SingularWeightError
-from glowflow.layers.dequantization import bits_per_dim, quantize, reduce_bits, to_continuous, to_uint8
-from glowflow.models import FlowModel, Glow, TabularGlow
+import importlib
 
-__version__ = "0.1.0"
+from glowflow.errors import CheckpointError, DataError, GlowflowError, NotInitializedError, SingularWeightError
+from glowflow.layers.dequantization import bits_per_dim, quantize, to_continuous, to_uint8
+from glowflow.models import MODELS, FlowModel, Glow, TabularGlow
+from glowflow.preprocessing import ImagePreprocessing, reduce_bits
+
+__version__ = "0.2.0"
+
+# Imported on first use, so that ``import glowflow`` stays light: ``glowflow.training.load_model(...)`` and
+# ``glowflow.train(...)`` work right after ``import glowflow``.
+_SUBMODULES = ("data", "layers", "models", "training", "viz")
+_LAZY = {"train": "glowflow.training"}
 
 
 def __getattr__(name: str):
-    # ``glowflow.train`` (the training loop, glowflow.training.train) is imported on first use, so that
-    # ``import glowflow`` stays light.
-    if name == "train":
-        from glowflow.training import train
-
-        return train
+    if name in _SUBMODULES:
+        return importlib.import_module(f"glowflow.{name}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'glowflow' has no attribute {name!r}")
 
 
 __all__ = [
+    "MODELS",
     "CheckpointError",
     "DataError",
     "FlowModel",
     "Glow",
     "GlowflowError",
+    "ImagePreprocessing",
     "NotInitializedError",
     "SingularWeightError",
     "TabularGlow",

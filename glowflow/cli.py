@@ -222,9 +222,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     print(f"wrote {out}")
     if args.npy:
         npy = out.with_suffix(".npy")
-        array = discrete_levels(samples, run.info.num_bins) if run.is_image else samples
+        array = discrete_levels(samples, run.num_bins) if run.is_image else samples
         np.save(npy, array.numpy())
-        what = f"discrete levels 0..{run.info.num_bins - 1}" if run.is_image else "values in the data's units"
+        what = f"discrete levels 0..{run.num_bins - 1}" if run.is_image else "values in the data's units"
         print(f"wrote {npy} ({tuple(array.shape)}, {what})")
     return 0
 

@@ -35,10 +35,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from glowflow import viz
 from glowflow.layers.dequantization import to_uint8
-from glowflow.models import FlowModel, Glow, TabularGlow
-from glowflow.training.loop import make_optimizer, warmup_factor
-
-_MODELS: dict[str, type[FlowModel]] = {"Glow": Glow, "TabularGlow": TabularGlow}
+from glowflow.models import MODELS, FlowModel, Glow, TabularGlow, build_model
+from glowflow.training.optim import make_optimizer, warmup_factor
 
 
 def _unpack(batch: Any) -> tuple[Tensor, Tensor | None]:
@@ -80,12 +78,9 @@ class GlowflowModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         if model is None:
-            if model_class not in _MODELS or model_config is None:
-                raise ValueError("pass a glowflow model, or model_class ('Glow' / 'TabularGlow') and model_config")
-            config = dict(model_config)
-            if "in_shape" in config:
-                config["in_shape"] = tuple(config["in_shape"])
-            model = _MODELS[model_class](**config)
+            if model_class not in MODELS or model_config is None:
+                raise ValueError(f"pass a glowflow model, or model_class ({' / '.join(MODELS)}) and model_config")
+            model = build_model(model_class, model_config)
         if not isinstance(model, (Glow, TabularGlow)):
             raise ValueError(f"expected a glowflow Glow or TabularGlow, got {type(model).__name__}")
         if optimizer not in ("adam", "adamax"):
@@ -196,8 +191,7 @@ class SampleCallback(pl.Callback):
         finally:
             model.train(was_training)
         if isinstance(model, Glow):
-            shown = [(t, to_uint8(torch.nan_to_num(x, nan=-0.5, posinf=0.5, neginf=-0.5), model.num_bins).cpu())
-                     for t, x in draws]  # fmt: skip
+            shown = [(t, to_uint8(x, model.num_bins).cpu()) for t, x in draws]
             return viz.sample_sheet(shown, ncol=model.num_classes, caption=f"step {module.global_step}")
         panels = [(f"T={t:g}", viz.points_plot(x.cpu().numpy())) for t, x in draws]
         return viz.titled_panels(panels)

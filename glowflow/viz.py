@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from glowflow.io import atomic_write_bytes
+
 BACKGROUND = 255  # sheets: white
 SEPARATOR = 96  # grid lines between tiles: mid-dark grey
 MIN_TILE = 32  # small images (8x8 digits) are enlarged to at least this many pixels
@@ -118,8 +120,6 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an ``(H, W, 3)`` or ``(H, W)`` uint8 array as PNG, atomically."""
-    from glowflow.training.checkpoint import atomic_write_bytes
-
     data = png_bytes(array)
     return atomic_write_bytes(path, lambda f: f.write(data))
 

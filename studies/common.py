@@ -208,10 +208,9 @@ def read_json(path: Path) -> Any:
 
 
 def write_json(path: Path, value: Any) -> Path:
-    from glowflow.training.checkpoint import atomic_write_bytes
+    from glowflow.io import atomic_write_text
 
-    text = json.dumps(value, indent=2) + "\n"
-    return atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+    return atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def arm_done(arm: Arm, arms_dir: Path) -> dict[str, Any] | None:
@@ -293,7 +292,7 @@ def run_arm(config: dict[str, Any], iw_samples: int, arms_dir: str, threads: int
             model, _, _ = load_model(run_dir, "cpu", prefer="last")
             data = prepare_data(TrainConfig(**dict(config, out=str(run_dir))), eval_size=config.get("eval_size"))
             scores = {
-                name: evaluate(model, data, data.test_x, data.test_y, iw_samples, config["eval_batch_size"],
+                name: evaluate(model, data.test_x, data.test_y, iw_samples, config["eval_batch_size"],
                                importance_weighted=iw)["bpd"]
                 for name, iw in (("bound", False), ("importance_weighted", True))
             }  # fmt: skip

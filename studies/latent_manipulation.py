@@ -81,8 +81,7 @@ def label_swap(run: Any, data: Any, n: int, seed: int = 0) -> tuple[Any, list[st
     import numpy as np
     import torch
 
-    from glowflow.layers.dequantization import to_continuous, to_uint8
-    from glowflow.training.evaluate import images_for_display
+    from glowflow.layers.dequantization import levels_to_uint8, to_continuous, to_uint8
 
     model = run.model
     classes = model.num_classes
@@ -100,8 +99,7 @@ def label_swap(run: Any, data: Any, n: int, seed: int = 0) -> tuple[Any, list[st
         for i in range(len(chosen)):
             z_i = [z[i : i + 1].expand(classes, *z.shape[1:]).contiguous() for z in zs]
             x = model.decode(z_i, torch.arange(classes))
-            x = torch.nan_to_num(x.float(), nan=-0.5, posinf=0.5, neginf=-0.5)
-            rows.append(torch.cat([images_for_display(k[i : i + 1], model.num_bins), to_uint8(x, model.num_bins)]))
+            rows.append(torch.cat([levels_to_uint8(k[i : i + 1], model.num_bins), to_uint8(x, model.num_bins)]))
             labels.append(f"#{chosen[i]} ({int(y[i])})")
     return rows, labels, chosen
 

@@ -42,20 +42,19 @@ def arms(ctx: common.Context) -> list[common.Arm]:
 def report(ctx: common.Context, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     import torch
 
-    from glowflow.training import TrainingData, draw_samples, load_model
-    from glowflow.training.tools import discrete_levels
+    from glowflow.layers.dequantization import uint8_to_levels
+    from glowflow.training import draw_samples, load_model
 
     arm = arms(ctx)[0]
     res = results[arm.key]
     model, ckpt, path = load_model(ctx.arms_dir / arm.slug, "cpu", prefer="last")
-    info = TrainingData.from_checkpoint(ckpt)
     columns = max(1, getattr(ctx.args, "columns", 12))
     rows, own = [], []
     for t in TEMPERATURES:
-        images = draw_samples(model, info, columns, t, seed=SAMPLE_SEED)  # same seed: same noise, scaled by t
+        images = draw_samples(model, columns, t, seed=SAMPLE_SEED)  # same seed: same noise, scaled by t
         rows.append(images)
         with torch.no_grad():  # the model's own score of its (quantized) samples
-            k = discrete_levels(images, info.num_bins)
+            k = uint8_to_levels(images, model.num_bins)
             own.append(float(model.bits_per_dim(k, n_samples=ctx.base["eval_samples"]).mean()))
     labels = [f"T={t:g}" for t in TEMPERATURES]
     title = (f"Glow L={res['config']['levels']} K={res['config']['steps']} width {res['config']['hidden']}, "

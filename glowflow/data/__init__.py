@@ -7,16 +7,22 @@ tabular files and scikit-learn's digits, 2-D toy densities, and a verified downl
     train.labels    # torch.long (60000,)
 
 Images are returned as discrete levels ``0..num_bins-1``, never scaled; see ``glowflow/layers/dequantization.py``.
+:data:`DATASETS` is the table of every data set (reader, kind, default preset, download entry).
 """
 
-from glowflow.data.datasets import DATASETS, Dataset, default_data_dir, load_dataset, pad_images
+from glowflow.data.base import Dataset, default_data_dir
+from glowflow.data.datasets import load_dataset
 from glowflow.data.downloader import download
+from glowflow.data.registry import DATASETS, DatasetSpec, DownloadEntry
 from glowflow.data.toy import TOY_DENSITIES, sample_toy
+from glowflow.preprocessing import pad_images
 
 __all__ = [
     "DATASETS",
     "TOY_DENSITIES",
     "Dataset",
+    "DatasetSpec",
+    "DownloadEntry",
     "default_data_dir",
     "download",
     "load_dataset",

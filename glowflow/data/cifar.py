@@ -14,11 +14,19 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
-from pathlib import Path
+import shutil
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+import torch
 
+from glowflow.data.base import Dataset, default_data_dir
+from glowflow.data.downloader import download, missing_message
+from glowflow.data.registry import DownloadEntry
 from glowflow.errors import DataError
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -26,6 +34,8 @@ TEST_FILES = ("test_batch",)
 META_FILE = "batches.meta"
 FOLDER = "cifar-10-batches-py"
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+ARCHIVE = "cifar-10-python.tar.gz"
+_COPY_CHUNK = 1 << 20
 
 
 def _numpy_multiarray() -> Any:
@@ -101,3 +111,83 @@ def read_label_names(path: str | os.PathLike) -> list[str]:
     if not isinstance(names, list) or len(names) != len(CLASS_NAMES):
         raise DataError(f"{path} is not CIFAR-10's batches.meta: expected b'label_names', a list of 10 names")
     return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def batch_files(data_dir: Path) -> list[Path]:
+    """The seven files the reader uses, as extracted into ``data_dir``: five train batches, the test batch, meta."""
+    return [data_dir / FOLDER / f for f in (*TRAIN_FILES, *TEST_FILES, META_FILE)]
+
+
+def extract_archive(archive: Path, data_dir: Path) -> list[Path]:
+    """Extract the batch files of ``archive`` into ``data_dir/cifar-10-batches-py/`` (each file atomically).
+    Only regular files directly inside ``cifar-10-batches-py/`` are taken; links, devices, absolute or ``..``
+    paths are refused. Returns the paths of the extracted files."""
+    folder = data_dir / FOLDER
+    needed = (*TRAIN_FILES, *TEST_FILES, META_FILE)
+    staging = Path(tempfile.mkdtemp(prefix=".cifar-10-extract-", dir=data_dir))
+    try:
+        extracted: dict[str, Path] = {}
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                for member in tar:
+                    parts = PurePosixPath(member.name).parts
+                    if parts[:1] == (".",):
+                        parts = parts[1:]
+                    if member.isdir() and parts == (FOLDER,):
+                        continue
+                    if not member.isfile() or len(parts) != 2 or parts[0] != FOLDER or parts[1] == "..":
+                        raise DataError(f"{archive}: unexpected member {member.name!r}; refusing to extract it")
+                    source = tar.extractfile(member)
+                    assert source is not None  # regular files always have a stream
+                    with source, (staging / parts[1]).open("wb") as out:
+                        shutil.copyfileobj(source, out, _COPY_CHUNK)
+                    extracted[parts[1]] = staging / parts[1]
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            raise DataError(f"{archive} is not a readable tar.gz archive ({e}); delete it and download again") from e
+        missing = [f for f in needed if f not in extracted]
+        if missing:
+            raise DataError(f"{archive} lacks {', '.join(missing)} under {FOLDER}/; it is not CIFAR-10")
+        folder.mkdir(parents=True, exist_ok=True)
+        for fname, path in extracted.items():
+            os.replace(path, folder / fname)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [folder / f for f in needed]
+
+
+DOWNLOAD = DownloadEntry(
+    files={ARCHIVE: "c58f30108f718f92721af3b95e74349a"},
+    mirrors=("https://www.cs.toronto.edu/~kriz/",),
+    subfolder=False,
+    unpack=extract_archive,
+    unpacked=batch_files,
+)
+
+
+def load_cifar10(data_dir: Path | None, split: str, download_missing: bool, seed: int) -> Dataset:
+    """CIFAR-10's ``split`` from ``data_dir/cifar-10-batches-py/`` (or ``data_dir``), downloading it if asked."""
+    root = data_dir if data_dir is not None else default_data_dir()
+    names = TRAIN_FILES if split == "train" else TEST_FILES
+    dirs = [root / FOLDER, root]
+
+    def find() -> Path | None:
+        return next((d for d in dirs if all((d / f).is_file() for f in names)), None)
+
+    where = find()
+    if where is None and download_missing:
+        download("cifar10", root)
+        where = find()
+    if where is None:
+        missing = next(f for f in names if not any((d / f).is_file() for d in dirs))
+        raise DataError(missing_message("cifar10", missing, dirs, root))
+    batches = [read_batch(where / f) for f in names]
+    meta = where / META_FILE
+    class_names = read_label_names(meta) if meta.is_file() else list(CLASS_NAMES)
+    return Dataset(
+        "cifar10",
+        split,
+        torch.from_numpy(np.concatenate([b[0] for b in batches])),
+        torch.from_numpy(np.concatenate([b[1] for b in batches])),
+        256,
+        class_names,
+    )

@@ -17,7 +17,9 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import torch
 
+from glowflow.data.base import SPLITS, Dataset, labels_tensor, split_indices
 from glowflow.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -133,3 +135,47 @@ def read_images(files: list[Path], size: tuple[int, int], channels: int) -> np.n
             raise DataError(f"{f} decoded to {arr.shape[1]}x{arr.shape[0]}, expected {size[1]}x{size[0]}")
         out[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
     return out
+
+
+def load_folder(data_dir: Path | None, split: str, download: bool, seed: int) -> Dataset:
+    """The ``split`` of an image folder: ``data_dir/train/`` and ``data_dir/test/`` when both exist, else a
+    deterministic 90/10 split (seeded by ``seed``) of all of ``data_dir``'s images."""
+    if data_dir is None:
+        raise ValueError("the 'folder' data set needs data_dir: a folder of images")
+    root = data_dir
+    if root.is_file():
+        raise DataError(f"{root} is a file, not a folder: --data folder takes a folder of PNG/JPEG images")
+    if not root.is_dir():
+        raise DataError(f"image folder {root} not found")
+    split_dirs = {s: root / s for s in SPLITS}
+    have = [s for s, d in split_dirs.items() if d.is_dir()]
+    if len(have) == 1:
+        raise DataError(
+            f"{root} has a {have[0]}/ folder but no {'test' if have[0] == 'train' else 'train'}/ folder; provide "
+            "both (they become the splits) or neither (a 10% test split is drawn from all images)"
+        )
+    if have:
+        union = sorted(set(class_folders(split_dirs["train"])) | set(class_folders(split_dirs["test"])))
+        lists = {s: list_images(split_dirs[s], class_names=union or None) for s in SPLITS}
+        if (lists["train"].labels is None) != (lists["test"].labels is None):
+            raise DataError(
+                f"{split_dirs['train']} and {split_dirs['test']} must both use class sub-folders, or neither"
+            )
+        size, channels = scan(lists["train"].files + lists["test"].files)
+        chosen = lists[split]
+        files, labels, class_names = chosen.files, chosen.labels, chosen.class_names
+    else:
+        everything = list_images(root)
+        size, channels = scan(everything.files)
+        keep = split_indices(len(everything.files), split, seed, f"image folder {root}")
+        files = [everything.files[i] for i in keep]
+        labels = None if everything.labels is None else [everything.labels[i] for i in keep]
+        class_names = everything.class_names
+    return Dataset(
+        "folder",
+        split,
+        torch.from_numpy(read_images(files, size, channels)),
+        None if labels is None else labels_tensor(np.asarray(labels)),
+        256,
+        class_names,
+    )

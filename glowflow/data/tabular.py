@@ -1,5 +1,6 @@
-"""Reader for tabular data: a comma-separated ``.csv`` file of numbers (with an optional header row) or a 2-D
-``.npy`` array. Returns float32 ``(N, D)``; NaN, inf and non-numeric cells are errors naming file and row."""
+"""Reader for tabular data: a ``.csv`` file of numbers (with an optional header row; comma-, semicolon- or
+tab-separated, detected from the first line) or a 2-D ``.npy`` array. Returns float32 ``(N, D)``; NaN, inf and
+non-numeric cells are errors naming file and row."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from glowflow.data.base import Dataset, split_indices
 from glowflow.errors import DataError
+
+DELIMITERS = (",", ";", "\t")
 
 
 def _is_number(cell: str) -> bool:
@@ -24,6 +29,14 @@ def _is_number(cell: str) -> bool:
 def _is_header(row: list[str]) -> bool:
     """A first row is a header if one of its non-empty cells is not a number."""
     return any(c.strip() and not _is_number(c) for c in row)
+
+
+def sniff_delimiter(first_line: str) -> str:
+    """The delimiter of a csv file from its first line: the one of :data:`DELIMITERS` that splits it into the most
+    cells (a comma if none occurs: one column)."""
+    counts = {d: first_line.count(d) for d in DELIMITERS}
+    best = max(DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] > 0 else ","
 
 
 def _parse_rows(path: Path, rows: list[list[str]]) -> np.ndarray:
@@ -60,18 +73,20 @@ def _parse_rows(path: Path, rows: list[list[str]]) -> np.ndarray:
 
 
 def read_csv(path: str | os.PathLike) -> np.ndarray:
-    """Read a comma-separated file of numbers into float32 ``(N, D)``. A first row with a non-numeric cell is a
-    header and skipped; blank lines are skipped. DataError (with file, row and column) for non-numeric cells,
-    NaN/inf, ragged rows or a file without data."""
+    """Read a csv file of numbers into float32 ``(N, D)``. The delimiter (comma, semicolon or tab) is detected from
+    the first line; a first row with a non-numeric cell is a header and skipped; blank lines are skipped. DataError
+    (with file, row and column) for non-numeric cells, NaN/inf, ragged rows or a file without data."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            first = next(csv.reader(f), [])
+            delimiter = sniff_delimiter(f.readline())
+            f.seek(0)
+            first = next(csv.reader(f, delimiter=delimiter), [])
         # Fast path for clean files; anything unusual goes through the exact parser, which says where it is.
         with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "input contained no data": the exact parser reports it
             data = np.loadtxt(
-                path, delimiter=",", skiprows=int(_is_header(first)), ndmin=2, comments=None, encoding="utf-8"
+                path, delimiter=delimiter, skiprows=int(_is_header(first)), ndmin=2, comments=None, encoding="utf-8"
             ).astype(np.float32)
         if data.size and np.isfinite(data).all():
             return data
@@ -80,7 +95,7 @@ def read_csv(path: str | os.PathLike) -> np.ndarray:
     except ValueError:
         pass
     with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+        rows = list(csv.reader(f, delimiter=delimiter))
     return _parse_rows(path, rows)
 
 
@@ -120,3 +135,26 @@ def read_table(path: str | os.PathLike) -> np.ndarray:
     if suffix == ".npy":
         return read_npy(path)
     raise DataError(f"{path}: tabular data must be a .csv or .npy file")
+
+
+def load_tabular(data_dir: Path | None, split: str, download: bool, seed: int) -> Dataset:
+    """The ``split`` of a table: ``data_dir`` is a ``.csv`` / ``.npy`` file (split 90/10 with ``seed``) or a folder
+    holding ``train`` and ``test`` files (``.npy`` or ``.csv``)."""
+    if data_dir is None:
+        raise ValueError("the 'tabular' data set needs data_dir: a .csv/.npy file or a folder of them")
+    path = data_dir
+    if path.is_dir():
+        candidates = [path / f"{split}{ext}" for ext in (".npy", ".csv")]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise DataError(
+                f"neither {split}.npy nor {split}.csv found in {path}; the tabular data set takes a .csv or .npy "
+                "file (split 90/10) or a folder holding train.csv and test.csv (or .npy)"
+            )
+        data = read_table(found)
+    elif path.is_file():
+        table = read_table(path)
+        data = table[split_indices(len(table), split, seed, f"tabular file {path}")]
+    else:
+        raise DataError(f"tabular data {path} not found (expected a .csv or .npy file, or a folder of them)")
+    return Dataset("tabular", split, torch.from_numpy(np.ascontiguousarray(data)), None, None, None)

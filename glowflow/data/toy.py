@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from glowflow.data.base import Dataset
+from glowflow.data.registry import Loader
 
 TOY_DENSITIES: tuple[str, ...] = ("moons", "circles", "checkerboard", "8gaussians", "pinwheel", "2spirals")
 
@@ -122,3 +126,22 @@ def sample_toy(name: str, n: int, generator: torch.Generator | None = None) -> T
     if isinstance(n, bool) or int(n) != n or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     return _SAMPLERS[name](int(n), generator).to(torch.float32)
+
+
+TOY_SIZES = {"train": 20_000, "test": 5_000}
+
+
+def load_toy(name: str, split: str, seed: int) -> Dataset:
+    """A split of toy density ``name``: 20,000 train / 5,000 test points, drawn with seed ``seed`` (train) or
+    ``seed + 1`` (test)."""
+    g = torch.Generator().manual_seed(seed if split == "train" else seed + 1)
+    return Dataset(name, split, sample_toy(name, TOY_SIZES[split], g), None, None, None)
+
+
+def loader(name: str) -> Loader:
+    """The data set table's reader of toy density ``name`` (``data_dir`` and ``download`` are not used)."""
+
+    def load(data_dir: Path | None, split: str, download: bool, seed: int) -> Dataset:
+        return load_toy(name, split, seed)
+
+    return load

@@ -1,4 +1,4 @@
-"""The contract every glowflow bijection follows, and the container that composes them.
+"""The contract every glowflow bijection follows.
 
 Direction: ``forward`` is the *normalizing* direction (data -> latent), ``inverse`` the *generative* direction
 (latent -> data). This is the direction of the Glow paper; normflows uses the opposite naming.
@@ -9,15 +9,14 @@ Contract, for every layer ``f``::
     x, logdet = f.inverse(y, cond=None)  # logdet = log|det dx/dy| = -(forward logdet), shape (B,)
 
 ``cond`` is an optional conditioning tensor (a (B, F) feature vector such as a one-hot label, or a
-(B, C', H, W) map); layers that do not use it ignore it.
+(B, C', H, W) map); layers that do not use it ignore it. Compositions of layers are
+:class:`~glowflow.layers.sequence.FlowSequence`.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-
-MEMORY_MODES = ("standard", "checkpoint", "invertible")
 
 
 class Flow(nn.Module):
@@ -28,58 +27,6 @@ class Flow(nn.Module):
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
-
-
-class FlowSequence(Flow):
-    """Composition ``f_n o ... o f_1``: forward runs the layers in order and sums their log-dets; inverse
-    runs them in reverse order.
-
-    ``memory`` sets how training (forward with autograd on) stores activations, see ``glowflow.layers.memory``:
-    ``"standard"`` (all of them), ``"checkpoint"`` (each layer's input; layers re-run in backward) or
-    ``"invertible"`` (only the sequence's output; inputs rebuilt with the exact inverse in backward).
-    """
-
-    def __init__(self, *layers: Flow, memory: str = "standard") -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-        self.memory = memory
-
-    @property
-    def memory(self) -> str:
-        return self._memory
-
-    @memory.setter
-    def memory(self, value: str) -> None:
-        if value not in MEMORY_MODES:
-            raise ValueError(f"unknown memory mode {value!r}; expected one of {MEMORY_MODES}")
-        self._memory = value
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def __iter__(self):
-        return iter(self.layers)
-
-    def __getitem__(self, index: int) -> Flow:
-        return self.layers[index]
-
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self._memory != "standard" and torch.is_grad_enabled():
-            from glowflow.layers import memory  # imports this module
-
-            return memory.memory_saving_forward(self._memory, self.layers, x, cond)
-        logdet = zero_logdet(x)
-        for layer in self.layers:
-            x, ld = layer(x, cond)
-            logdet = logdet + ld
-        return x, logdet
-
-    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        logdet = zero_logdet(y)
-        for layer in reversed(self.layers):
-            y, ld = layer.inverse(y, cond)
-            logdet = logdet + ld
-        return y, logdet
 
 
 def zero_logdet(x: Tensor) -> Tensor:

@@ -12,12 +12,16 @@ the input channels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowflow.layers.actnorm import ActNorm
 from glowflow.layers.conv1x1 import mix_channels
+from glowflow.registry import Registry
 
 
 class ZeroConv2d(nn.Module):
@@ -204,3 +208,33 @@ class MLP(nn.Module):
                 raise ValueError(f"this conditioner needs a (B, {self.cond_features}) conditioning vector")
             x = torch.cat([x, cond.to(x.dtype)], dim=1)
         return self.out(self.body(x))
+
+
+@dataclass(frozen=True)
+class ConditionerKind:
+    """A registered conditioner: ``build(in_channels, out_channels, hidden, cond_features, cond_channels)`` makes
+    one; ``image`` says whether it maps (B, C, H, W) images (else (B, D) vectors)."""
+
+    build: Callable[[int, int, int, int, int], nn.Module]
+    image: bool
+
+
+def _build_mlp(in_features: int, out_features: int, hidden: int, cond_features: int, cond_channels: int) -> MLP:
+    if cond_channels:
+        raise ValueError("the MLP conditioner takes a conditioning vector, not a map (cond_channels)")
+    return MLP(in_features, out_features, hidden, cond_features=cond_features)
+
+
+def _build_gated(in_channels: int, out_channels: int, hidden: int, cond_features: int, cond_channels: int):
+    return GatedResNet(in_channels, out_channels, hidden, cond_features=cond_features, cond_channels=cond_channels)
+
+
+CONDITIONERS: Registry[ConditionerKind] = Registry("conditioner")
+CONDITIONERS.register("glow", ConditionerKind(GlowConvNet, image=True), help="3x3 conv -> 1x1 conv -> zero 3x3 conv")
+CONDITIONERS.register("gated", ConditionerKind(_build_gated, image=True), help="Flow++ gated residual network")
+CONDITIONERS.register("mlp", ConditionerKind(_build_mlp, image=False), help="MLP for vectors (TabularGlow)")
+
+
+def conditioner_names(image: bool) -> tuple[str, ...]:
+    """The registered conditioners for images (``image=True``) or for vectors."""
+    return tuple(name for name, kind in CONDITIONERS.items() if kind.image == image)

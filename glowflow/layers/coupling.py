@@ -11,8 +11,14 @@ The conditioner sees only the conditioning part (and ``cond``), so the Jacobian 
 zero-initialised, so every coupling starts as the identity map.
 
 With ``precision="bf16"`` the conditioner runs under bf16 autocast while the invertible arithmetic and the
-log-det stay in the input's precision. Encode and decode remain exact inverses: the conditioner is a
-deterministic function of the part the coupling leaves unchanged, so both directions compute the same ``h``.
+log-det stay in the input's precision. That is safe for training and scoring, but not for reconstruction: decoding
+recomputes ``h`` from the *reconstructed* unchanged half, whose float32 round-off can flip a bf16 rounding of the
+conditioner's input, and the resulting ~1e-3 change of ``h`` makes ``decode(encode(x))`` miss ``x`` by more than
+a grey level. While ``exact`` is set (the models set it for ``encode`` / ``decode`` / interpolation), the conditioner
+runs in float32 whatever ``precision`` says, and the two directions are exact inverses again.
+
+Adding a coupling: subclass :class:`Coupling` (set ``params_per_channel``, write ``_transform`` / ``_untransform``)
+and register it in :data:`COUPLINGS`; the models, the training configuration and the command line take it by name.
 """
 
 from __future__ import annotations
@@ -27,13 +33,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowflow.layers.base import Flow, zero_logdet
-from glowflow.layers.conditioners import MLP, GatedResNet, GlowConvNet
+from glowflow.layers.conditioners import CONDITIONERS
+from glowflow.registry import Registry
 
 ConditionerFactory = Callable[[int, int], nn.Module]
 """``factory(in_channels, out_channels) -> module`` with ``module(x, cond) -> h``."""
 
 MASKS = ("channel", "checkerboard")
-CONDITIONERS = ("glow", "gated", "mlp")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -45,18 +51,10 @@ def build_conditioner(
     cond_features: int = 0,
     cond_channels: int = 0,
 ) -> nn.Module:
-    """Make a conditioner by name (``"glow"``, ``"gated"``, ``"mlp"``) or from a factory."""
+    """Make a conditioner by its name in :data:`~glowflow.layers.conditioners.CONDITIONERS` or from a factory."""
     if callable(kind):
         return kind(in_channels, out_channels)
-    if kind == "glow":
-        return GlowConvNet(in_channels, out_channels, hidden, cond_features, cond_channels)
-    if kind == "gated":
-        return GatedResNet(in_channels, out_channels, hidden, cond_features=cond_features, cond_channels=cond_channels)
-    if kind == "mlp":
-        if cond_channels:
-            raise ValueError("the MLP conditioner takes a conditioning vector, not a map (cond_channels)")
-        return MLP(in_features=in_channels, out_features=out_channels, hidden=hidden, cond_features=cond_features)
-    raise ValueError(f"unknown conditioner {kind!r}; expected one of {CONDITIONERS} or a factory")
+    return CONDITIONERS.get(kind).build(in_channels, out_channels, hidden, cond_features, cond_channels)
 
 
 @functools.cache
@@ -70,8 +68,15 @@ def _warn_if_no_native_bf16() -> None:
         )
 
 
-class _Coupling(Flow):
-    """Shared masking and conditioner plumbing; subclasses define how ``h`` acts on the transformed part."""
+class Coupling(Flow):
+    """Base of the coupling layers: masking and conditioner plumbing; subclasses define how the conditioner's
+    output ``h`` acts on the transformed part (``_transform`` / ``_untransform``) and how many values per
+    transformed channel it needs (``params_per_channel``).
+
+    ``precision``: ``"fp32"`` or ``"bf16"`` (the conditioner under bf16 autocast). ``exact``: while True the
+    conditioner runs in float32 whatever ``precision`` says (see the module docstring; models set it around
+    ``encode`` / ``decode``).
+    """
 
     params_per_channel: int
 
@@ -91,14 +96,15 @@ class _Coupling(Flow):
             raise ValueError(f"unknown mask {mask!r}; expected one of {MASKS}")
         if mask == "channel" and channels < 2:
             raise ValueError(f"a channel-split coupling needs at least 2 channels, got {channels}")
-        if mask == "checkerboard" and conditioner == "mlp":
-            raise ValueError("the checkerboard mask needs an image conditioner ('glow' or 'gated'), not 'mlp'")
+        if mask == "checkerboard" and isinstance(conditioner, str) and not CONDITIONERS.get(conditioner).image:
+            raise ValueError(f"the checkerboard mask needs an image conditioner, not {conditioner!r}")
         if parity not in (0, 1):
             raise ValueError(f"parity must be 0 or 1, got {parity}")
         self.channels = channels
         self.mask = mask
         self.parity = parity
         self.precision = precision
+        self.exact = False
         if mask == "channel":
             n_cond = channels // 2
             net_in, net_out = n_cond, (channels - n_cond) * self.params_per_channel
@@ -142,7 +148,7 @@ class _Coupling(Flow):
 
     def _conditioner(self, x_cond: Tensor, cond: Tensor | None) -> Tensor:
         dtype = PRECISIONS[self._precision]
-        if dtype is None:
+        if dtype is None or self.exact:
             return self.net(x_cond, cond)
         if x_cond.device.type == "cpu":
             _warn_if_no_native_bf16()
@@ -203,25 +209,14 @@ class _Coupling(Flow):
         return grad_cond * self._checkerboard(grad_t) + grad_t
 
 
-class AdditiveCoupling(_Coupling):
-    """Volume-preserving coupling (NICE): ``y_b = x_b + t(x_a)``, ``y_a = x_a``.  log|det| = 0.
-
-    Shapes: (B, C, H, W) or (B, D) for the channel mask; (B, C, H, W) for the checkerboard mask.
-    """
-
-    params_per_channel = 1
-
-    def _transform(self, x_t: Tensor, coeffs: list[Tensor]) -> tuple[Tensor, Tensor]:
-        return x_t + coeffs[0], zero_logdet(x_t)
-
-    def _untransform(self, y_t: Tensor, coeffs: list[Tensor]) -> tuple[Tensor, Tensor]:
-        return y_t - coeffs[0], zero_logdet(y_t)
+COUPLINGS: Registry[type[Coupling]] = Registry("coupling")
 
 
 _LOGSIGMOID_2 = -math.log1p(math.exp(-2.0))  # bit-identical to torch.logsigmoid(2.0): zero h gives log s == 0
 
 
-class AffineCoupling(_Coupling):
+@COUPLINGS.register("affine", help="y_b = (x_b + t(x_a)) * sigmoid(h(x_a) + 2) / sigmoid(2) (Glow)")
+class AffineCoupling(Coupling):
     """Affine coupling (RealNVP / Glow): ``y_b = (x_b + t(x_a)) * s(x_a)``, ``y_a = x_a``.
 
     The scale is Glow's stable ``sigmoid(h + 2)``, divided by ``sigmoid(2)`` so that the zero-initialised
@@ -247,3 +242,19 @@ class AffineCoupling(_Coupling):
         shift, raw = coeffs
         log_s = self._log_scale(raw)
         return y_t * (-log_s).exp() - shift, -log_s.flatten(1).sum(1)
+
+
+@COUPLINGS.register("additive", help="volume-preserving y_b = x_b + t(x_a) (NICE)")
+class AdditiveCoupling(Coupling):
+    """Volume-preserving coupling (NICE): ``y_b = x_b + t(x_a)``, ``y_a = x_a``.  log|det| = 0.
+
+    Shapes: (B, C, H, W) or (B, D) for the channel mask; (B, C, H, W) for the checkerboard mask.
+    """
+
+    params_per_channel = 1
+
+    def _transform(self, x_t: Tensor, coeffs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        return x_t + coeffs[0], zero_logdet(x_t)
+
+    def _untransform(self, y_t: Tensor, coeffs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        return y_t - coeffs[0], zero_logdet(y_t)

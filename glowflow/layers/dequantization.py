@@ -16,22 +16,26 @@ dimension of discrete data are
 
     bpd = (-log p(x) + D log N) / (D log 2)        (= (-log p(x) + D n log 2) / (D log 2) for n-bit data).
 
-8-bit data modelled at ``n < 8`` bits is first reduced with :func:`reduce_bits` (``k >> (8 - n)``), as in Glow's
+8-bit data modelled at ``n < 8`` bits is first reduced (``k >> (8 - n)``, :mod:`glowflow.preprocessing`), as in Glow's
 5-bit CelebA-HQ experiments.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowflow.layers.actnorm import ActNorm
-from glowflow.layers.base import Flow, FlowSequence
+from glowflow.layers.base import Flow
 from glowflow.layers.coupling import AffineCoupling
 from glowflow.layers.priors import standard_normal_log_prob
+from glowflow.layers.sequence import FlowSequence
+from glowflow.preprocessing import reduce_bits  # noqa: F401  (re-exported: its home before 0.2)
+from glowflow.registry import Registry
 
 
 def _check_num_bins(num_bins: int) -> None:
@@ -39,9 +43,12 @@ def _check_num_bins(num_bins: int) -> None:
         raise ValueError(f"num_bins must be an integer between 2 and 65536, got {num_bins}")
 
 
-def check_discrete(k: Tensor, num_bins: int) -> Tensor:
+def check_discrete(k: Tensor, num_bins: int, validate: bool = True) -> Tensor:
     """Validate discrete data with values in {0, ..., num_bins - 1}; return it as a float tensor (float32 for
-    integer input). Raises ``ValueError`` for non-integer values, NaN/inf, or values out of range."""
+    integer input). Raises ``ValueError`` for non-integer values, NaN/inf, or values out of range.
+
+    ``validate=False`` (and tracing by ``torch.compile`` / ``torch.export``) checks only the type, not the values:
+    reading values back to the host would split a compiled graph or stall a GPU; data readers check at load."""
     _check_num_bins(num_bins)
     if not isinstance(k, Tensor):
         raise ValueError(f"expected a torch.Tensor of pixel values, got {type(k).__name__}")
@@ -49,7 +56,7 @@ def check_discrete(k: Tensor, num_bins: int) -> Tensor:
         raise ValueError(f"expected integer pixel values, got a {k.dtype} tensor")
     if k.numel() == 0:
         raise ValueError("empty input")
-    if torch.compiler.is_compiling():  # value checks would split a compiled graph; the data readers check at load
+    if not validate or torch.compiler.is_compiling():
         return k if k.is_floating_point() else k.to(torch.float32)
     if k.is_floating_point():
         if not bool(torch.isfinite(k).all()):
@@ -65,13 +72,6 @@ def check_discrete(k: Tensor, num_bins: int) -> Tensor:
             f"pixel values must lie in [0, {num_bins - 1}] for data with {num_bins} levels; got min {lo:g}, max {hi:g}"
         )
     return k if k.is_floating_point() else k.to(torch.float32)
-
-
-def reduce_bits(k: Tensor, n_bits: int, source_bits: int = 8) -> Tensor:
-    """Keep the ``n_bits`` most significant bits of ``source_bits``-bit integer data: ``k >> (source - n)``."""
-    if not 1 <= n_bits <= source_bits:
-        raise ValueError(f"n_bits must be between 1 and {source_bits}, got {n_bits}")
-    return torch.div(k.to(torch.long), 2 ** (source_bits - n_bits), rounding_mode="floor")
 
 
 def _bin_start(k: Tensor, num_bins: int) -> Tensor:
@@ -102,9 +102,24 @@ def quantize(x: Tensor, num_bins: int) -> Tensor:
 
 
 def to_uint8(x: Tensor, num_bins: int = 256) -> Tensor:
-    """Continuous model output -> displayable 8-bit grey levels: bin ``k`` -> ``round(255 k / (N - 1))``."""
-    k = quantize(x, num_bins)
-    return torch.round(k * (255.0 / (num_bins - 1))).clamp(0, 255).to(torch.uint8)
+    """Continuous model output -> displayable 8-bit grey levels: bin ``k`` -> ``round(255 k / (N - 1))``.
+
+    Non-finite values (a decode at a high temperature early in training can overflow) show as black (NaN, -inf)
+    or white (+inf)."""
+    x = torch.nan_to_num(x.float(), nan=-0.5, posinf=0.5, neginf=-0.5)
+    return levels_to_uint8(quantize(x, num_bins), num_bins)
+
+
+def levels_to_uint8(k: Tensor, num_bins: int) -> Tensor:
+    """Discrete levels ``0..N-1`` -> displayable grey levels ``round(255 k / (N - 1))`` (uint8)."""
+    return torch.round(k.float() * (255.0 / (num_bins - 1))).clamp(0, 255).to(torch.uint8)
+
+
+def uint8_to_levels(images: Tensor, num_bins: int) -> Tensor:
+    """Inverse of :func:`levels_to_uint8`: displayable grey levels back to levels ``0..N-1`` (uint8, or int32 for
+    ``N > 256``)."""
+    k = torch.round(images.float() * ((num_bins - 1) / 255.0)).long()
+    return k.to(torch.uint8) if num_bins <= 256 else k.to(torch.int32)
 
 
 def bits_per_dim(log_prob: Tensor, num_dims: int) -> Tensor:
@@ -112,7 +127,10 @@ def bits_per_dim(log_prob: Tensor, num_dims: int) -> Tensor:
     return -log_prob / (num_dims * math.log(2.0))
 
 
-class _Dequantization(Flow):
+class Dequantization(Flow):
+    """Base of the dequantizers: discrete ``k`` (B, ...) -> continuous ``x`` in [-0.5, 0.5), with
+    ``logdet = -D log N - log q(u | k)`` (see the module docstring); ``inverse`` quantises."""
+
     def __init__(self, num_bins: int) -> None:
         super().__init__()
         _check_num_bins(num_bins)
@@ -130,7 +148,11 @@ class _Dequantization(Flow):
         return quantize(x, self.num_bins), -self._scale_logdet(x)
 
 
-class UniformDequantization(_Dequantization):
+DEQUANTIZERS: Registry[Callable[[int, int], Dequantization]] = Registry("dequantization")
+"""``factory(channels, num_bins) -> Dequantization`` by name."""
+
+
+class UniformDequantization(Dequantization):
     """``x = (k + u) / N - 0.5`` with ``u ~ U[0, 1)^D`` (``N = num_bins``, e.g. 256 for 8-bit images).
 
     forward: (B, ...) integer-valued -> (B, ...) continuous, ``logdet = -D log N`` (the scaling; log q = 0).
@@ -142,7 +164,7 @@ class UniformDequantization(_Dequantization):
         return to_continuous(k, torch.rand_like(k), self.num_bins), self._scale_logdet(k)
 
 
-class VariationalDequantization(_Dequantization):
+class VariationalDequantization(Dequantization):
     """Flow++'s variational dequantization: learned noise ``u ~ q(u | k)`` instead of uniform noise.
 
     ``u = sigmoid(g(eps; k))`` with ``eps ~ N(0, I)`` and ``g`` a conditional flow (ActNorm + affine checkerboard
@@ -185,3 +207,11 @@ class VariationalDequantization(_Dequantization):
         u, logdet_noise = self.noise(k, eps)
         log_q = standard_normal_log_prob(eps) - logdet_noise
         return to_continuous(k, u, self.num_bins), self._scale_logdet(k) - log_q
+
+
+@DEQUANTIZERS.register("uniform", help="uniform noise u ~ U[0, 1)^D")
+def _uniform(channels: int, num_bins: int) -> Dequantization:
+    return UniformDequantization(num_bins)
+
+
+DEQUANTIZERS.register("variational", VariationalDequantization, help="learned noise q(u | k) (Flow++)")

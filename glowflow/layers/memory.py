@@ -22,6 +22,8 @@ from torch.utils.checkpoint import checkpoint
 from glowflow.layers.actnorm import ActNorm
 from glowflow.layers.base import zero_logdet
 
+MEMORY_MODES = ("standard", "checkpoint", "invertible")
+
 
 def leaf_layers(layers: Sequence[nn.Module]) -> list[nn.Module]:
     """Flatten nested sequences (anything with a ``layers`` list) into their leaf layers, in forward order."""

@@ -1,11 +1,20 @@
-"""Fixed channel permutations (RealNVP's choices), kept as options to compare against the learned 1x1 conv."""
+"""Channel mixing between couplings: fixed permutations (RealNVP's choices) and the registry of every mixer a step
+of flow can use (the learned 1x1 convolution of ``glowflow.layers.conv1x1`` included).
+
+:data:`PERMUTATIONS` maps a name to ``factory(channels, image) -> Flow``; ``image=False`` asks for the layer that
+mixes (B, D) vectors instead of the channels of (B, C, H, W) images.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from glowflow.layers.base import Flow, zero_logdet
+from glowflow.layers.conv1x1 import InvertibleConv1x1, InvertibleLinear
+from glowflow.registry import Registry
 
 
 class ChannelPermutation(Flow):
@@ -42,3 +51,26 @@ class ChannelShuffle(ChannelPermutation):
 
     def __init__(self, channels: int, generator: torch.Generator | None = None) -> None:
         super().__init__(torch.randperm(channels, generator=generator))
+
+
+PERMUTATIONS: Registry[Callable[[int, bool], Flow]] = Registry("permutation")
+
+
+@PERMUTATIONS.register("lu", help="learned 1x1 convolution, LU-parameterised (Glow)")
+def _lu_mixer(channels: int, image: bool) -> Flow:
+    return InvertibleConv1x1(channels, lu=True) if image else InvertibleLinear(channels, lu=True)
+
+
+@PERMUTATIONS.register("conv", help="learned 1x1 convolution with a dense weight")
+def _dense_mixer(channels: int, image: bool) -> Flow:
+    return InvertibleConv1x1(channels, lu=False) if image else InvertibleLinear(channels, lu=False)
+
+
+@PERMUTATIONS.register("shuffle", help="a fixed random channel permutation (RealNVP)")
+def _shuffle(channels: int, image: bool) -> Flow:
+    return ChannelShuffle(channels)
+
+
+@PERMUTATIONS.register("reverse", help="reverse the channel order (RealNVP)")
+def _reverse(channels: int, image: bool) -> Flow:
+    return ChannelReverse(channels)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from glowflow.layers.actnorm import ActNorm
-from glowflow.layers.base import Flow, FlowSequence
+from glowflow.layers.base import Flow
 from glowflow.layers.conv1x1 import InvertibleConv1x1, InvertibleLinear, mix_channels
+from glowflow.layers.sequence import FlowSequence
 
 
 class FlowStep(FlowSequence):

@@ -3,26 +3,46 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowflow.errors import NotInitializedError
 from glowflow.layers.actnorm import ActNorm
-from glowflow.layers.base import Flow
-from glowflow.layers.conv1x1 import InvertibleConv1x1, InvertibleLinear
-from glowflow.layers.coupling import PRECISIONS, AdditiveCoupling, AffineCoupling, _Coupling
-from glowflow.layers.permutations import ChannelReverse, ChannelShuffle
+from glowflow.layers.coupling import COUPLINGS, PRECISIONS, Coupling
+from glowflow.layers.permutations import PERMUTATIONS
 from glowflow.layers.priors import standard_normal_log_prob
 from glowflow.layers.step import FlowStep
 
-COUPLINGS = ("affine", "additive")
-PERMUTATIONS = ("lu", "conv", "shuffle", "reverse")
 
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {choices}")
+        raise ValueError(f"unknown {name} {value!r}; expected one of {tuple(choices)}")
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as an int if it is a positive integer (not a bool), else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_class_names(class_names: Sequence[str] | None, num_classes: int | None) -> list[str] | None:
+    """Validated label names: one distinct string per class (``num_classes`` of them when the model is conditional)."""
+    if class_names is None:
+        return None
+    names = list(class_names)
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"class_names must be distinct non-empty strings, got {names}")
+    if num_classes is not None and len(names) != num_classes:
+        raise ValueError(f"class_names has {len(names)} names for num_classes={num_classes}")
+    return names
 
 
 def make_step(
@@ -40,19 +60,12 @@ def make_step(
 ) -> FlowStep:
     """One step of flow: ActNorm -> channel mixing -> coupling (Glow's Figure 2a).
 
-    ``permutation``: ``"lu"`` (LU 1x1 conv / linear), ``"conv"`` (dense), ``"shuffle"`` or ``"reverse"``.
-    ``image=False`` uses :class:`InvertibleLinear` for vectors.
+    ``coupling`` names an entry of :data:`~glowflow.layers.COUPLINGS`, ``permutation`` one of
+    :data:`~glowflow.layers.PERMUTATIONS` (``"lu"``, ``"conv"``, ``"shuffle"``, ``"reverse"``), ``conditioner`` one
+    of :data:`~glowflow.layers.CONDITIONERS`. ``image=False`` mixes (B, D) vectors instead of image channels.
     """
-    check_choice("coupling", coupling, COUPLINGS)
-    check_choice("permutation", permutation, PERMUTATIONS)
-    if permutation in ("lu", "conv"):
-        mixer_cls = InvertibleConv1x1 if image else InvertibleLinear
-        mixer: Flow = mixer_cls(channels, lu=permutation == "lu")
-    elif permutation == "shuffle":
-        mixer = ChannelShuffle(channels)
-    else:
-        mixer = ChannelReverse(channels)
-    coupling_cls = AffineCoupling if coupling == "affine" else AdditiveCoupling
+    coupling_cls = COUPLINGS.get(coupling)
+    mixer = PERMUTATIONS.get(permutation)(channels, image)
     return FlowStep(
         ActNorm(channels),
         mixer,
@@ -71,16 +84,23 @@ def make_step(
 class FlowModel(nn.Module):
     """Base of :class:`~glowflow.Glow` and :class:`~glowflow.TabularGlow`.
 
-    Subclasses set ``data_shape`` (one example's shape), ``num_classes`` and ``latent_shapes``, and implement
-    ``_encode(x, cond) -> (zs, logdet)`` and ``_decode(zs, cond) -> x``, where the latents ``zs`` are standard
-    normal under the model (every learned prior is folded into the bijection, see ``glowflow.layers.priors``).
-    The public methods validate their inputs once and then call those.
+    Subclasses set ``data_shape`` (one example's shape), ``num_classes``, ``class_names`` and ``latent_shapes``, and
+    implement ``_encode(x, cond) -> (zs, logdet)`` and ``_decode(zs, cond) -> x``, where the latents ``zs`` are
+    standard normal under the model (every learned prior is folded into the bijection, see
+    ``glowflow.layers.priors``). The public methods validate their inputs once and then call those.
+
+    Precision: ``precision="bf16"`` runs the coupling conditioners under bf16 autocast in training and scoring
+    (``forward``, ``log_prob``, ``bits_per_dim``, ``sample``). ``encode`` and ``decode`` run them in float32 by default
+    (``exact=True``), so that ``decode(encode(x))`` reconstructs ``x`` to float32 round-off whatever the training
+    precision; ``exact=False`` uses the model's precision there too (faster, not an exact inverse in bf16).
     """
 
+    is_image: ClassVar[bool]  # images (Glow: discrete levels, scored in bits/dim) or vectors (TabularGlow: nats)
     data_shape: tuple[int, ...]
     num_classes: int | None
+    class_names: list[str] | None
     latent_shapes: list[tuple[int, ...]]
-    bijection: nn.Module  # the layers between data and latents (what decode runs backwards)
+    bijection: nn.Module  # the learned layers between data and latents (where ActNorms and couplings live)
     config: dict  # the constructor arguments, enough to rebuild the model: ``type(model)(**model.config)``
 
     # ---- subclass hooks -------------------------------------------------------------------------------------
@@ -91,29 +111,43 @@ class FlowModel(nn.Module):
         raise NotImplementedError
 
     # ---- public API ----------------------------------------------------------------------------------------
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor | None = None, *, validate: bool = True) -> Tensor:
         """The per-example training objective, shape (B,): bits per dimension of discrete images for
         :class:`~glowflow.Glow`, negative log-likelihood in nats for :class:`~glowflow.TabularGlow`.
 
         Being ``forward``, it is what ``DistributedDataParallel`` and ``torch.compile`` wrap for training.
+        ``validate=False`` skips the checks of the input's values (NaN / inf, range), which read the tensor back to
+        the host: the training loop passes it for batches of data it validated when it loaded them.
         """
-        return -self.log_prob(x, y)
+        x = self._check_data(x, validate)
+        zs, logdet = self._encode(x, self._cond(y, x.shape[0], validate))
+        return -(self._latent_log_prob(zs) + logdet)
 
-    def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+    def encode(
+        self, x: Tensor, y: Tensor | int | str | None = None, *, exact: bool = True
+    ) -> tuple[list[Tensor], Tensor]:
         """Data -> latents. Returns ``(zs, logdet)``: one latent per level (finest first; a single one for the
-        tabular model), standard normal under the model, and ``log|det d(zs)/dx|`` of shape (B,)."""
-        self._check_data(x)
-        return self._encode(x, self._cond(y, x.shape[0]))
+        tabular model), standard normal under the model, and ``log|det d(zs)/dx|`` of shape (B,).
 
-    def decode(self, zs: list[Tensor] | tuple[Tensor, ...], y: Tensor | int | None = None) -> Tensor:
-        """Latents -> data; the exact inverse of :meth:`encode`."""
+        ``x`` is cast to the model's floating-point dtype. ``exact``: run the conditioners in float32 (see the
+        class docstring)."""
+        x = self._check_data(x)
+        with self.conditioner_precision(exact):
+            return self._encode(x, self._cond(y, x.shape[0]))
+
+    def decode(
+        self, zs: list[Tensor] | tuple[Tensor, ...], y: Tensor | int | str | None = None, *, exact: bool = True
+    ) -> Tensor:
+        """Latents -> data; the exact inverse of :meth:`encode` (both with ``exact=True``, the default)."""
         zs = self._check_latents(zs)
         self._check_initialized()
-        return self._decode(zs, self._cond(y, zs[0].shape[0]))
+        with self.conditioner_precision(exact):
+            return self._decode(zs, self._cond(y, zs[0].shape[0]))
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Exact log-density (nats) of continuous data ``x``; shape (B,)."""
-        zs, logdet = self.encode(x, y)
+    def log_prob(self, x: Tensor, y: Tensor | int | str | None = None) -> Tensor:
+        """Exact log-density (nats) of continuous data ``x`` (cast to the model's dtype); shape (B,)."""
+        x = self._check_data(x)
+        zs, logdet = self._encode(x, self._cond(y, x.shape[0]))
         return self._latent_log_prob(zs) + logdet
 
     @torch.no_grad()
@@ -121,12 +155,17 @@ class FlowModel(nn.Module):
         self,
         n: int,
         temperature: float = 1.0,
-        y: Tensor | int | None = None,
+        y: Tensor | int | str | None = None,
         generator: torch.Generator | None = None,
+        *,
+        exact: bool = False,
     ) -> Tensor:
-        """Draw ``n`` samples with every latent's standard deviation scaled by ``temperature``."""
-        if n < 1:
-            raise ValueError(f"n must be a positive number of samples, got {n}")
+        """Draw ``n`` samples with every latent's standard deviation scaled by ``temperature``.
+
+        ``exact=True`` decodes with float32 conditioners (only matters for ``precision="bf16"``)."""
+        n = check_positive_int("n (the number of samples)", n)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
         if not 0.0 <= temperature < float("inf"):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         self._check_initialized()
@@ -135,7 +174,21 @@ class FlowModel(nn.Module):
             temperature * torch.randn((n, *shape), generator=generator, device=ref.device, dtype=ref.dtype)
             for shape in self.latent_shapes
         ]
-        return self._decode(zs, self._cond(y, n))
+        with self.conditioner_precision(exact):
+            return self._decode(zs, self._cond(y, n))
+
+    @contextmanager
+    def conditioner_precision(self, exact: bool) -> Iterator[None]:
+        """Within the block, run the coupling conditioners in float32 if ``exact``, else in the model's precision."""
+        couplings = [m for m in self.modules() if isinstance(m, Coupling)]
+        before = [c.exact for c in couplings]
+        for c in couplings:
+            c.exact = exact
+        try:
+            yield
+        finally:
+            for c, b in zip(couplings, before, strict=True):
+                c.exact = b
 
     @property
     def is_initialized(self) -> bool:
@@ -145,23 +198,52 @@ class FlowModel(nn.Module):
     @property
     def num_dims(self) -> int:
         """Dimensions of one example (D in bits per dimension)."""
-        n = 1
-        for s in self.data_shape:
-            n *= s
-        return n
+        return math.prod(self.data_shape)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
 
     @property
     def precision(self) -> str:
-        """``"fp32"`` or ``"bf16"``: the precision the coupling conditioners run in (see ``AffineCoupling``)."""
-        return next(m.precision for m in self.modules() if isinstance(m, _Coupling))
+        """``"fp32"`` or ``"bf16"``: the precision the coupling conditioners train and score in (settable)."""
+        return next(m.precision for m in self.bijection.modules() if isinstance(m, Coupling))
 
     @precision.setter
     def precision(self, value: str) -> None:
         check_choice("precision", value, tuple(PRECISIONS))
-        for m in self.modules():
-            if isinstance(m, _Coupling):
+        for m in self.bijection.modules():
+            if isinstance(m, Coupling):
                 m.precision = value
         self.config["precision"] = value
+
+    def describe(self) -> str:
+        """One line: architecture, conditioning and parameter count."""
+        c = self.config
+        cond = f", conditional on {c['num_classes']} classes" if c.get("num_classes") else ""
+        return f"{self._architecture()}{cond}: {self.num_parameters / 1e6:.2f}M parameters"
+
+    def _architecture(self) -> str:
+        raise NotImplementedError
+
+    def label_index(self, label: int | str) -> int:
+        """A class index from an index or a class name (case-insensitive)."""
+        if self.num_classes is None:
+            raise ValueError("this model is not class-conditional (num_classes=None); it takes no labels")
+        if isinstance(label, str):
+            text = label.strip()
+            if self.class_names:
+                lowered = [c.lower() for c in self.class_names]
+                if text.lower() in lowered:
+                    return lowered.index(text.lower())
+            if text.lstrip("-").isdigit():
+                label = int(text)
+            else:
+                known = f"; classes: {', '.join(self.class_names)}" if self.class_names else ""
+                raise ValueError(f"unknown class {text!r}{known}")
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_classes:
+            raise ValueError(f"label {label!r} out of range: the model has classes 0..{self.num_classes - 1}")
+        return int(label)
 
     # ---- helpers --------------------------------------------------------------------------------------------
     def _latent_log_prob(self, zs: list[Tensor]) -> Tensor:
@@ -178,9 +260,22 @@ class FlowModel(nn.Module):
                 "or load a trained state_dict"
             )
 
-    def _check_data(self, x: Tensor) -> None:
+    def _as_tensor(self, x: Any, what: str) -> Tensor:
+        if isinstance(x, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(x))
         if not isinstance(x, Tensor):
-            raise ValueError(f"expected a torch.Tensor, got {type(x).__name__}")
+            raise ValueError(f"expected a torch.Tensor or numpy array of {what}, got {type(x).__name__}")
+        return x
+
+    def _check_device(self, x: Tensor) -> None:
+        ref = self._reference_parameter()
+        if x.device != ref.device:
+            raise ValueError(f"input is on {x.device} but the model is on {ref.device}; move one of them (.to(...))")
+
+    def _check_data(self, x: Tensor, validate: bool = True) -> Tensor:
+        """Check the shape of continuous data (and, with ``validate``, its values); return it cast to the model's
+        dtype."""
+        x = self._as_tensor(x, "data")
         expected = "(B, " + ", ".join(str(s) for s in self.data_shape) + ")"
         if x.dim() != len(self.data_shape) + 1:
             raise ValueError(f"expected input of shape {expected}, got {tuple(x.shape)}")
@@ -198,28 +293,38 @@ class FlowModel(nn.Module):
                 f"expected floating-point continuous data, got {x.dtype}; score integer pixel data with "
                 "bits_per_dim / discrete_log_prob, which dequantize it"
             )
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        self._check_device(x)
+        if validate and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
             raise ValueError("input contains NaN or inf")
+        return x.to(self._reference_parameter().dtype)
 
     def _check_latents(self, zs: list[Tensor] | tuple[Tensor, ...]) -> list[Tensor]:
-        if isinstance(zs, Tensor) or not isinstance(zs, (list, tuple)):
+        if isinstance(zs, (Tensor, np.ndarray)) or not isinstance(zs, (list, tuple)):
             raise ValueError(f"expected a list of {len(self.latent_shapes)} latent tensors, as returned by encode")
-        zs = list(zs)
+        zs = [self._as_tensor(z, "latents") for z in zs]
         if len(zs) != len(self.latent_shapes):
             raise ValueError(f"expected {len(self.latent_shapes)} latent tensors, got {len(zs)}")
         batch = zs[0].shape[0] if zs[0].dim() > 0 else 0
+        dtype = self._reference_parameter().dtype
+        out = []
         for i, (z, shape) in enumerate(zip(zs, self.latent_shapes, strict=True)):
             if z.dim() != len(shape) + 1 or tuple(z.shape[1:]) != shape or z.shape[0] != batch or batch == 0:
                 raise ValueError(
                     f"latent {i} must have shape (B, {', '.join(map(str, shape))}) with the same B>0 for all "
                     f"latents, got {tuple(z.shape)}"
                 )
-            if not bool(torch.isfinite(z).all()):
+            if not z.is_floating_point():
+                raise ValueError(f"latent {i} must be floating-point, got {z.dtype}")
+            self._check_device(z)
+            if not torch.compiler.is_compiling() and not bool(torch.isfinite(z).all()):
                 raise ValueError(f"latent {i} contains NaN or inf")
-        return zs
+            out.append(z.to(dtype))
+        return out
 
-    def _cond(self, y: Tensor | int | None, batch: int) -> Tensor | None:
-        """Labels -> one-hot conditioning vector (B, num_classes), after checking them."""
+    def _cond(
+        self, y: Tensor | int | str | Sequence[int | str] | None, batch: int, validate: bool = True
+    ) -> Tensor | None:
+        """Labels (class indices or names) -> one-hot conditioning vector (B, num_classes), after checking them."""
         if self.num_classes is None:
             if y is not None:
                 raise ValueError("this model is not class-conditional (num_classes=None); pass y=None")
@@ -227,13 +332,17 @@ class FlowModel(nn.Module):
         if y is None:
             raise ValueError(f"this model is class-conditional: pass labels y in [0, {self.num_classes})")
         ref = self._reference_parameter()
+        if isinstance(y, str):
+            y = self.label_index(y)
+        elif isinstance(y, (list, tuple)) and any(isinstance(v, str) for v in y):
+            y = [self.label_index(v) for v in y]
         y = torch.as_tensor(y, device=ref.device)
-        if y.is_floating_point() or y.dtype == torch.bool:
+        if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
             raise ValueError(f"labels must be integers, got {y.dtype}")
         if y.dim() == 0:
             y = y.expand(batch)
         if y.shape != (batch,):
             raise ValueError(f"expected labels of shape ({batch},), got {tuple(y.shape)}")
-        if not torch.compiler.is_compiling() and bool((y < 0).any() or (y >= self.num_classes).any()):
+        if validate and not torch.compiler.is_compiling() and bool((y < 0).any() or (y >= self.num_classes).any()):
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got {y.min().item()}..{y.max().item()}")
         return F.one_hot(y.long(), self.num_classes).to(ref.dtype)

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from glowflow.layers.base import MEMORY_MODES, FlowSequence, zero_logdet
-from glowflow.layers.coupling import CONDITIONERS, MASKS
-from glowflow.layers.dequantization import (
-    UniformDequantization,
-    VariationalDequantization,
-    bits_per_dim,
-    check_discrete,
-)
+from glowflow.layers.base import zero_logdet
+from glowflow.layers.conditioners import conditioner_names
+from glowflow.layers.coupling import MASKS
+from glowflow.layers.dequantization import DEQUANTIZERS, Dequantization, bits_per_dim, check_discrete
+from glowflow.layers.memory import MEMORY_MODES
 from glowflow.layers.priors import GaussianPrior, Split
 from glowflow.layers.reshape import Squeeze
-from glowflow.models.base import FlowModel, check_choice, make_step
-
-DEQUANTIZATIONS = ("uniform", "variational")
+from glowflow.layers.sequence import FlowSequence
+from glowflow.models.base import FlowModel, check_choice, check_class_names, check_positive_int, make_step
+from glowflow.preprocessing import ImagePreprocessing
 
 
 class Glow(FlowModel):
@@ -43,7 +42,8 @@ class Glow(FlowModel):
         hidden: width of the coupling conditioners.
         coupling: ``"affine"`` or ``"additive"``.
         permutation: ``"lu"`` (LU 1x1 conv), ``"conv"`` (dense 1x1 conv), ``"shuffle"`` or ``"reverse"``.
-        conditioner: ``"glow"`` (3x3 -> 1x1 -> zero 3x3 convs) or ``"gated"`` (gated residual network).
+        conditioner: ``"glow"`` (3x3 -> 1x1 -> zero 3x3 convs) or ``"gated"`` (gated residual network): an image
+            entry of :data:`~glowflow.layers.CONDITIONERS`.
         mask: ``"channel"`` (Glow) or ``"checkerboard"`` (alternating parity, RealNVP).
         num_classes: make the model class-conditional on labels in [0, num_classes).
         num_bins: grey levels per dimension of the discrete data scored by :meth:`bits_per_dim`: ``2**n_bits``
@@ -53,7 +53,13 @@ class Glow(FlowModel):
         memory: how training stores activations of the steps of flow: ``"standard"``, ``"checkpoint"``
             (``torch.utils.checkpoint`` per layer) or ``"invertible"`` (inputs rebuilt by the exact inverse during
             backward, so stored activations do not grow with ``steps``); see ``glowflow.layers.memory``.
+        class_names: one name per class (labels may then be given by name).
+        preprocessing: the :class:`~glowflow.preprocessing.ImagePreprocessing` (or its dict) that turns raw images
+            into this model's input (n-bit reduction, padding); default: none (raw images are the input). Its output
+            shape and levels must be ``in_shape`` and ``num_bins``. :meth:`preprocess` applies it.
     """
+
+    is_image = True
 
     def __init__(
         self,
@@ -70,32 +76,45 @@ class Glow(FlowModel):
         dequantization: str = "uniform",
         precision: str = "fp32",
         memory: str = "standard",
+        class_names: Sequence[str] | None = None,
+        preprocessing: ImagePreprocessing | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if len(in_shape) != 3 or any(int(s) != s or s < 1 for s in in_shape):
+        if not isinstance(in_shape, (tuple, list)) or len(in_shape) != 3:
             raise ValueError(f"in_shape must be (C, H, W) with positive integers, got {in_shape}")
-        c, h, w = (int(s) for s in in_shape)
-        for name, value in (("levels", levels), ("steps", steps), ("hidden", hidden)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
+        c, h, w = (check_positive_int("in_shape", s) for s in in_shape)
+        levels, steps, hidden = (check_positive_int(n, v) for n, v in (("levels", levels), ("steps", steps),
+                                                                      ("hidden", hidden)))  # fmt: skip
         if h % 2**levels or w % 2**levels:
             raise ValueError(
                 f"spatial size {h}x{w} is not divisible by 2**levels = {2**levels} (levels={levels}); "
                 "pad or crop the images, or use fewer levels"
             )
-        if num_classes is not None and (int(num_classes) != num_classes or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}")
-        check_choice("conditioner", conditioner, CONDITIONERS[:2])
+        if num_classes is not None:
+            num_classes = check_positive_int("num_classes", num_classes)
+        check_choice("conditioner", conditioner, conditioner_names(image=True))
         check_choice("mask", mask, MASKS)
-        check_choice("dequantization", dequantization, DEQUANTIZATIONS)
+        DEQUANTIZERS.check(dequantization)
         check_choice("memory", memory, MEMORY_MODES)
+        class_names = check_class_names(class_names, num_classes)
+        if preprocessing is None:
+            preprocessing = ImagePreprocessing((c, h, w), num_bins)
+        preprocessing = ImagePreprocessing.from_config(preprocessing)
+        if preprocessing.model_shape != (c, h, w) or preprocessing.num_bins != num_bins:
+            raise ValueError(
+                f"preprocessing ({preprocessing.describe()}) gives {preprocessing.model_shape} images with "
+                f"{preprocessing.num_bins} levels, but the model takes {(c, h, w)} with num_bins={num_bins}"
+            )
 
         self.data_shape = (c, h, w)
         self.num_classes = num_classes
+        self.class_names = class_names
+        self.preprocessing = preprocessing
         self.config = dict(
             in_shape=(c, h, w), levels=levels, steps=steps, hidden=hidden, coupling=coupling,
             permutation=permutation, conditioner=conditioner, mask=mask, num_classes=num_classes,
             num_bins=num_bins, dequantization=dequantization, precision=precision, memory=memory,
+            class_names=class_names, preprocessing=preprocessing.to_config(),
         )  # fmt: skip
         cond_features = num_classes or 0
 
@@ -131,10 +150,7 @@ class Glow(FlowModel):
         self.levels = torch.nn.ModuleList(levels_)
         self.bijection = self.levels
 
-        if dequantization == "uniform":
-            self.dequantizer: UniformDequantization | VariationalDequantization = UniformDequantization(num_bins)
-        else:
-            self.dequantizer = VariationalDequantization(self.data_shape[0], num_bins)
+        self.dequantizer: Dequantization = DEQUANTIZERS.get(dequantization)(self.data_shape[0], num_bins)
 
     @property
     def memory(self) -> str:
@@ -152,6 +168,15 @@ class Glow(FlowModel):
     def num_bins(self) -> int:
         return self.dequantizer.num_bins
 
+    def _architecture(self) -> str:
+        c = self.config
+        return f"Glow L={c['levels']} K={c['steps']} width {c['hidden']}, {c['coupling']} coupling, {c['permutation']}"
+
+    def preprocess(self, raw: Tensor) -> Tensor:
+        """Raw images -> this model's discrete input, as :attr:`preprocessing` says (n-bit reduction, padding);
+        ``ValueError`` naming the expected shape and levels for anything else."""
+        return self.preprocessing(self._as_tensor(raw, "images"))
+
     def _encode(self, x: Tensor, cond: Tensor | None) -> tuple[list[Tensor], Tensor]:
         zs: list[Tensor] = []
         logdet = zero_logdet(x)
@@ -160,8 +185,8 @@ class Glow(FlowModel):
             h, ld = level(h, cond)
             logdet = logdet + ld
             if i < len(self.levels) - 1:
-                n_keep = self.latent_shapes[i][0]
-                h, z = h[:, :n_keep], h[:, n_keep:]
+                n_out = self.latent_shapes[i][0]  # the channels this level's Split factored out: the last n_out
+                h, z = h[:, : h.shape[1] - n_out], h[:, h.shape[1] - n_out :]
                 zs.append(z.contiguous())
         zs.append(h.contiguous())
         return zs, logdet
@@ -174,34 +199,44 @@ class Glow(FlowModel):
             h, _ = self.levels[i].inverse(h, cond)
         return h.contiguous()
 
-    def forward(self, k: Tensor, y: Tensor | None = None) -> Tensor:
-        """Training objective: bits per dimension of discrete data ``k`` (one dequantization draw); shape (B,)."""
-        return self.bits_per_dim(k, y)
+    def forward(self, k: Tensor, y: Tensor | None = None, *, validate: bool = True) -> Tensor:
+        """Training objective: bits per dimension of discrete data ``k`` (one dequantization draw); shape (B,).
+        ``validate=False`` skips the value checks (see :meth:`FlowModel.forward`)."""
+        return bits_per_dim(self._discrete_log_prob(k, y, 1, False, validate), self.num_dims)
 
     def discrete_log_prob(
-        self, k: Tensor, y: Tensor | None = None, n_samples: int = 1, importance_weighted: bool = False
+        self, k: Tensor, y: Tensor | int | str | None = None, n_samples: int = 1, importance_weighted: bool = False
     ) -> Tensor:
-        """Log-probability (nats) of discrete data ``k`` (integers in [0, num_bins)); shape (B,).
+        """Log-probability (nats) of discrete data ``k`` (integers in [0, num_bins), the model's input shape;
+        raw images go through :meth:`preprocess` first); shape (B,).
 
         Dequantizes ``k`` ``n_samples`` times and returns the mean of the variational lower bound, or with
         ``importance_weighted=True`` the tighter importance-weighted estimate ``log mean_s exp(bound_s)``.
         """
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        self._check_data(check_discrete(k, self.num_bins))
-        cond = self._cond(y, k.shape[0])
+        n_samples = check_positive_int("n_samples", n_samples)
+        return self._discrete_log_prob(k, y, n_samples, importance_weighted, True)
+
+    def _discrete_log_prob(
+        self, k: Tensor, y: Any, n_samples: int, importance_weighted: bool, validate: bool
+    ) -> Tensor:
+        k = self._as_tensor(k, "pixel levels")
+        k = check_discrete(k, self.num_bins, validate)
+        self._check_data(k.to(self._reference_parameter().dtype), validate=False)
+        cond = self._cond(y, k.shape[0], validate)
         estimates = []
         for _ in range(n_samples):
             x, logdet_deq = self.dequantizer(k.to(self._reference_parameter().dtype))
             zs, logdet = self._encode(x, cond)
             estimates.append(self._latent_log_prob(zs) + logdet + logdet_deq)
+        if n_samples == 1:
+            return estimates[0]
         est = torch.stack(estimates)
         if importance_weighted:
             return torch.logsumexp(est, dim=0) - math.log(n_samples)
         return est.mean(dim=0)
 
     def bits_per_dim(
-        self, k: Tensor, y: Tensor | None = None, n_samples: int = 1, importance_weighted: bool = False
+        self, k: Tensor, y: Tensor | int | str | None = None, n_samples: int = 1, importance_weighted: bool = False
     ) -> Tensor:
         """Bits per dimension of discrete data ``k``: ``-discrete_log_prob / (D log 2)``; shape (B,).
 

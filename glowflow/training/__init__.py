@@ -1,11 +1,15 @@
 """Training glowflow models: ``glowflow.train`` / ``glowflow train`` and what they are made of.
 
+- :mod:`~glowflow.training.loop`: :func:`train`, the loop, read top to bottom;
 - :mod:`~glowflow.training.config`: :class:`TrainConfig`, the presets, config files and their layering;
-- :mod:`~glowflow.training.loop`: :func:`train`, the loop;
+- :mod:`~glowflow.training.data` / :mod:`~glowflow.training.batches`: the splits ready for the model, the batches;
+- :mod:`~glowflow.training.model`: the model a configuration describes;
+- :mod:`~glowflow.training.step`: one optimiser step, without host synchronisation;
+- :mod:`~glowflow.training.optim`: the optimiser and the learning-rate rule;
 - :mod:`~glowflow.training.checkpoint`: atomic, validated checkpoints and :func:`load_model`;
-- :mod:`~glowflow.training.data` / :mod:`~glowflow.training.evaluate`: data preparation, scoring, sampling;
-- :mod:`~glowflow.training.distributed`: torchrun / DistributedDataParallel helpers;
-- :mod:`~glowflow.training.metrics`: ``metrics.jsonl`` and TensorBoard;
+- :mod:`~glowflow.training.evaluate`: test bits/dim (or NLL), samples, sample pictures;
+- :mod:`~glowflow.training.outputs` / :mod:`~glowflow.training.metrics`: the run directory, ``metrics.jsonl``;
+- :mod:`~glowflow.training.distributed` / :mod:`~glowflow.training.devices`: torchrun / DDP, devices;
 - :mod:`~glowflow.training.guard`: the fault guard (skip non-finite steps, roll back, give up).
 """
 
@@ -14,8 +18,9 @@ from glowflow.training.config import PRESETS, TrainConfig, load_config_file, res
 from glowflow.training.data import TrainingData, prepare_data
 from glowflow.training.evaluate import draw_samples, evaluate
 from glowflow.training.guard import FaultGuard, TrainingError
-from glowflow.training.loop import RESUMABLE, TrainResult, build_model, train
+from glowflow.training.loop import RESUMABLE, TrainResult, train
 from glowflow.training.metrics import read_metrics
+from glowflow.training.model import build_model
 
 __all__ = [
     "PRESETS",

@@ -4,16 +4,17 @@ A checkpoint is a ``torch.save`` of plain containers and tensors only, so it loa
 ``torch.load(..., weights_only=True)`` (no code runs on load)::
 
     format       "glowflow-checkpoint"          (the marker; anything else is not ours)
-    version      1
+    version      2                              (version 1 files are upgraded on load, see :func:`upgrade`)
     config       the resolved TrainConfig as a dict
-    model_class  "Glow" | "TabularGlow";  model_config: the model's constructor arguments
+    model_class  "Glow" | "TabularGlow";  model_config: the model's constructor arguments (its units included:
+                 an image model's preprocessing and class names; a tabular model's standardisation is a buffer)
     model        the model's state_dict
     optimizer, scheduler                       their state_dicts
     step         optimiser steps taken
     rng          {"batch": the batch generator's state,
                   "ranks": [per process {"torch", "cuda", "numpy", "python"}]}
     guard        the fault guard's state;  best: {"value", "step"} of the best test metric
-    data         {"name", "shape", "num_bins", "class_names", "mean", "std"} (mean/std: tabular standardisation)
+    data         {"name", "shape", "num_bins", "class_names", "test_note"}
     progress     {"elapsed", "untrained", "last", "log_sums"}: wall time so far, first/last test metrics, and the
                  running sums of the metrics line being accumulated
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -35,45 +35,14 @@ import numpy as np
 import torch
 
 from glowflow.errors import CheckpointError
-from glowflow.models import FlowModel, Glow, TabularGlow
+from glowflow.io import atomic_write_bytes
+from glowflow.models import MODELS, FlowModel, build_model
 
 FORMAT = "glowflow-checkpoint"
-VERSION = 1
-MODEL_CLASSES: dict[str, type[FlowModel]] = {"Glow": Glow, "TabularGlow": TabularGlow}
+VERSION = 2
 REQUIRED = ("config", "model_class", "model_config", "model", "step")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, write: Any) -> Path:
-    """Create ``path`` atomically: ``write(f)`` fills a temporary file beside it, which is flushed, fsynced and
-    renamed onto ``path``. On any error the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable (best effort: not every file system allows opening a folder)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
+# raw image shapes of the data sets a version-1 checkpoint may have padded (version 1 did not record them)
+_RAW_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -118,9 +87,40 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: incomplete glowflow checkpoint, missing {', '.join(missing)}")
-    if ckpt["model_class"] not in MODEL_CLASSES:
+    if ckpt["model_class"] not in MODELS:
         raise CheckpointError(f"{path}: unknown model class {ckpt['model_class']!r}")
-    return ckpt
+    return upgrade(ckpt, path)
+
+
+def upgrade(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """A version-1 checkpoint in version 2's layout: the model owns its units. Version 1 kept a tabular model's
+    standardisation beside the model (``data.mean`` / ``data.std``) and an image model's n-bit reduction and
+    padding only in the training config; they move into the model (its ``standardize`` buffers, its
+    ``preprocessing`` and ``class_names`` arguments)."""
+    if ckpt["version"] >= 2:
+        return ckpt
+    try:
+        data = ckpt.get("data", {})
+        config = dict(ckpt["model_config"])
+        train_cfg = ckpt["config"]
+        state = dict(ckpt["model"])
+        if train_cfg.get("conditional"):
+            config["class_names"] = data.get("class_names")
+        if ckpt["model_class"] == "TabularGlow":
+            dim = int(config["dim"])
+            mean, std = data.get("mean"), data.get("std")
+            state["standardize.mean"] = torch.zeros(dim) if mean is None else mean.float()
+            state["standardize.std"] = torch.ones(dim) if std is None else std.float()
+        else:
+            shape = tuple(config["in_shape"])
+            n_bits, pad = train_cfg.get("n_bits"), train_cfg.get("pad")
+            raw_shape = _RAW_SHAPES.get(data.get("name"), shape) if pad is not None else shape
+            raw_bins = 256 if n_bits is not None else config.get("num_bins", 256)
+            config["preprocessing"] = {"raw_shape": list(raw_shape), "raw_bins": raw_bins, "n_bits": n_bits,
+                                       "pad": pad if tuple(raw_shape) != shape else None}  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: cannot read this version-1 checkpoint ({type(e).__name__}: {e})") from None
+    return {**ckpt, "version": VERSION, "model_config": config, "model": state}
 
 
 def _first_line(e: BaseException) -> str:
@@ -149,12 +149,9 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
-def build_model(ckpt: dict[str, Any]) -> FlowModel:
+def model_from_checkpoint(ckpt: dict[str, Any]) -> FlowModel:
     """A fresh, untrained model of the checkpoint's class and constructor arguments."""
-    config = dict(ckpt["model_config"])
-    if "in_shape" in config:
-        config["in_shape"] = tuple(config["in_shape"])
-    return MODEL_CLASSES[ckpt["model_class"]](**config)
+    return build_model(ckpt["model_class"], ckpt["model_config"])
 
 
 def restore_model(model: FlowModel, state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -178,7 +175,7 @@ def load_model(
     path = find_checkpoint(run, prefer)
     ckpt = load_checkpoint(path)
     try:
-        model = build_model(ckpt)
+        model = model_from_checkpoint(ckpt)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the model from its saved arguments: {e}") from None
     restore_model(model, ckpt["model"], path)

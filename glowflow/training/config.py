@@ -4,10 +4,11 @@ Resolution order, later wins::
 
     TrainConfig defaults  <  preset  <  config file (JSON or TOML) / dict  <  explicit flags / keyword arguments
 
-The preset defaults to the one named after the data (``digits``, ``mnist`` for MNIST and Fashion-MNIST,
-``cifar10``, ``toy`` for the 2-D toy densities, ``tabular``); other data (an image ``folder``) starts from the
-``digits`` preset's model unless a preset is named (``celeba64`` is the one for 64x64 face folders). ``preset="none"``
-keeps the bare defaults. Unknown keys, wrong types and impossible values raise ``ValueError`` naming the key.
+The preset defaults to the one the data set table names for the data (``digits``, ``mnist`` for MNIST and
+Fashion-MNIST, ``cifar10``, ``toy`` for the 2-D toy densities, ``tabular``; an image ``folder`` starts from the
+``digits`` preset's model; ``celeba64`` is the one for 64x64 face folders). ``preset="none"`` keeps the bare
+defaults. Unknown keys, wrong types and impossible values raise ``ValueError`` naming the key. Every choice list
+(couplings, permutations, conditioners, dequantizers, data sets) is read from its registry.
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from glowflow.data import DATASETS, TOY_DENSITIES
-from glowflow.layers.base import MEMORY_MODES
-from glowflow.layers.coupling import MASKS
-from glowflow.models.base import COUPLINGS, PERMUTATIONS
-from glowflow.models.glow import DEQUANTIZATIONS
+from glowflow.data import DATASETS
+from glowflow.data.memory import NAME as IN_MEMORY
+from glowflow.layers.conditioners import conditioner_names
+from glowflow.layers.coupling import COUPLINGS, MASKS, PRECISIONS
+from glowflow.layers.dequantization import DEQUANTIZERS
+from glowflow.layers.memory import MEMORY_MODES
+from glowflow.layers.permutations import PERMUTATIONS
 
-IMAGE_DATA = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
 OPTIMIZERS = ("adam", "adamax")
-PRECISIONS = ("fp32", "bf16")
-CONDITIONERS = ("glow", "gated")
+DATA_CHOICES = (*DATASETS.names(), IN_MEMORY)
 
 
 def _f(default: Any, help: str, group: str, **meta: Any) -> Any:
@@ -51,7 +52,8 @@ class TrainConfig:
     """
 
     # ---- data ---------------------------------------------------------------------------------------------
-    data: str = _f("digits", "data set: " + ", ".join(DATASETS), "data", choices=tuple(DATASETS))
+    data: str = _f("digits", "data set: " + ", ".join(DATASETS) + f" ({IN_MEMORY!r}: arrays given to glowflow.train)",
+                   "data", choices=DATA_CHOICES)  # fmt: skip
     data_dir: str | None = _f(
         None,
         "where the data files are (default $GLOWFLOW_DATA or ~/.cache/glowflow); the image folder for 'folder', "
@@ -72,13 +74,17 @@ class TrainConfig:
     levels: int = _f(2, "L, the number of scales (image Glow)", "model")
     steps: int = _f(8, "K, steps of flow per level (per model for tabular / toy data)", "model")
     hidden: int = _f(64, "width of the coupling conditioners", "model")
-    coupling: str = _f("affine", "coupling layer", "model", choices=COUPLINGS)
+    coupling: str = _f("affine", "coupling layer", "model", choices=COUPLINGS.names())
     permutation: str = _f("lu", "channel mixing: LU 1x1 conv, dense 1x1 conv, shuffle or reverse", "model",
-                          choices=PERMUTATIONS)  # fmt: skip
-    conditioner: str = _f("glow", "coupling conditioner of the image Glow", "model", choices=CONDITIONERS)
+                          choices=PERMUTATIONS.names())  # fmt: skip
+    conditioner: str = _f("glow", "coupling conditioner of the image Glow", "model",
+                          choices=conditioner_names(image=True))  # fmt: skip
     mask: str = _f("channel", "coupling mask of the image Glow", "model", choices=MASKS)
-    dequantization: str = _f("uniform", "dequantization noise of the image Glow", "model", choices=DEQUANTIZATIONS)
-    precision: str = _f("fp32", "conditioner precision: fp32, or bf16 autocast", "model", choices=PRECISIONS)
+    dequantization: str = _f("uniform", "dequantization noise of the image Glow", "model",
+                             choices=DEQUANTIZERS.names())  # fmt: skip
+    precision: str = _f("fp32", "conditioner precision in training and scoring: fp32, or bf16 autocast (encode / "
+                        "decode always run the conditioners in fp32, so reconstructions stay exact)", "model",
+                        choices=tuple(PRECISIONS))  # fmt: skip
     memory: str = _f("standard", "activation memory of the image Glow's steps in training", "model",
                      choices=MEMORY_MODES)  # fmt: skip
     compile: bool = _f(False, "torch.compile the model's forward", "model")
@@ -109,8 +115,15 @@ class TrainConfig:
 
     # ---- helpers ------------------------------------------------------------------------------------------
     @property
-    def is_image(self) -> bool:
-        return self.data in IMAGE_DATA
+    def kind(self) -> str | None:
+        """``"image"``, ``"tabular"`` or ``"toy"`` (from the data set table); None for in-memory data, whose
+        arrays decide."""
+        return DATASETS.get(self.data).kind if self.data in DATASETS else None
+
+    @property
+    def is_image(self) -> bool | None:
+        """Whether the data are images (None for in-memory data: the arrays decide)."""
+        return None if self.kind is None else self.kind == "image"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (what ``RUN/config.json`` holds)."""
@@ -153,12 +166,12 @@ class TrainConfig:
             raise ValueError(f"config key 'device' must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; presets: {', '.join(PRESETS)}")
-        if not self.is_image:
+        if self.is_image is False:
             image_only = {"n_bits": None, "pad": None, "memory": "standard", "dequantization": "uniform"}
             for key, neutral in image_only.items():
                 if getattr(self, key) != neutral:
                     raise ValueError(f"config key {key!r} applies to image data only; {self.data!r} is "
-                                     f"{'a 2-D toy density' if self.data in TOY_DENSITIES else 'tabular'}")  # fmt: skip
+                                     f"{'a 2-D toy density' if self.kind == 'toy' else 'tabular'}")  # fmt: skip
         return self
 
 
@@ -232,15 +245,12 @@ PRESET_NOTES: dict[str, str] = {
 }
 
 
-def default_preset(data: str) -> str:
-    """The preset used when none is named: the one made for ``data``."""
-    if data in ("mnist", "fashion-mnist"):
-        return "mnist"
-    if data in TOY_DENSITIES:
-        return "toy"
-    if data in ("cifar10", "tabular"):
-        return data
-    return "digits"
+def default_preset(data: str, kind: str | None = None) -> str:
+    """The preset used when none is named: the one the data set table names for ``data``; for in-memory data,
+    ``digits`` for images and ``tabular`` for rows (``kind``)."""
+    if data in DATASETS:
+        return DATASETS.get(data).preset
+    return "digits" if kind in (None, "image") else "tabular"
 
 
 def preset_values(name: str) -> dict[str, Any]:
@@ -301,12 +311,16 @@ def check_keys(values: dict[str, Any], where: str) -> None:
 
 
 def resolve_config(
-    config: TrainConfig | dict[str, Any] | str | os.PathLike | None = None, **overrides: Any
+    config: TrainConfig | dict[str, Any] | str | os.PathLike | None = None,
+    *,
+    data_kind: str | None = None,
+    **overrides: Any,
 ) -> TrainConfig:
     """Layer defaults < preset < ``config`` (a dict, or the path of a JSON/TOML file) < ``overrides``.
 
     A ``TrainConfig`` passed as ``config`` is taken as already resolved: only ``overrides`` apply on top.
-    The preset comes from ``overrides``, else ``config``, else :func:`default_preset` of the data.
+    The preset comes from ``overrides``, else ``config``, else :func:`default_preset` of the data (``data_kind``:
+    what in-memory data holds, ``"image"`` or ``"tabular"``).
     """
     check_keys(overrides, "train()")
     if isinstance(config, TrainConfig):
@@ -325,7 +339,7 @@ def resolve_config(
     data = overrides.get("data", file_values.get("data"))
     if data is None:  # a named preset brings its own data set: ``--preset mnist`` trains on MNIST
         data = PRESETS[named]["data"] if named in PRESETS else TrainConfig.data
-    preset = named or default_preset(data)
+    preset = named or default_preset(data, data_kind)
     values = {**preset_values(preset), **file_values, **overrides}
     values["preset"] = None if preset == "none" else preset
     values["data"] = data

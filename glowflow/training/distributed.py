@@ -32,6 +32,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False  # whether setup() created the process group (and cleanup() destroys it)
+    device: torch.device = torch.device("cpu")  # where collective operations' tensors live (CUDA for NCCL)
 
     @property
     def is_main(self) -> bool:
@@ -87,6 +88,15 @@ def all_reduce_sum(t: Tensor, ctx: DistContext) -> Tensor:
     if ctx.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def any_true(flag: bool, ctx: DistContext) -> bool:
+    """Whether ``flag`` is true on any process (every process must call this at the same point)."""
+    if not ctx.enabled:
+        return flag
+    t = torch.tensor([float(flag)], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return bool(t.item() > 0)
 
 
 def broadcast_object(obj: Any, ctx: DistContext) -> Any:

@@ -17,7 +17,6 @@ from torch import Tensor
 from glowflow import viz
 from glowflow.layers.dequantization import to_uint8
 from glowflow.models import FlowModel, Glow
-from glowflow.training.data import TrainingData
 from glowflow.training.distributed import DistContext, all_reduce_sum
 
 EVAL_SEED = 1234
@@ -39,7 +38,6 @@ def isolated_rng(seed: int, device: torch.device):
 @torch.no_grad()
 def evaluate(
     model: FlowModel,
-    data: TrainingData,
     x: Tensor,
     y: Tensor | None,
     n_samples: int = 1,
@@ -50,10 +48,14 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean score of the examples ``x`` (labels ``y``), split over the processes of ``ctx``.
 
-    Images: ``{"bpd": ...}``, bits/dim with the dequantization noise averaged over ``n_samples`` draws (or their
-    importance-weighted combination). Tabular / toy data (``x`` standardised): ``{"nll": ..., "bpd": ...}``, NLL in
-    nats of the original units and ``nll / (D ln 2)``.
+    Images (discrete levels, the model's input): ``{"bpd": ...}``, bits/dim with the dequantization noise averaged
+    over ``n_samples`` draws (or their importance-weighted combination). Tabular / toy rows (in their own units):
+    ``{"nll": ..., "bpd": ...}``, the NLL in nats and ``nll / (D ln 2)``.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    if len(x) == 0:
+        raise ValueError("nothing to evaluate: no examples")
     ctx = ctx or DistContext()
     device = next(model.parameters()).device
     was_training = model.training
@@ -74,10 +76,9 @@ def evaluate(
     model.train(was_training)
     all_reduce_sum(total, ctx)
     mean = (total[0] / total[1]).item()
-    if data.is_image:
+    if model.is_image:
         return {"bpd": mean}
-    nll = mean + data.log_std_sum
-    return {"nll": nll, "bpd": nll / (data.num_dims * math.log(2.0))}
+    return {"nll": mean, "bpd": mean / (model.num_dims * math.log(2.0))}
 
 
 def sample_labels(model: FlowModel, n: int, label: int | None = None) -> Tensor | None:
@@ -92,14 +93,13 @@ def sample_labels(model: FlowModel, n: int, label: int | None = None) -> Tensor 
 @torch.no_grad()
 def draw_samples(
     model: FlowModel,
-    data: TrainingData,
     n: int,
     temperature: float,
     labels: Tensor | None = None,
     seed: int = 0,
 ) -> Tensor:
     """``n`` samples: images as displayable grey levels (uint8 ``(n, C, H, W)``, 0..255); tabular / toy data as
-    float32 ``(n, D)`` in original units. The same ``seed`` draws the same latents."""
+    float32 ``(n, D)`` in the data's own units. The same ``seed`` draws the same latents."""
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
@@ -108,33 +108,21 @@ def draw_samples(
         x = model.sample(n, temperature, y=None if labels is None else labels.to(device), generator=g)
     finally:
         model.train(was_training)
-    if data.is_image:
-        # decoding at high temperature early in training can overflow: show those pixels as black / white
-        x = torch.nan_to_num(x.float(), nan=-0.5, posinf=0.5, neginf=-0.5)
-        return to_uint8(x, data.num_bins).cpu()
-    return data.unstandardize(x.float()).cpu()
-
-
-def images_for_display(k: Tensor, num_bins: int) -> Tensor:
-    """Discrete levels 0..num_bins-1 -> grey levels 0..255."""
-    return torch.round(k.float() * (255.0 / (num_bins - 1))).clamp(0, 255).to(torch.uint8)
+    if model.is_image:
+        return to_uint8(x, model.num_bins).cpu()
+    return x.float().cpu()
 
 
 @torch.no_grad()
-def density_grid(
-    model: FlowModel, data: TrainingData, extent: tuple[float, float, float, float], n: int = 160
-) -> np.ndarray:
-    """The model's density (original units) on an ``n x n`` grid over ``extent = (x0, x1, y0, y1)``."""
+def density_grid(model: FlowModel, extent: tuple[float, float, float, float], n: int = 160) -> np.ndarray:
+    """The model's density (the data's units) on an ``n x n`` grid over ``extent = (x0, x1, y0, y1)``."""
     device = next(model.parameters()).device
     x0, x1, y0, y1 = extent
     gx, gy = torch.meshgrid(torch.linspace(x0, x1, n), torch.linspace(y0, y1, n), indexing="xy")
     pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
     was_training = model.training
     model.eval()
-    log_p = (
-        torch.cat([model.log_prob(data.standardize(chunk).to(device)).cpu() for chunk in pts.split(8192)])
-        - data.log_std_sum
-    )
+    log_p = torch.cat([model.log_prob(chunk.to(device)).cpu() for chunk in pts.split(8192)])
     model.train(was_training)
     return torch.exp(log_p.double()).nan_to_num(0.0).reshape(n, n).numpy()
 
@@ -148,25 +136,25 @@ def extent_of(points: np.ndarray, margin: float = 0.1) -> tuple[float, float, fl
 
 def sample_picture(
     model: FlowModel,
-    data: TrainingData,
+    test_x: Tensor,
     temperatures: list[float],
     n: int,
     seed: int = 0,
     caption: str = "",
 ) -> np.ndarray:
     """What ``RUN/samples.png`` shows: image grids at each temperature (one class per column for a
-    class-conditional model); for 2-D data the test data, the model density and samples; for tabular data data
-    and samples on the first two coordinates."""
-    if data.is_image:
+    class-conditional model); for 2-D data the test data ``test_x``, the model density and samples; for tabular
+    data data and samples on the first two coordinates."""
+    if model.is_image:
         ncol = model.num_classes
         if ncol is not None:  # one class per column: whole rows
             n = math.ceil(n / ncol) * ncol
         labels = sample_labels(model, n)
-        grids = [(t, draw_samples(model, data, n, t, labels, seed)) for t in temperatures]
+        grids = [(t, draw_samples(model, n, t, labels, seed)) for t in temperatures]
         return viz.sample_sheet(grids, ncol=ncol, caption=caption)
-    test = data.unstandardize(data.test_x).numpy()
-    samples = [(t, draw_samples(model, data, n, t, None, seed).numpy()) for t in temperatures]
-    if data.num_dims == 2:
+    test = test_x.float().numpy()
+    samples = [(t, draw_samples(model, n, t, None, seed).numpy()) for t in temperatures]
+    if model.num_dims == 2:
         extent = extent_of(test)
-        return viz.density_plot(density_grid(model, data, extent), extent, test, samples, title=caption)
+        return viz.density_plot(density_grid(model, extent), extent, test, samples, title=caption)
     return viz.scatter_plot(test, samples, title=caption)

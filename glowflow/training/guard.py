@@ -2,8 +2,9 @@
 
 A step is faulty when its loss or its gradient norm is not finite, or when the forward pass raised
 :class:`~glowflow.SingularWeightError` (a dense 1x1 convolution became singular). A faulty step changes nothing
-(no optimiser update) and is counted. ``max_faults`` faults in a row ask for a rollback: the loop restores the
-model and optimiser from the last good checkpoint and multiplies the learning rate by ``lr_factor``. More than
+(no optimiser update) and is counted. The loop learns of faults at its logging steps (it reads the steps back
+there, not in every step); ``max_faults`` faults in a row ask for a rollback, which it then carries out: it restores
+the model and optimiser from the last good checkpoint and multiplies the learning rate by ``lr_factor``. More than
 ``max_rollbacks`` rollbacks stop the run with :class:`TrainingError`.
 """
 
@@ -27,11 +28,13 @@ class FaultGuard:
         self.skipped = 0  # faulty steps in total
         self.rollbacks = 0
         self.lr_scale = 1.0  # product of the rollback factors applied so far
+        self.rollback_due = False  # max_faults faults in a row since the last rollback
 
     def fault(self) -> bool:
         """Record a faulty step; True when a rollback is due."""
         self.consecutive += 1
         self.skipped += 1
+        self.rollback_due = self.rollback_due or self.consecutive >= self.max_faults
         return self.consecutive >= self.max_faults
 
     def ok(self) -> None:
@@ -48,6 +51,7 @@ class FaultGuard:
         self.rollbacks += 1
         self.lr_scale *= self.lr_factor
         self.consecutive = 0
+        self.rollback_due = False
 
     def state_dict(self) -> dict[str, Any]:
         return {

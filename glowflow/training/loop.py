@@ -1,26 +1,26 @@
 """``glowflow.train``: the training loop, readable top to bottom.
 
-    seed everything -> load the data -> build the model -> optimiser, warm-up schedule, fault guard, batch generator
-    -> initialise ActNorm on a dedicated larger batch (or restore a checkpoint) -> wrap for DDP / torch.compile
-    -> for each step: draw a batch, forward, all-reduce the step's status, backward, clip, update
-       (or skip a faulty step / roll back), then log, evaluate, draw samples and checkpoint on schedule
+    configure -> seed -> data -> model -> optimiser, learning rate, fault guard, batches
+    -> ActNorm initialisation on a dedicated larger batch and the untrained score (or restore a checkpoint)
+    -> wrap for DDP / torch.compile
+    -> for each step: a batch, forward, backward, clip, update (a non-finite step is a no-op on the device);
+       at logging steps read the steps back: log, skip or roll back, evaluate, draw samples, checkpoint
     -> final evaluation, samples, curve and checkpoint.
 
-Exact resumption: a checkpoint holds the model, optimiser, scheduler, step, the batch generator and every process's
-global RNG states; evaluation and sampling draw from isolated random streams, so stopping and resuming at step n
-continues the same sequence of batches and noise as an uninterrupted run.
+Exact resumption: a checkpoint holds the model, optimiser, learning-rate schedule, step, the batch generator and
+every process's global RNG states; evaluation and sampling draw from isolated random streams, so stopping and
+resuming at step n continues the same sequence of batches and noise as an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,26 +28,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from glowflow import viz
-from glowflow.errors import CheckpointError, SingularWeightError
-from glowflow.models import FlowModel, Glow, TabularGlow
+from glowflow.errors import CheckpointError
+from glowflow.models import FlowModel
 from glowflow.training import distributed
-from glowflow.training.checkpoint import (
-    atomic_write_bytes,
-    capture_rng_state,
-    load_checkpoint,
-    restore_model,
-    restore_rng_state,
-    save_checkpoint,
-)
+from glowflow.training.batches import InMemoryBatches
+from glowflow.training.checkpoint import capture_rng_state, load_checkpoint, restore_model, restore_rng_state
 from glowflow.training.config import FIELD_NAMES, TrainConfig, check_keys, load_config_file, resolve_config
-from glowflow.training.data import TrainingData, prepare_data
-from glowflow.training.distributed import DistContext, shard
-from glowflow.training.evaluate import evaluate, sample_picture
+from glowflow.training.data import InMemoryData, TrainingData, prepare_data
+from glowflow.training.devices import resolve_device
+from glowflow.training.distributed import DistContext
+from glowflow.training.evaluate import evaluate
 from glowflow.training.guard import FaultGuard, TrainingError
-from glowflow.training.metrics import MetricsLog
+from glowflow.training.metrics import Metric, metric_for
+from glowflow.training.model import build_model
+from glowflow.training.optim import LearningRate, make_optimizer
+from glowflow.training.outputs import RunOutputs, check_run_dir, default_run_dir
+from glowflow.training.step import LossHook, StepWindow, train_step
 
 # Settings that may change when a run is resumed; everything else (data, model, optimiser) is fixed by the run.
 RESUMABLE = frozenset({
@@ -55,7 +52,6 @@ RESUMABLE = frozenset({
     "eval_samples", "eval_batch_size", "sample_every", "sample_n", "temperatures", "checkpoint_every",
     "log_every", "tensorboard", "progress", "max_faults", "max_rollbacks", "rollback_lr_factor",
 })  # fmt: skip
-GPU_DATA_LIMIT = 2**31  # keep training data up to 2 GiB on the GPU, gather batches there
 
 
 @dataclass
@@ -76,11 +72,35 @@ class TrainResult:
     checkpoint: Path = field(default=Path())
 
 
+@dataclass
+class RunState:
+    """Where a run stands: what checkpoints carry besides the model, the optimiser and the random streams."""
+
+    step: int = 0
+    untrained: dict[str, float] = field(default_factory=dict)
+    last_eval: dict[str, float] = field(default_factory=dict)
+    best: dict[str, Any] | None = None
+    elapsed_before: float = 0.0  # seconds of training in earlier sessions of the run
+    session_start: float = field(default_factory=time.perf_counter)
+    events: list[dict[str, Any]] = field(default_factory=list)  # skips and rollbacks since the last metrics line
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.session_start
+
+
 def train(
     config: TrainConfig | dict[str, Any] | str | os.PathLike | None = None,
     *,
     resume: bool = False,
-    loss_hook: Callable[[int, Tensor], Tensor] | None = None,
+    loss_hook: LossHook | None = None,
+    data: Any = None,
+    labels: Any = None,
+    test_data: Any = None,
+    test_labels: Any = None,
+    test_fraction: float = 0.1,
+    num_bins: int | None = None,
+    class_names: list[str] | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train a Glow (image data) or TabularGlow (tabular / 2-D toy data): what ``glowflow train`` runs.
@@ -91,28 +111,179 @@ def train(
         result = glowflow.train(iters=500, out="runs/quick")          # the digits preset, shorter
         result = glowflow.train("mnist.toml", device="cuda")
         result = glowflow.train(out="runs/quick", resume=True, iters=1000)
+        result = glowflow.train(data=images, labels=y, num_bins=256)  # arrays in memory (uint8 (N, C, H, W))
+
+    ``data``: a data set name (the ``data`` config key), or data already in memory - a NumPy array or tensor of
+    integer images (N, C, H, W) / (N, H, W) with levels ``0..num_bins-1`` (default 256), or of float rows (N, D),
+    or a map-style ``torch.utils.data.Dataset`` of ``x`` or ``(x, label)`` items - with optional ``labels``; the
+    test split is ``test_data`` (and ``test_labels``) or a fixed ``test_fraction`` of ``data``. In-memory data go
+    through the same preparation as files (``config.json`` records ``data: "memory"``); resume such a run by
+    passing the same arrays again.
 
     ``resume=True`` continues the run in ``out`` from ``checkpoints/last.pt``: its configuration comes from the
     checkpoint, and only the keys in :data:`RESUMABLE` may be changed. ``loss_hook(step, per_example_loss)``, if
-    given, may transform each step's loss before it is checked and minimised (fault-injection tests use it).
+    given, may transform each step's loss before it is minimised (fault-injection tests use it).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this; see ``glowflow.training.distributed``.
     """
-    cfg, ckpt = _configure(config, resume, overrides)
-    threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    ctx = distributed.setup(cfg.device)
+    memory = None
+    if data is not None and not isinstance(data, str):
+        memory = InMemoryData(data, labels, test_data, test_labels, test_fraction, num_bins, class_names)
+        overrides["data"] = "memory"
+    elif data is not None:
+        if any(v is not None for v in (labels, test_data, test_labels, num_bins, class_names)):
+            raise ValueError("labels, test_data, test_labels, num_bins and class_names go with in-memory data")
+        overrides["data"] = data
+    cfg, ckpt = _configure(config, resume, overrides, memory)
+    with _threads(cfg.threads):
+        ctx = distributed.setup(cfg.device)
+        try:
+            return _train(cfg, ckpt, ctx, memory, loss_hook)
+        finally:
+            distributed.cleanup(ctx)
+
+
+def _train(
+    cfg: TrainConfig, ckpt: dict[str, Any] | None, ctx: DistContext, memory: InMemoryData | None, loss_hook: Any
+) -> TrainResult:
+    device = ctx.device = resolve_device(cfg.device, ctx)
+    run_dir = Path(distributed.broadcast_object(cfg.out or str(default_run_dir(cfg.data)), ctx))
+    cfg.out = str(run_dir)
+    if ctx.is_main:
+        check_run_dir(run_dir, resumed=ckpt is not None)
+    if cfg.batch_size % ctx.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} must divide by the number of processes ({ctx.world_size})")
+
+    # 1. seed everything (per-process noise streams are seeded after the model is built)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed + ctx.rank)
+    random.seed(cfg.seed + ctx.rank)
+
+    # 2. data, and the batches every step draws from it
+    data = prepare_data(cfg, ctx, cfg.eval_size, memory)
+    if cfg.batch_size > len(data.train_x):
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(data.train_x)} "
+                         f"examples); use at most {len(data.train_x)}")  # fmt: skip
+    batches = InMemoryBatches(data.train_x, data.train_y, cfg.batch_size // ctx.world_size * ctx.world_size,
+                              cfg.init_batch_size, cfg.seed, ctx, device)  # fmt: skip
+    metric = metric_for(data.is_image)
+
+    # 3. model: identical on every process; then each process gets its own dequantization-noise stream
+    model = build_model(cfg, data).to(device)
+    torch.manual_seed(cfg.seed + 10_000 * (ctx.rank + 1))
+
+    # 4. optimiser with linear warm-up, fault guard, run state, outputs
+    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
+    lr = LearningRate(opt, cfg.warmup)
+    guard = FaultGuard(cfg.max_faults, cfg.max_rollbacks, cfg.rollback_lr_factor)
+    state = RunState()
+    out = RunOutputs(run_dir, cfg, ctx, metric)
+
+    # 5. start: ActNorm initialisation and the untrained score, or the checkpoint
+    def evaluate_test() -> dict[str, float]:
+        m = evaluate(model, data.test_x, data.test_y, cfg.eval_samples, cfg.eval_batch_size, ctx=ctx)
+        return {f"test_{k}": v for k, v in m.items()}
+
+    def save(name: str) -> None:
+        out.checkpoint(name, _payload(cfg, model, opt, lr, guard, batches, state, data, ctx))
+
+    if ckpt is None:
+        init_loss = _init_actnorm(model, batches, ctx)
+        state.untrained = state.last_eval = evaluate_test()
+        out.open(0, resumed=False)
+        _announce(out, cfg, ctx, data, model, device, metric, state)
+        out.log({"step": 0, "loss": init_loss, **state.untrained, "time": 0.0, "skipped": 0}, state.last_eval)
+        save("last.pt")  # the first rollback anchor
+    else:
+        _restore(ckpt, model, opt, lr, guard, batches, state, ctx, out, run_dir / "checkpoints" / "last.pt")
+        out.open(state.step, resumed=True)
+        out.say(f"resumed {run_dir} at step {state.step} ({metric.format(state.last_eval)})")
+
+    # 6. wrap for several processes and/or torch.compile
+    net: Any = model
+    if ctx.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)  # fmt: skip
+    if cfg.compile:
+        net = torch.compile(net)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    # 7. the loop
+    start, stopped_by = state.step, None
+    window = StepWindow()
     try:
-        return _Run(cfg, ctx, ckpt, loss_hook).train()
+        with _StopSignal(out.say) as stop:
+            for step in range(start + 1, cfg.iters + 1):
+                x, y = batches.next()
+                window.add(step, train_step(net, params, opt, x, y, cfg.grad_clip, loss_hook, step))
+                lr.step()
+                state.step = step
+                out.progress.update(1)
+                final = step == cfg.iters
+                evaluating = final or bool(cfg.eval_every and step % cfg.eval_every == 0)
+                checkpointing = final or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+                # a signal stops a single process after this step; several processes agree at the next logging step
+                signalled = stop.requested is not None and not ctx.enabled
+                if not (final or evaluating or checkpointing or signalled or step % cfg.log_every == 0):
+                    continue
+                # a logging step: read the steps back, act on faults, agree on stopping
+                record = _read_window(window, cfg, guard, state, ctx, out, step)
+                try:
+                    if guard.rollback_due:
+                        _rollback(step, model, opt, lr, guard, state, ctx, out, run_dir)
+                finally:  # the line is written also when the run gives up
+                    record["lr"] = lr.current
+                    if state.events:
+                        record["events"], state.events = state.events, []
+                    if guard.rollback_due:
+                        out.log({**record, "time": round(state.elapsed, 3)}, state.last_eval)
+                stop_now = distributed.any_true(stop.requested is not None, ctx)
+                results = evaluate_test() if evaluating and not stop_now else {}
+                if results:
+                    state.last_eval = dict(results)
+                    out.say(f"step {step}: {metric.format(results)}")
+                record.update(results)
+                record["time"] = round(state.elapsed, 3)
+                out.log(record, state.last_eval)
+                if results and (state.best is None or results["test_bpd"] < state.best["value"]):
+                    state.best = {"value": results["test_bpd"], "step": step, **results}
+                    save("best.pt")
+                if not stop_now and (final or (cfg.sample_every and step % cfg.sample_every == 0)):
+                    out.samples(model, data.test_x, step)
+                if (checkpointing or stop_now) and guard.consecutive == 0:  # never overwrite the anchor mid-fault
+                    save("last.pt")
+                if results or final or stop_now:
+                    out.curve()
+                window.reset()
+                if stop_now:
+                    stopped_by = stop.requested or "a signal on another process"
+                    break
     finally:
-        distributed.cleanup(ctx)
-        torch.set_num_threads(threads)
+        out.close()
+    if state.step == start:
+        out.say(f"{run_dir} is already at step {start} (--iters {cfg.iters}): nothing to train")
+    return _finish(cfg, model, guard, state, out, metric, run_dir, stopped_by)
 
 
-def _configure(config: Any, resume: bool, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any] | None]:
+# ---- pieces of the recipe ----------------------------------------------------------------------------------------
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """PyTorch's operator threads set to ``n`` for the run (None: unchanged), restored afterwards."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _configure(
+    config: Any, resume: bool, overrides: dict[str, Any], memory: InMemoryData | None
+) -> tuple[TrainConfig, dict[str, Any] | None]:
     if not resume:
-        return resolve_config(config, **overrides), None
+        kind = None if memory is None else _memory_kind(memory)
+        return resolve_config(config, data_kind=kind, **overrides), None
     check_keys(overrides, "train()")
     if isinstance(config, TrainConfig):
         explicit = config.to_dict()
@@ -137,6 +308,8 @@ def _configure(config: Any, resume: bool, overrides: dict[str, Any]) -> tuple[Tr
     unknown = [k for k in saved if k not in FIELD_NAMES]
     if unknown or not isinstance(saved, dict):
         raise CheckpointError(f"{path}: its config has keys this glowflow does not know: {', '.join(unknown)}")
+    if saved.get("data") == "memory" and memory is None:
+        raise ValueError(f"{run_dir} was trained on arrays in memory: pass the same arrays again (data=...)")
     values = dict(saved)
     for key, value in explicit.items():
         if key in RESUMABLE:
@@ -151,74 +324,228 @@ def _configure(config: Any, resume: bool, overrides: dict[str, Any]) -> tuple[Tr
     return TrainConfig(**values).validate(), ckpt
 
 
-def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
-    """Adam with the fused implementation (one kernel for all parameters: a fifth of the default per-parameter
-    loop's time on CPU for config S) or Adamax with the multi-tensor one."""
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    return torch.optim.Adamax(params, lr=lr, foreach=True)
+def _memory_kind(memory: InMemoryData) -> str:
+    train, _ = memory.splits()
+    return "image" if train.is_image else "tabular"
 
 
-def warmup_factor(epoch: int, warmup: int) -> float:
-    """Linear warm-up: the learning rate of step ``epoch + 1`` is ``lr * min(1, (epoch + 1) / warmup)``."""
-    return 1.0 if warmup <= 0 else min(1.0, (epoch + 1) / warmup)
+@torch.no_grad()
+def _init_actnorm(model: FlowModel, batches: InMemoryBatches, ctx: DistContext) -> float:
+    """ActNorm takes its initial statistics from a dedicated larger first batch, all-reduced over processes.
+    Returns the objective on that batch (the metrics' step-0 loss)."""
+    x, y = batches.init_batch()
+    loss = model(x, y, validate=False)
+    total = torch.stack([loss.double().sum(), torch.tensor(float(len(loss)), dtype=torch.float64,
+                                                           device=loss.device)])  # fmt: skip
+    distributed.all_reduce_sum(total, ctx)
+    return float(total[0] / total[1])
 
 
-def build_model(cfg: TrainConfig, data: TrainingData) -> FlowModel:
-    """The model ``cfg`` describes for ``data``: Glow for images, TabularGlow for tabular / toy data."""
-    num_classes = data.num_classes if cfg.conditional else None
+def _announce(
+    out: RunOutputs,
+    cfg: TrainConfig,
+    ctx: DistContext,
+    data: TrainingData,
+    model: FlowModel,
+    device: torch.device,
+    metric: Metric,
+    state: RunState,
+) -> None:
+    procs = f" x {ctx.world_size} processes" if ctx.enabled else ""
+    extras = [x for x in (cfg.precision != "fp32" and cfg.precision, cfg.compile and "compiled") if x]
+    out.say(f"data: {data.describe()}")
+    out.say(f"model: {model.describe()}, on {device}{procs}" + (f" ({', '.join(extras)})" if extras else ""))
+    out.say(f"run directory: {out.run_dir}")
+    note = data.test_note
     if data.is_image:
-        return Glow(
-            data.shape, levels=cfg.levels, steps=cfg.steps, hidden=cfg.hidden, coupling=cfg.coupling,
-            permutation=cfg.permutation, conditioner=cfg.conditioner, mask=cfg.mask, num_classes=num_classes,
-            num_bins=data.num_bins, dequantization=cfg.dequantization, precision=cfg.precision, memory=cfg.memory,
-        )  # fmt: skip
-    return TabularGlow(
-        data.shape[0], steps=cfg.steps, hidden=cfg.hidden, coupling=cfg.coupling, permutation=cfg.permutation,
-        num_classes=num_classes, precision=cfg.precision,
+        draws = f"{cfg.eval_samples} noise draw{'s' if cfg.eval_samples != 1 else ''} each"
+        levels = f"{data.num_bins} {'grey levels' if data.shape[0] == 1 else 'levels per channel'}"
+        note += f", {draws}; bits/dim at {levels}"
+    out.say(f"untrained: {metric.format(state.untrained)} ({note})")
+
+
+def _read_window(
+    window: StepWindow,
+    cfg: TrainConfig,
+    guard: FaultGuard,
+    state: RunState,
+    ctx: DistContext,
+    out: RunOutputs,
+    step: int,
+) -> dict[str, Any]:
+    """Read the steps since the last logging step back (the host synchronisation of the loop), count faults in
+    the guard and the run's events, and return the metrics line of ``step`` (loss and gradient norm averaged over
+    the good steps)."""
+    records, sums = window.read()
+    totals = torch.tensor([sums["loss_sum"], sums["good"], sums["grad_sum"]], dtype=torch.float64, device=ctx.device)
+    distributed.all_reduce_sum(totals, ctx)  # the loss over every process's slice; gradients are already shared
+    loss_sum, good, grad_sum = totals.tolist()
+    good_steps = good / ctx.world_size
+    for r in records:
+        if r.ok:
+            guard.ok()
+            continue
+        guard.fault()
+        state.events.append({"step": r.step, "kind": "skipped", "reason": r.reason})
+        out.say(f"step {r.step}: skipped ({r.reason}); {guard.consecutive} in a row")
+    seconds = window.seconds()
+    return {
+        "step": step,
+        "loss": loss_sum / good if good else None,
+        "grad_norm": grad_sum / ctx.world_size / good_steps if good_steps else None,
+        "examples_per_s": len(records) * cfg.batch_size / seconds if seconds > 0 else None,
+        "skipped": guard.skipped,
+    }
+
+
+def _rollback(
+    step: int,
+    model: FlowModel,
+    opt: torch.optim.Optimizer,
+    lr: LearningRate,
+    guard: FaultGuard,
+    state: RunState,
+    ctx: DistContext,
+    out: RunOutputs,
+    run_dir: Path,
+) -> None:
+    """Restore the model and optimiser of the last good checkpoint and lower the learning rate."""
+    path = run_dir / "checkpoints" / "last.pt"
+    try:
+        guard.rollback()
+    except TrainingError as e:
+        raise TrainingError(
+            f"training stopped at step {step}: {e}. The last good checkpoint is {path}. Try a lower --lr, a "
+            "longer --warmup, --grad-clip, or --coupling additive"
+        ) from None
+    saved = distributed.broadcast_object(load_checkpoint(path) if ctx.is_main else None, ctx)
+    restore_model(model, saved["model"], path)
+    opt.load_state_dict(saved["optimizer"])
+    lr.rescale(guard.lr_scale)
+    state.events.append({"step": step, "kind": "rollback", "to_step": saved["step"], "lr_scale": guard.lr_scale})
+    out.say(f"step {step}: {guard.max_faults} faulty steps in a row: rolled back to the checkpoint of step "
+            f"{saved['step']}, learning rate x{guard.lr_scale:g}")  # fmt: skip
+
+
+def _payload(
+    cfg: TrainConfig,
+    model: FlowModel,
+    opt: torch.optim.Optimizer,
+    lr: LearningRate,
+    guard: FaultGuard,
+    batches: InMemoryBatches,
+    state: RunState,
+    data: TrainingData,
+    ctx: DistContext,
+) -> dict[str, Any] | None:
+    """The checkpoint of the run as it stands (rank 0; None elsewhere), see ``glowflow.training.checkpoint``."""
+    rng = distributed.gather_objects(capture_rng_state(), ctx)  # every process's streams
+    if not ctx.is_main:
+        return None
+    return {
+        "config": cfg.to_dict(),
+        "model_class": type(model).__name__,
+        "model_config": dict(model.config),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": lr.state_dict(),
+        "step": state.step,
+        "rng": {"batch": batches.state_dict()["generator"], "ranks": rng},
+        "guard": guard.state_dict(),
+        "best": state.best,
+        "data": {
+            "name": data.name,
+            "shape": list(data.shape),
+            "num_bins": data.num_bins,
+            "class_names": data.class_names,
+            "test_note": data.test_note,
+        },  # fmt: skip
+        "progress": {
+            "elapsed": state.elapsed,
+            "untrained": state.untrained,
+            "last": state.last_eval,
+            "events": list(state.events),
+            "world_size": ctx.world_size,
+            "saved_at": datetime.now().isoformat(timespec="seconds"),
+        },
+    }
+
+
+def _restore(
+    ckpt: dict[str, Any],
+    model: FlowModel,
+    opt: torch.optim.Optimizer,
+    lr: LearningRate,
+    guard: FaultGuard,
+    batches: InMemoryBatches,
+    state: RunState,
+    ctx: DistContext,
+    out: RunOutputs,
+    path: Path,
+) -> None:
+    restore_model(model, ckpt["model"], path)
+    try:
+        opt.load_state_dict(ckpt["optimizer"])
+        lr.load_state_dict(ckpt["scheduler"])
+        guard.load_state_dict(ckpt["guard"])
+        lr.scale = guard.lr_scale
+        batches.load_state_dict({"generator": ckpt["rng"]["batch"]})
+        ranks = ckpt["rng"]["ranks"]
+        if len(ranks) == ctx.world_size:
+            restore_rng_state(ranks[ctx.rank])
+        else:  # another number of processes: the batches continue exactly, the noise streams are reseeded
+            torch.manual_seed(TrainConfig(**ckpt["config"]).seed + 10_000 * (ctx.rank + 1) + ckpt["step"])
+            out.say(f"resuming with {ctx.world_size} processes instead of {len(ranks)}: the batches continue "
+                    "exactly, the dequantization noise is reseeded")  # fmt: skip
+        progress = ckpt["progress"]
+        state.step = ckpt["step"]
+        state.best = ckpt.get("best")
+        state.untrained = dict(progress["untrained"])
+        state.last_eval = dict(progress["last"])
+        state.events = list(progress.get("events", []))
+        state.elapsed_before = float(progress["elapsed"])
+        state.session_start = time.perf_counter()
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot restore the training state ({type(e).__name__}: {e})") from None
+
+
+def _finish(
+    cfg: TrainConfig,
+    model: FlowModel,
+    guard: FaultGuard,
+    state: RunState,
+    out: RunOutputs,
+    metric: Metric,
+    run_dir: Path,
+    stopped_by: str | None,
+) -> TrainResult:
+    path = run_dir / "checkpoints" / "last.pt"
+    if stopped_by:
+        out.say(f"stopped by {stopped_by} at step {state.step}; saved {path}. Resume with: glowflow train --out "
+                f"{run_dir} --resume")  # fmt: skip
+    elif state.last_eval and state.step > 0:
+        best = state.best
+        best_text = f"; best {best.get(metric.key, best['value']):.3f} at step {best['step']}" if best else ""
+        out.say(f"done: {state.step} steps, {state.elapsed:.0f} s of training: {metric.format(state.last_eval)} "
+                f"(untrained {state.untrained[metric.key]:.3f}{best_text})")  # fmt: skip
+        out.say(f"outputs: {run_dir}/samples.png, curve.png, metrics.jsonl, checkpoints/")
+    return TrainResult(
+        run_dir=run_dir, config=cfg, step=state.step, metrics=dict(state.last_eval), untrained=dict(state.untrained),
+        best=state.best, elapsed=state.elapsed, skipped=guard.skipped, rollbacks=guard.rollbacks,
+        stopped_by=stopped_by, model=model, checkpoint=path,
     )  # fmt: skip
 
 
-def describe_model(model: FlowModel) -> str:
-    c = model.config
-    n = sum(p.numel() for p in model.parameters())
-    if isinstance(model, Glow):
-        arch = f"Glow L={c['levels']} K={c['steps']} width {c['hidden']}, {c['coupling']} coupling, {c['permutation']}"
-    else:
-        arch = f"TabularGlow K={c['steps']} width {c['hidden']}, {c['coupling']} coupling, {c['permutation']}"
-    cond = f", conditional on {c['num_classes']} classes" if c.get("num_classes") else ""
-    return f"{arch}{cond}: {n / 1e6:.2f}M parameters"
-
-
-def resolve_device(name: str, ctx: DistContext) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available here (torch.cuda.is_available() is False); "
-                             "use --device cpu")  # fmt: skip
-        return torch.device("cuda", ctx.local_rank) if ctx.enabled else torch.device(name)
-    return torch.device("cpu")
-
-
-def default_run_dir(data: str) -> Path:
-    base = Path("runs") / f"{data}-{datetime.now():%Y%m%d-%H%M%S}"
-    path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
-
-
-class StopSignal:
-    """SIGINT / SIGTERM ask the loop to finish its step, save and stop; a second SIGINT aborts at once."""
+class _StopSignal:
+    """SIGINT / SIGTERM ask the loop to finish its step (with several processes: to go on to the next logging step,
+    where they agree), save and exit; a second SIGINT aborts at once."""
 
     def __init__(self, announce: Callable[[str], None]) -> None:
         self.requested: str | None = None
         self._announce = announce
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> StopSignal:
+    def __enter__(self) -> _StopSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -234,427 +561,3 @@ class StopSignal:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-class _Run:
-    """One call of :func:`train`: the state shared by the steps of the loop."""
-
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, ckpt: dict[str, Any] | None, loss_hook: Any) -> None:
-        self.cfg, self.ctx, self.ckpt, self.loss_hook = cfg, ctx, ckpt, loss_hook
-        self.main = ctx.is_main
-        self.bar: Any = None
-        self.session_start = time.perf_counter()
-        self.elapsed_before = 0.0
-
-    # ---- output helpers ----------------------------------------------------------------------------------
-    def say(self, text: str) -> None:
-        if self.main:
-            from tqdm import tqdm
-
-            tqdm.write(text)
-
-    def _metric_text(self, m: dict[str, float]) -> str:
-        if self.data.is_image:
-            return f"test bpd {m['test_bpd']:.3f}"
-        return f"test NLL {m['test_nll']:.3f} nats ({m['test_bpd']:.3f} bits/dim)"
-
-    # ---- the run -------------------------------------------------------------------------------------------
-    def train(self) -> TrainResult:
-        cfg, ctx = self.cfg, self.ctx
-        device = self.device = resolve_device(cfg.device, ctx)
-        run_dir = self.run_dir = Path(distributed.broadcast_object(cfg.out or str(default_run_dir(cfg.data)), ctx))
-        cfg.out = str(run_dir)
-        self.ckpt_dir = run_dir / "checkpoints"
-        if self.ckpt is None and any((self.ckpt_dir / f).is_file() for f in ("last.pt", "best.pt")):
-            raise ValueError(f"{run_dir} already holds a training run ({self.ckpt_dir}); pass --resume to continue "
-                             "it, or choose another --out")  # fmt: skip
-        if cfg.batch_size % ctx.world_size:
-            raise ValueError(f"--batch-size {cfg.batch_size} must divide by the number of processes "
-                             f"({ctx.world_size})")  # fmt: skip
-
-        # 1. seed everything (per-process noise streams are seeded after the model is built)
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed + ctx.rank)
-        random.seed(cfg.seed + ctx.rank)
-
-        # 2. data
-        stats = None
-        if self.ckpt is not None and self.ckpt["data"].get("mean") is not None:
-            stats = (self.ckpt["data"]["mean"], self.ckpt["data"]["std"])
-        data = self.data = prepare_data(cfg, ctx, stats, cfg.eval_size)
-        self.train_x = data.train_x
-        if device.type == "cuda" and data.train_x.numel() * data.train_x.element_size() <= GPU_DATA_LIMIT:
-            self.train_x = data.train_x.to(device)
-        self.train_y = None if data.train_y is None else data.train_y.to(self.train_x.device)
-
-        # 3. model: identical on every process; then each process gets its own dequantization-noise stream
-        model = self.model = build_model(cfg, data).to(device)
-        torch.manual_seed(cfg.seed + 10_000 * (ctx.rank + 1))
-
-        # 4. optimiser with linear warm-up, fault guard, batch generator
-        self.opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
-        self.guard = FaultGuard(cfg.max_faults, cfg.max_rollbacks, cfg.rollback_lr_factor)
-        guard = self.guard
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda e: warmup_factor(e, cfg.warmup) * guard.lr_scale
-        )
-        self.batch_gen = torch.Generator().manual_seed(cfg.seed)
-        self.best: dict[str, Any] | None = None
-        self.last_eval: dict[str, float] = {}
-        self.log_sums = [0.0, 0, 0.0, 0, 0.0]  # loss sum, finite losses, grad-norm sum, steps, training seconds
-        self.events: list[dict[str, Any]] = []
-
-        # 5. start: ActNorm initialisation and the untrained score, or the checkpoint
-        if self.ckpt is None:
-            start = 0
-            init_loss = self._init_actnorm()
-            self.untrained = self._evaluate()
-        else:
-            start = self.ckpt["step"]
-            self.elapsed_before = self._restore(self.ckpt)
-            self.session_start = time.perf_counter()
-        self._start_outputs(start, resumed=self.ckpt is not None)
-        if self.ckpt is None:
-            self._log(0, {"loss": init_loss, **self.untrained})
-            self.last_eval = dict(self.untrained)
-            self._save("last.pt", 0)  # the first rollback anchor
-        elif self.main:
-            self.say(f"resumed {run_dir} at step {start} ({self._metric_text(self.last_eval)})")
-
-        # 6. wrap for several processes and/or torch.compile
-        net: Any = model
-        if ctx.enabled:
-            net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        if cfg.compile:
-            net = torch.compile(net)
-        self.net = net
-
-        # 7. the loop
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.iters, initial=start, unit="step", dynamic_ncols=True,
-                   disable=not (self.main and cfg.progress))  # fmt: skip
-        self.bar = bar
-        step = start
-        stopped_by = None
-        try:
-            with StopSignal(self.say) as stop:
-                for step in range(start + 1, cfg.iters + 1):
-                    stop_now = self._step(step, stop)
-                    bar.update(1)
-                    final = step == cfg.iters
-                    evaluate_now = final or (cfg.eval_every and step % cfg.eval_every == 0)
-                    if stop_now:
-                        evaluate_now = False
-                    results = self._evaluate() if evaluate_now else {}
-                    if results:
-                        self.last_eval = dict(results)
-                    if results or step % cfg.log_every == 0 or final or stop_now:
-                        self._log(step, results)
-                    if results and self.main:
-                        self.say(f"step {step}: {self._metric_text(results)}")
-                    if results and (self.best is None or results["test_bpd"] < self.best["value"]):
-                        self.best = {"value": results["test_bpd"], "step": step, **results}
-                        self._save("best.pt", step)
-                    if not stop_now and (final or (cfg.sample_every and step % cfg.sample_every == 0)):
-                        self._samples(step)
-                    if final or stop_now or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                        if final or stop_now or guard.consecutive == 0:  # never overwrite the anchor mid-fault
-                            self._save("last.pt", step)
-                    if results or final or stop_now:
-                        self._curve()
-                    if stop_now:
-                        stopped_by = stop.requested or "a signal on another process"
-                        break
-        finally:
-            bar.close()
-            self.metrics.close()
-        if step == start and self.main:  # nothing left to train (resumed at or past --iters)
-            self.say(f"{run_dir} is already at step {start} (--iters {cfg.iters}): nothing to train")
-        return self._finish(step, stopped_by)
-
-    # ---- pieces of the run -----------------------------------------------------------------------------------
-    def _batch(self, idx: Tensor) -> tuple[Tensor, Tensor | None]:
-        idx = idx.to(self.train_x.device)
-        x = self.train_x[idx].to(self.device, non_blocking=True)
-        y = None if self.train_y is None else self.train_y[idx].to(self.device, non_blocking=True)
-        return x, y
-
-    @torch.no_grad()
-    def _init_actnorm(self) -> float:
-        """ActNorm takes its initial statistics from a dedicated larger first batch, all-reduced over processes."""
-        n = len(self.train_x)
-        init_idx = torch.randperm(n, generator=self.batch_gen)[: min(n, self.cfg.init_batch_size)]
-        x, y = self._batch(shard(init_idx, self.ctx))
-        loss = self.model(x, y)
-        total = torch.tensor([loss.double().sum().item(), len(loss)], dtype=torch.float64, device=self.device)
-        distributed.all_reduce_sum(total, self.ctx)
-        return (total[0] / total[1]).item() + self.data.log_std_sum
-
-    def _evaluate(self) -> dict[str, float]:
-        m = evaluate(self.model, self.data, self.data.test_x, self.data.test_y, self.cfg.eval_samples,
-                     self.cfg.eval_batch_size, ctx=self.ctx)  # fmt: skip
-        return {f"test_{k}": v for k, v in m.items()}
-
-    def _step(self, step: int, stop: StopSignal) -> bool:
-        """One optimiser step (or a skipped one). Returns True when the processes agreed to stop."""
-        cfg, ctx, guard = self.cfg, self.ctx, self.guard
-        t0 = time.perf_counter()
-        idx = shard(torch.randint(0, len(self.train_x), (cfg.batch_size,), generator=self.batch_gen), ctx)
-        x, y = self._batch(idx)
-        loss = None
-        singular = None
-        try:
-            per_example = self.net(x, y)
-            if self.loss_hook is not None:
-                per_example = self.loss_hook(step, per_example)
-            loss = per_example.mean()
-        except SingularWeightError as e:
-            singular = str(e)
-        finite = loss is not None and bool(torch.isfinite(loss))
-        # what every process must agree on: [non-finite losses, singular weights, stop requests, loss sum, count]
-        status = torch.tensor(
-            [float(loss is not None and not finite), float(singular is not None), float(stop.requested is not None),
-             loss.item() if finite else 0.0, 1.0], dtype=torch.float64, device=self.device,
-        )  # fmt: skip
-        n_nonfinite, n_singular, n_stop, loss_sum, n_procs = distributed.all_reduce_sum(status, ctx).tolist()
-        fault = None
-        grad_norm = math.nan
-        if n_singular > 0:
-            fault = f"singular 1x1 convolution ({singular})" if singular else "singular 1x1 convolution"
-        elif n_nonfinite > 0:
-            fault = "non-finite loss"
-        else:
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            if cfg.grad_clip is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
-            else:
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]).item()
-            if math.isfinite(grad_norm):
-                self.opt.step()
-                guard.ok()
-            else:
-                fault = "non-finite gradient"
-            self.opt.zero_grad(set_to_none=True)
-        self.sched.step()
-        s = self.log_sums
-        if fault is None:
-            s[0] += loss_sum / n_procs + self.data.log_std_sum
-            s[1] += 1
-            s[2] += grad_norm
-        s[3] += 1
-        s[4] += time.perf_counter() - t0
-        if fault is not None:
-            self.events.append({"step": step, "kind": "skipped", "reason": fault})
-            self.say(f"step {step}: skipped ({fault}); {guard.consecutive + 1} in a row")
-            if guard.fault():
-                self._rollback(step)
-        return n_stop > 0
-
-    def _rollback(self, step: int) -> None:
-        """Restore the model and optimiser of the last good checkpoint and lower the learning rate."""
-        path = self.ckpt_dir / "last.pt"
-        try:
-            self.guard.rollback()
-        except TrainingError as e:
-            self._log(step, {})
-            raise TrainingError(
-                f"training stopped at step {step}: {e}. The last good checkpoint is {path}. Try a lower --lr, a "
-                "longer --warmup, --grad-clip, or --coupling additive"
-            ) from None
-        state = distributed.broadcast_object(load_checkpoint(path) if self.main else None, self.ctx)
-        restore_model(self.model, state["model"], path)
-        self.opt.load_state_dict(state["optimizer"])
-        factor = warmup_factor(self.sched.last_epoch, self.cfg.warmup) * self.guard.lr_scale
-        for group, base in zip(self.opt.param_groups, self.sched.base_lrs, strict=True):
-            group["lr"] = base * factor
-        self.events.append({"step": step, "kind": "rollback", "to_step": state["step"],
-                            "lr_scale": self.guard.lr_scale})  # fmt: skip
-        self.say(f"step {step}: {self.cfg.max_faults} faulty steps in a row: rolled back to the checkpoint of step "
-                 f"{state['step']}, learning rate x{self.guard.lr_scale:g}")  # fmt: skip
-
-    def _log(self, step: int, results: dict[str, float]) -> None:
-        loss_sum, n_loss, grad_sum, n_steps, seconds = self.log_sums
-        record: dict[str, Any] = {"step": step}
-        if step == 0:
-            record["loss"] = results.pop("loss")
-        else:
-            record["loss"] = loss_sum / n_loss if n_loss else None
-            record["lr"] = self.opt.param_groups[0]["lr"]
-            record["grad_norm"] = grad_sum / n_loss if n_loss else None
-            record["examples_per_s"] = n_steps * self.cfg.batch_size / seconds if seconds > 0 else None
-        record.update(results)
-        record["time"] = round(self._elapsed(), 3)
-        record["skipped"] = self.guard.skipped
-        if self.events:
-            record["events"] = self.events
-        self.log_sums = [0.0, 0, 0.0, 0, 0.0]
-        self.events = []
-        if not self.main:
-            return
-        self.metrics.write(record)
-        if self.bar is None:
-            return
-        unit = "img/s" if self.data.is_image else "pts/s"
-        name = "bpd" if self.data.is_image else "nll"
-        postfix = {}
-        if record.get("loss") is not None:
-            postfix[f"train_{name}"] = f"{record['loss']:.3f}"
-        if self.last_eval:
-            postfix[f"test_{name}"] = f"{self.last_eval[f'test_{name}']:.3f}"
-        if record.get("examples_per_s"):
-            postfix[unit] = f"{record['examples_per_s']:.0f}"
-        self.bar.set_postfix(postfix, refresh=False)
-
-    def _elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.session_start
-
-    def _payload(self, step: int) -> dict[str, Any] | None:
-        rng = distributed.gather_objects(capture_rng_state(), self.ctx)  # every process's streams
-        if not self.main:
-            return None
-        d = self.data
-        return {
-            "config": self.cfg.to_dict(),
-            "model_class": type(self.model).__name__,
-            "model_config": dict(self.model.config),
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            "step": step,
-            "rng": {"batch": self.batch_gen.get_state(), "ranks": rng},
-            "guard": self.guard.state_dict(),
-            "best": self.best,
-            "data": {
-                "name": d.name,
-                "shape": list(d.shape),
-                "num_bins": d.num_bins,
-                "class_names": d.class_names,
-                "mean": d.mean,
-                "std": d.std,
-                "test_note": d.test_note,
-            },  # fmt: skip
-            "progress": {
-                "elapsed": self._elapsed(),
-                "untrained": self.untrained,
-                "last": self.last_eval,
-                "log_sums": list(self.log_sums),
-                "events": list(self.events),
-                "world_size": self.ctx.world_size,
-                "saved_at": datetime.now().isoformat(timespec="seconds"),
-            },  # fmt: skip
-        }
-
-    def _save(self, name: str, step: int) -> None:
-        payload = self._payload(step)
-        if self.main:
-            save_checkpoint(payload, self.ckpt_dir / name)
-
-    def _restore(self, ckpt: dict[str, Any]) -> float:
-        path = self.ckpt_dir / "last.pt"
-        restore_model(self.model, ckpt["model"], path)
-        try:
-            self.opt.load_state_dict(ckpt["optimizer"])
-            self.sched.load_state_dict(ckpt["scheduler"])
-            self.guard.load_state_dict(ckpt["guard"])
-            self.batch_gen.set_state(ckpt["rng"]["batch"])
-            ranks = ckpt["rng"]["ranks"]
-            if len(ranks) == self.ctx.world_size:
-                restore_rng_state(ranks[self.ctx.rank])
-            else:  # another number of processes: the batches continue exactly, the noise streams are reseeded
-                torch.manual_seed(self.cfg.seed + 10_000 * (self.ctx.rank + 1) + ckpt["step"])
-                self.say(f"resuming with {self.ctx.world_size} processes instead of {len(ranks)}: the batches "
-                         "continue exactly, the dequantization noise is reseeded")  # fmt: skip
-            progress = ckpt["progress"]
-            self.best = ckpt.get("best")
-            self.untrained = dict(progress["untrained"])
-            self.last_eval = dict(progress["last"])
-            self.log_sums = list(progress["log_sums"])
-            self.events = list(progress["events"])
-            return float(progress["elapsed"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{path}: cannot restore the training state ({type(e).__name__}: {e})") from None
-
-    def _start_outputs(self, start: int, resumed: bool) -> None:
-        """config.json, the metrics log and the opening lines (rank 0)."""
-        self.metrics = _NullLog()
-        if not self.main:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.cfg.to_dict(), indent=2) + "\n"
-        atomic_write_bytes(self.run_dir / "config.json", lambda f: f.write(text.encode("utf-8")))
-        self.metrics = MetricsLog(self.run_dir, self.cfg.tensorboard, start if resumed else None)
-        if resumed:
-            return
-        procs = f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
-        extras = [x for x in (self.cfg.precision != "fp32" and self.cfg.precision,
-                              self.cfg.compile and "compiled") if x]  # fmt: skip
-        self.say(f"data: {self.data.describe()}")
-        self.say(f"model: {describe_model(self.model)}, on {self.device}{procs}"
-                 + (f" ({', '.join(extras)})" if extras else ""))  # fmt: skip
-        self.say(f"run directory: {self.run_dir}")
-        draws = f", {self.cfg.eval_samples} noise draws each" if self.data.is_image else ""
-        levels = f"; bits/dim at {self.data.num_bins} grey levels" if self.data.is_image else ""
-        self.say(f"untrained: {self._metric_text(self.untrained)} ({self.data.test_note}{draws}{levels})")
-
-    def _samples(self, step: int) -> None:
-        if not self.main:
-            return
-        caption = f"step {step}"
-        try:
-            with torch.random.fork_rng(devices=[]):
-                picture = sample_picture(self.model, self.data, self.cfg.temperatures, self.cfg.sample_n,
-                                         seed=self.cfg.seed, caption=caption)  # fmt: skip
-        except (SingularWeightError, ValueError, RuntimeError) as e:
-            self.say(f"step {step}: could not draw samples ({type(e).__name__}: {e})")
-            return
-        viz.save_png(picture, self.run_dir / "samples" / f"step_{step:06d}.png")
-        viz.save_png(picture, self.run_dir / "samples.png")
-        self.metrics.image("samples", picture, step)
-
-    def _curve(self) -> None:
-        if not self.main:
-            return
-        unit = "bits/dim" if self.data.is_image else "NLL (nats)"
-        metric = "test_bpd" if self.data.is_image else "test_nll"
-        viz.save_png(viz.training_curve(self.metrics.records, metric, unit), self.run_dir / "curve.png")
-
-    def _finish(self, step: int, stopped_by: str | None) -> TrainResult:
-        elapsed = self._elapsed()
-        path = self.ckpt_dir / "last.pt"
-        if self.main:
-            if stopped_by:
-                self.say(f"stopped by {stopped_by} at step {step}; saved {path}. Resume with: glowflow train --out "
-                         f"{self.run_dir} --resume")  # fmt: skip
-            elif self.last_eval:
-                key = "test_bpd" if self.data.is_image else "test_nll"
-                best = self.best
-                best_text = f"; best {best.get(key, best['value']):.3f} at step {best['step']}" if best else ""
-                first = self.untrained[key]
-                self.say(f"done: {step} steps, {elapsed:.0f} s of training: {self._metric_text(self.last_eval)} "
-                         f"(untrained {first:.3f}{best_text})")  # fmt: skip
-                self.say(f"outputs: {self.run_dir}/samples.png, curve.png, metrics.jsonl, checkpoints/")
-        return TrainResult(
-            run_dir=self.run_dir, config=self.cfg, step=step, metrics=dict(self.last_eval),
-            untrained=dict(self.untrained), best=self.best, elapsed=elapsed, skipped=self.guard.skipped,
-            rollbacks=self.guard.rollbacks, stopped_by=stopped_by, model=self.model, checkpoint=path,
-        )  # fmt: skip
-
-
-class _NullLog:
-    """Stands in for the metrics log on processes other than rank 0."""
-
-    records: list[dict[str, Any]] = []
-
-    def write(self, record: dict[str, Any]) -> None:
-        pass
-
-    def image(self, *args: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

@@ -15,10 +15,41 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glowflow.training.checkpoint import atomic_write_bytes
+from glowflow.io import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How the score of a model is named and shown: bits/dim of discrete images, or the NLL in nats of rows (with
+    its bits/dim, a differential entropy rate)."""
+
+    name: str  # "bpd" / "nll": the key of evaluate()'s result and of the train_/test_ figures
+    label: str  # "test bpd" / "test NLL"
+    unit: str  # "bits/dim" / "nats"
+    rate_unit: str  # "img/s" / "pts/s"
+
+    @property
+    def key(self) -> str:
+        return f"test_{self.name}"
+
+    def format(self, m: dict[str, float]) -> str:
+        """``"test bpd 2.332"`` / ``"test NLL 3.251 nats (2.345 bits/dim)"`` from a ``{"test_bpd": ...}`` dict."""
+        if self.name == "bpd":
+            return f"test bpd {m['test_bpd']:.3f}"
+        return f"test NLL {m['test_nll']:.3f} nats ({m['test_bpd']:.3f} bits/dim)"
+
+
+IMAGE_METRIC = Metric("bpd", "test bpd", "bits/dim", "img/s")
+ROW_METRIC = Metric("nll", "test NLL", "nats", "pts/s")
+
+
+def metric_for(is_image: bool) -> Metric:
+    """The metric of an image model (bits/dim) or of a tabular / toy model (NLL in nats)."""
+    return IMAGE_METRIC if is_image else ROW_METRIC
 
 
 def _clean(value: Any) -> Any:
@@ -60,8 +91,7 @@ class MetricsLog:
         else:
             # Keep what the checkpoint covers; drop lines written after it (a crash between log and save).
             self.records = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
-            text = "".join(json.dumps(r) + "\n" for r in self.records)
-            atomic_write_bytes(self.path, lambda f: f.write(text.encode("utf-8")))
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
         self._file = self.path.open("a", encoding="utf-8")
         self.writer = None
         if tensorboard:

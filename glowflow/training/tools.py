@@ -19,14 +19,15 @@ from torch import Tensor
 
 from glowflow import viz
 from glowflow.errors import CheckpointError
-from glowflow.layers.dequantization import to_continuous, to_uint8
+from glowflow.io import atomic_write_text
+from glowflow.layers.dequantization import to_continuous, to_uint8, uint8_to_levels
 from glowflow.models import FlowModel, Glow
-from glowflow.training.checkpoint import atomic_write_bytes, find_checkpoint, load_model, run_dir_of
+from glowflow.training.checkpoint import find_checkpoint, load_model, run_dir_of
 from glowflow.training.config import TrainConfig
 from glowflow.training.data import TrainingData, prepare_data
+from glowflow.training.devices import resolve_device
 from glowflow.training.distributed import DistContext
 from glowflow.training.evaluate import draw_samples, evaluate, sample_labels
-from glowflow.training.loop import describe_model, resolve_device
 
 
 @dataclass
@@ -38,11 +39,19 @@ class OpenRun:
     path: Path  # the checkpoint file
     run_dir: Path
     config: TrainConfig
-    info: TrainingData  # shape, levels, classes, standardisation (no data)
+    class_names: list[str] | None  # the data set's class names (also for a model that is not conditional)
 
     @property
     def is_image(self) -> bool:
-        return self.info.is_image
+        return self.model.is_image
+
+    @property
+    def num_bins(self) -> int | None:
+        return self.model.num_bins if isinstance(self.model, Glow) else None
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.class_names is None else len(self.class_names)
 
     @property
     def device(self) -> torch.device:
@@ -53,8 +62,9 @@ class OpenRun:
         cfg = replace(self.config, download=False)
         if data_dir is not None:
             cfg.data_dir = data_dir
-        stats = None if self.info.mean is None else (self.info.mean, self.info.std)
-        return prepare_data(cfg, DistContext(), stats, eval_size)
+        if cfg.data == "memory":
+            raise ValueError(f"{self.run_dir} was trained on arrays in memory; there is no data set to load here")
+        return prepare_data(cfg, DistContext(), eval_size)
 
 
 def open_run(run: str | os.PathLike, device: str = "auto", prefer: str = "best") -> OpenRun:
@@ -64,10 +74,10 @@ def open_run(run: str | os.PathLike, device: str = "auto", prefer: str = "best")
     model.to(resolve_device(device, DistContext()))
     try:
         config = TrainConfig(**ckpt["config"])
-        info = TrainingData.from_checkpoint(ckpt)
+        class_names = ckpt["data"]["class_names"]
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: incomplete run description in the checkpoint ({e})") from None
-    return OpenRun(model, ckpt, path, run_dir_of(path), config, info)
+    return OpenRun(model, ckpt, path, run_dir_of(path), config, class_names)
 
 
 def _choose(n: int, k: int, seed: int) -> np.ndarray:
@@ -113,24 +123,24 @@ def evaluate_run(
     if run.is_image:
         result["num_bins"] = data.num_bins
         result["n_samples"] = draws
-        result["bpd"] = evaluate(run.model, data, x, y, draws, batch_size, seed=seed)["bpd"]
+        result["bpd"] = evaluate(run.model, x, y, draws, batch_size, seed=seed)["bpd"]
         variational = run.model.config.get("dequantization") == "variational"
         if importance_weighted or variational:
-            iw = evaluate(run.model, data, x, y, draws, batch_size, importance_weighted=True, seed=seed)
+            iw = evaluate(run.model, x, y, draws, batch_size, importance_weighted=True, seed=seed)
             result["bpd_importance_weighted"] = iw["bpd"]
     else:
-        result.update(evaluate(run.model, data, x, y, 1, batch_size, seed=seed))
+        result.update(evaluate(run.model, x, y, 1, batch_size, seed=seed))
     if save:
-        text = json.dumps(result, indent=2) + "\n"
-        result["saved"] = str(atomic_write_bytes(run.run_dir / f"eval_{split}.json", lambda f: f.write(text.encode())))
+        path = atomic_write_text(run.run_dir / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
+        result["saved"] = str(path)
     return result
 
 
 # ---- sample -------------------------------------------------------------------------------------------------
 def resolve_label(run: OpenRun, label: str | int) -> int:
     """A class index from an index or a class name (case-insensitive)."""
-    names = run.info.class_names
-    n = run.info.num_classes
+    names = run.class_names
+    n = run.num_classes
     text = str(label).strip()
     if text.lstrip("-").isdigit():
         k = int(text)
@@ -155,13 +165,12 @@ def sample_run(
     if label is not None and run.model.num_classes is None:
         raise ValueError(f"--label needs a class-conditional model; {run.path} was trained without --conditional")
     labels = sample_labels(run.model, n, None if label is None else resolve_label(run, label))
-    return draw_samples(run.model, run.info, n, temperature, labels, seed)
+    return draw_samples(run.model, n, temperature, labels, seed)
 
 
 def discrete_levels(images: Tensor, num_bins: int) -> Tensor:
-    """Displayable grey levels 0..255 back to the model's discrete levels 0..num_bins-1 (uint8 or int16)."""
-    k = torch.round(images.float() * ((num_bins - 1) / 255.0)).long()
-    return k.to(torch.uint8) if num_bins <= 256 else k.to(torch.int32)
+    """Displayable grey levels 0..255 back to the model's discrete levels 0..num_bins-1."""
+    return uint8_to_levels(images, num_bins)
 
 
 def sample_picture_of(run: OpenRun, samples: Tensor, caption: str, ncol: int | None = None) -> np.ndarray:
@@ -186,11 +195,6 @@ def _encode(model: Glow, k: Tensor, y: Tensor | None) -> list[Tensor]:
     device = next(model.parameters()).device
     x = to_continuous(k.float(), 0.5, model.num_bins).to(device)
     return model.encode(x, None if y is None else y.to(device))[0]
-
-
-def _display(model: Glow, x: Tensor) -> Tensor:
-    x = torch.nan_to_num(x.float(), nan=-0.5, posinf=0.5, neginf=-0.5)
-    return to_uint8(x, model.num_bins).cpu()
 
 
 @torch.no_grad()
@@ -241,7 +245,7 @@ def interpolate_run(
             w = t.view(-1, *[1] * (z.dim() - 1))
             zs.append((1 - w) * z[0] + w * z[1])
         ys = None if y is None else y[0].expand(frames).to(run.device)
-        rows.append(_display(model, model.decode(zs, ys)))
+        rows.append(to_uint8(model.decode(zs, ys), model.num_bins).cpu())
     return viz.strip_rows(rows), [(int(a), int(b)) for a, b in chosen]
 
 
@@ -280,7 +284,7 @@ def manipulate_run(
     of class ``source``. One row per image, one column per strength. For a class-conditional model the label stays
     ``source``: the picture shows what the latents alone carry. Returns the picture and a summary."""
     model = _require_image(run, "manipulate")
-    if run.info.num_classes is None:
+    if run.num_classes is None:
         raise ValueError(
             f"manipulate needs class labels; {run.path} was trained on {run.config.data!r}, which has none"
         )
@@ -312,8 +316,8 @@ def manipulate_run(
     for i in range(len(test_idx)):
         shifted = torch.stack([flat[i] + s * vector for s in strengths])
         ys = None if y is None else y[i].expand(len(strengths)).to(run.device)
-        rows.append(_display(model, model.decode(_unflatten(model, shifted), ys)))
-    names = run.info.class_names
+        rows.append(to_uint8(model.decode(_unflatten(model, shifted), ys), model.num_bins).cpu())
+    names = run.class_names
     summary = {
         "from": names[a] if names else a,
         "to": names[b] if names else b,
@@ -340,7 +344,7 @@ def run_info(run: str | os.PathLike) -> dict[str, Any]:
         "shape": list(ckpt["data"]["shape"]),
         "num_bins": ckpt["data"]["num_bins"],
         "test_set": ckpt["data"].get("test_note"),
-        "model": describe_model(opened.model),
+        "model": opened.model.describe(),
         "model_class": ckpt["model_class"],
         "parameters": sum(p.numel() for p in opened.model.parameters()),
         "step": ckpt["step"],

@@ -16,6 +16,7 @@ from train_helpers import TINY_FLAGS  # noqa: E402
 
 import glowflow.data.downloader as dl  # noqa: E402
 from glowflow.cli import main  # noqa: E402
+from glowflow.data.idx import IDX_FILES  # noqa: E402
 from glowflow.training import load_checkpoint, read_metrics  # noqa: E402
 
 
@@ -30,8 +31,8 @@ def _one_thread():
 def test_train_downloads_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
     served = tmp_path / "server"
     write_mnist(served / "mnist", n_train=40, n_test=10, seed=0)
-    for filename in dl.MD5["mnist"]:
-        monkeypatch.setitem(dl.MD5["mnist"], filename, md5((served / "mnist" / filename).read_bytes()))
+    for filename in dl.entry("mnist").files:
+        monkeypatch.setitem(dl.entry("mnist").files, filename, md5((served / "mnist" / filename).read_bytes()))
     data = tmp_path / "data"
     out = tmp_path / "run"
     args = ["train", "--data", "mnist", "--data-dir", str(data), "--out", str(out), *TINY_FLAGS, "--iters", "2",
@@ -42,7 +43,7 @@ def test_train_downloads_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
         err = capsys.readouterr().err
         assert "train-images-idx3-ubyte.gz not found" in err and "--download" in err and err.count("\n") == 1
         assert main([*args, "--download"]) == 0
-    for filename in dl.IDX_FILES:
+    for filename in IDX_FILES:
         assert (data / "mnist" / filename).read_bytes() == (served / "mnist" / filename).read_bytes()
     out_text = capsys.readouterr().out
     assert "mnist: 40 train / 10 test images, 1x32x32, 32 grey levels" in out_text  # 5 bits, padded

@@ -20,6 +20,8 @@ def test_public_api() -> None:
         "DATASETS",
         "TOY_DENSITIES",
         "Dataset",
+        "DatasetSpec",
+        "DownloadEntry",
         "default_data_dir",
         "download",
         "load_dataset",
@@ -29,7 +31,10 @@ def test_public_api() -> None:
     assert TOY_DENSITIES == ("moons", "circles", "checkerboard", "8gaussians", "pinwheel", "2spirals")
     assert list(DATASETS)[:6] == ["digits", "mnist", "fashion-mnist", "cifar10", "folder", "tabular"]
     assert set(TOY_DENSITIES) <= set(DATASETS) and len(DATASETS) == 12
-    assert all(isinstance(d, str) and d and "\n" not in d for d in DATASETS.values())
+    descriptions = [DATASETS.get(name).description for name in DATASETS]
+    assert all(isinstance(d, str) and d and "\n" not in d for d in descriptions)
+    kinds = {name: DATASETS.get(name).kind for name in DATASETS}
+    assert kinds["mnist"] == "image" and kinds["tabular"] == "tabular" and kinds["moons"] == "toy"
 
 
 def test_digits() -> None:

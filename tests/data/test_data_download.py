@@ -24,6 +24,8 @@ from data_helpers import (
 
 import glowflow.data.downloader as dl
 from glowflow.data import download, load_dataset
+from glowflow.data.cifar import ARCHIVE as CIFAR_ARCHIVE
+from glowflow.data.idx import IDX_FILES
 from glowflow.errors import DataError
 
 
@@ -34,8 +36,8 @@ def _no_mirror_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def trust(monkeypatch: pytest.MonkeyPatch, name: str, folder: Path) -> None:
     """Make the checksum tables expect the files in ``folder`` (small files written by a test)."""
-    for filename in dl.MD5[name]:
-        monkeypatch.setitem(dl.MD5[name], filename, md5((folder / filename).read_bytes()))
+    for filename in dl.entry(name).files:
+        monkeypatch.setitem(dl.entry(name).files, filename, md5((folder / filename).read_bytes()))
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -57,7 +59,7 @@ def test_success_then_load(served, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     trust(monkeypatch, "mnist", root / "mnist")
     data = tmp_path / "data"
     paths = download("mnist", data, base_url=url + "mnist", progress=False)  # a missing trailing / is fine
-    assert paths == [data / "mnist" / f for f in dl.IDX_FILES]
+    assert paths == [data / "mnist" / f for f in IDX_FILES]
     for p in paths:
         assert p.read_bytes() == (root / "mnist" / p.name).read_bytes()
     assert leftovers(data) == []
@@ -102,7 +104,7 @@ def test_bad_checksum_leaves_nothing(served, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="failed its checksum") as e:
         download("mnist", data, base_url=url + "mnist/", progress=False)
     msg = str(e.value)
-    assert "train-images-idx3-ubyte.gz" in msg and dl.MD5["mnist"]["train-images-idx3-ubyte.gz"] in msg
+    assert "train-images-idx3-ubyte.gz" in msg and dl.entry("mnist").files["train-images-idx3-ubyte.gz"] in msg
     assert not (data / "mnist" / "train-images-idx3-ubyte.gz").exists() and leftovers(data) == []
     with pytest.raises(DataError, match="not found"):
         load_dataset("mnist", data)
@@ -128,7 +130,7 @@ def test_404_and_unreachable(served, tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert f"into {data / 'mnist'}" in msg and "Fetch it manually" in msg
     assert list((data / "mnist").iterdir()) == []
     # several mirrors: every failure is reported; a refused connection is a DataError too
-    monkeypatch.setitem(dl.MIRRORS, "mnist", ("http://127.0.0.1:9/", url + "nowhere/"))
+    monkeypatch.setattr(dl.entry("mnist"), "mirrors", ("http://127.0.0.1:9/", url + "nowhere/"))
     with pytest.raises(DataError, match="127.0.0.1:9/train-images-idx3-ubyte.gz failed .*nowhere/.* failed"):
         download("mnist", data, progress=False)
 
@@ -136,7 +138,7 @@ def test_404_and_unreachable(served, tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_mirror_fallback(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root, url = served
     trust(monkeypatch, "mnist", root / "mnist")
-    monkeypatch.setitem(dl.MIRRORS, "mnist", (url + "nowhere/", url + "mnist/"))
+    monkeypatch.setattr(dl.entry("mnist"), "mirrors", (url + "nowhere/", url + "mnist/"))
     assert len(download("mnist", tmp_path, progress=False)) == 4
 
 
@@ -154,7 +156,7 @@ def test_part_file_is_never_present(served, tmp_path: Path, monkeypatch: pytest.
     root, url = served
     data = tmp_path / "data"
     (data / "mnist").mkdir(parents=True)
-    for f in dl.IDX_FILES:  # complete, valid files, but only as .part: an interrupted download's remains
+    for f in IDX_FILES:  # complete, valid files, but only as .part: an interrupted download's remains
         shutil.copy(root / "mnist" / f, data / "mnist" / (f + ".part"))
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz not found"):
         load_dataset("mnist", data)
@@ -169,8 +171,8 @@ def test_decompressed_md5_accepts_a_recompressed_copy(tmp_path: Path, monkeypatc
     recompressed = gzip.compress(content, compresslevel=1, mtime=12345)
     assert original != recompressed
     name, f = "mnist", "t10k-labels-idx1-ubyte.gz"
-    monkeypatch.setitem(dl.MD5[name], f, md5(original))
-    monkeypatch.setitem(dl.MD5_DECOMPRESSED[name], f, md5(content))
+    monkeypatch.setitem(dl.entry(name).files, f, md5(original))
+    monkeypatch.setitem(dl.entry(name).decompressed_md5, f, md5(content))
     for data in (original, recompressed):
         (tmp_path / f).write_bytes(data)
         assert dl.checksum_problem(name, f, tmp_path / f) is None
@@ -181,7 +183,7 @@ def test_decompressed_md5_accepts_a_recompressed_copy(tmp_path: Path, monkeypatc
 
 
 def _require(folder: Path) -> None:
-    if not all((folder / f).is_file() for f in dl.IDX_FILES):
+    if not all((folder / f).is_file() for f in IDX_FILES):
         pytest.skip(f"real MNIST files not available in {folder.resolve()} (../shared/data beside the repository)")
 
 
@@ -189,7 +191,7 @@ def test_real_mnist_verified_by_decompressed_md5(tmp_path: Path) -> None:
     # The shared files are re-gzipped: their .gz MD5s differ from the official ones, their contents do not.
     # The official tables are used untouched.
     _require(MNIST_DIR)
-    assert dl.md5_of(MNIST_DIR / "t10k-labels-idx1-ubyte.gz") != dl.MD5["mnist"]["t10k-labels-idx1-ubyte.gz"]
+    assert dl.md5_of(MNIST_DIR / "t10k-labels-idx1-ubyte.gz") != dl.entry("mnist").files["t10k-labels-idx1-ubyte.gz"]
     with http_server(MNIST_DIR) as url:
         paths = download("mnist", tmp_path, base_url=url, progress=False)
     assert [p.stat().st_size for p in paths] == [(MNIST_DIR / p.name).stat().st_size for p in paths]
@@ -201,7 +203,7 @@ def test_real_mnist_5k_files_with_their_own_checksums(tmp_path: Path, monkeypatc
     # mnist-5k is a subset, so no official MD5 can match it: the tables are pointed at its own files.
     _require(MNIST_5K_DIR)
     trust(monkeypatch, "mnist", MNIST_5K_DIR)
-    monkeypatch.setitem(dl.MD5_DECOMPRESSED, "mnist", {})
+    monkeypatch.setattr(dl.entry("mnist"), "decompressed_md5", {})
     with http_server(MNIST_5K_DIR) as url:
         download("mnist", tmp_path, base_url=url, progress=False)
     train = load_dataset("mnist", tmp_path)
@@ -223,7 +225,7 @@ def make_cifar_archive(path: Path, tmp: Path, extra: list[tarfile.TarInfo] | Non
 def test_cifar_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     served = tmp_path / "server"
     served.mkdir()
-    written = make_cifar_archive(served / dl.CIFAR_ARCHIVE, tmp_path)
+    written = make_cifar_archive(served / CIFAR_ARCHIVE, tmp_path)
     trust(monkeypatch, "cifar10", served)
     data = tmp_path / "data"
     with http_server(served) as url:
@@ -231,7 +233,7 @@ def test_cifar_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ds = load_dataset("cifar10", data, split="test", download=True)
     assert torch.equal(ds.data.reshape(3, -1), torch.from_numpy(written["test"][0]))
     assert len(load_dataset("cifar10", data, split="train")) == 10
-    assert (data / dl.CIFAR_ARCHIVE).is_file() and (data / "cifar-10-batches-py" / "readme.html").is_file()
+    assert (data / CIFAR_ARCHIVE).is_file() and (data / "cifar-10-batches-py" / "readme.html").is_file()
     assert leftovers(data) == []
     # already extracted: download() returns the batch files without any network access
     monkeypatch.setenv(dl.MIRROR_ENV, "http://127.0.0.1:9/")
@@ -245,7 +247,7 @@ def test_cifar_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cifar_bad_checksum(tmp_path: Path) -> None:
     served = tmp_path / "server"
     served.mkdir()
-    make_cifar_archive(served / dl.CIFAR_ARCHIVE, tmp_path)
+    make_cifar_archive(served / CIFAR_ARCHIVE, tmp_path)
     data = tmp_path / "data"
     with http_server(served) as url, pytest.raises(DataError, match="c58f30108f718f92721af3b95e74349a"):
         download("cifar10", data, base_url=url, progress=False)
@@ -270,7 +272,7 @@ def _file(name: str) -> tarfile.TarInfo:
 def test_cifar_archive_with_unsafe_members_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member) -> None:
     served = tmp_path / "server"
     served.mkdir()
-    make_cifar_archive(served / dl.CIFAR_ARCHIVE, tmp_path, extra=[member])
+    make_cifar_archive(served / CIFAR_ARCHIVE, tmp_path, extra=[member])
     trust(monkeypatch, "cifar10", served)
     data = tmp_path / "data"
     with http_server(served) as url, pytest.raises(DataError, match="refusing to extract"):
@@ -283,7 +285,7 @@ def test_cifar_archive_missing_batches(tmp_path: Path, monkeypatch: pytest.Monke
     served = tmp_path / "server"
     (served / "cifar-10-batches-py").mkdir(parents=True)
     (served / "cifar-10-batches-py" / "test_batch").write_bytes(b"x")
-    with tarfile.open(served / dl.CIFAR_ARCHIVE, "w:gz") as tar:
+    with tarfile.open(served / CIFAR_ARCHIVE, "w:gz") as tar:
         tar.add(served / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     trust(monkeypatch, "cifar10", served)
     with http_server(served) as url, pytest.raises(DataError, match="lacks data_batch_1"):

@@ -37,7 +37,7 @@ def run(tmp_path_factory) -> Path:
 def test_contents_load_with_weights_only(run: Path):
     path = run / "checkpoints" / "last.pt"
     raw = torch.load(path, weights_only=True)  # plain containers and tensors only
-    assert raw["format"] == FORMAT and raw["version"] == 1 and raw["step"] == 2
+    assert raw["format"] == FORMAT and raw["version"] == 2 and raw["step"] == 2
     for key in ("config", "model", "optimizer", "scheduler", "rng", "guard", "best", "data", "progress"):
         assert key in raw, key
     assert raw["model_class"] == "Glow" and tuple(raw["model_config"]["in_shape"]) == (1, 8, 8)

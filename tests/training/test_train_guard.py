@@ -1,6 +1,9 @@
 """The fault guard, by injecting faults through ``train(loss_hook=...)``: a NaN loss, a NaN gradient and a
 singular 1x1 convolution skip the step (nothing changes, the skip is logged); repeated faults roll back to the
-last good checkpoint with a lower learning rate; too many rollbacks stop the run with a clear error."""
+last good checkpoint with a lower learning rate; too many rollbacks stop the run with a clear error.
+
+The loop reads the steps back at its logging steps (every ``log_every`` = 2 steps here), so a rollback that became
+due at step s happens at the first logging step >= s."""
 
 from __future__ import annotations
 
@@ -78,7 +81,7 @@ def test_a_faulty_step_is_skipped_and_changes_nothing(tmp_path: Path, models: li
 
 def test_repeated_faults_roll_back_with_a_lower_lr(tmp_path: Path, models: list):
     snapshots: dict[int, dict] = {}
-    bad = {5, 6, 7}  # three in a row with max_faults=3: rollback at step 7 to the checkpoint of step 4
+    bad = {5, 6, 7}  # three in a row with max_faults=3: due at step 7, done at the logging step 8
 
     def hook(step: int, loss: torch.Tensor) -> torch.Tensor:
         snapshots[step] = params(models[0])
@@ -88,7 +91,7 @@ def test_repeated_faults_roll_back_with_a_lower_lr(tmp_path: Path, models: list)
     result = train(out=str(out), loss_hook=hook, **tiny(iters=10, max_faults=3, checkpoint_every=4))
     assert result.skipped == 3 and result.rollbacks == 1
     rollback = [e for e in _events(out) if e["kind"] == "rollback"]
-    assert rollback == [{"step": 7, "kind": "rollback", "to_step": 4, "lr_scale": 0.5}]
+    assert rollback == [{"step": 8, "kind": "rollback", "to_step": 4, "lr_scale": 0.5}]
     # the faulty steps left the parameters of step 5 as they were: those of the checkpoint at step 4
     assert max_diff(snapshots[5], snapshots[8]) == 0
     records = {r["step"]: r for r in read_metrics(out / "metrics.jsonl")}

@@ -105,16 +105,18 @@ def test_resume_refusals(tmp_path: Path):
 
 
 def test_tabular_likelihood_in_original_units(tmp_path: Path):
+    """The model owns its standardisation: the loaded model's log_prob of raw rows is what training reports."""
     result = train(out=str(tmp_path / "toy"), iters=4, **TINY_TOY)
     model, ckpt, _ = load_model(tmp_path / "toy", prefer="last")
     cfg = TrainConfig(**ckpt["config"])
-    data = prepare_data(cfg, stats=(ckpt["data"]["mean"], ckpt["data"]["std"]))
-    raw_test = data.unstandardize(data.test_x)
-    # log p(x) = log p_model((x - mean) / std) - sum(log std)
+    raw_test = prepare_data(cfg).test_x  # rows in their own units
+    assert raw_test.abs().max() > 2  # (the moons are not standardised data)
     with torch.no_grad():
-        nll = -(model.log_prob(data.standardize(raw_test)) - ckpt["data"]["std"].log().sum()).mean().item()
+        nll = -model.log_prob(raw_test).double().mean().item()
     assert result.metrics["test_nll"] == pytest.approx(nll, rel=1e-5)
     assert result.metrics["test_bpd"] == pytest.approx(nll / (2 * math.log(2)), rel=1e-6)
+    std = model.standardize.std
+    assert torch.allclose(std, prepare_data(cfg).train_x.double().std(0).float(), rtol=1e-5)
     records = read_metrics(tmp_path / "toy" / "metrics.jsonl")
     assert "test_nll" in records[-1] and "test_bpd" in records[-1]
     assert (tmp_path / "toy" / "samples.png").is_file()  # density map + samples
