@@ -105,7 +105,7 @@ def label_swap(run: Any, data: Any, n: int, seed: int = 0) -> tuple[Any, list[st
 
 
 def report(ctx: common.Context, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from glowflow.training.tools import interpolate_run, manipulate_run, open_run
+    from glowflow.runs import interpolate_run, manipulate_run, open_run
 
     cond_arm, base_arm = model_arms(ctx)
     pairs = getattr(ctx.args, "pairs", CLASS_PAIRS)

@@ -1,0 +1,375 @@
+"""Trained runs: :func:`open_run` loads a run's model with what its checkpoint says about it (:class:`OpenRun`), and
+what ``glowflow eval / sample / interpolate / manipulate / info`` do, as functions.
+
+Every function takes an :class:`OpenRun` (:func:`open_run` of a run directory or checkpoint file) and returns
+numbers or pictures; the command line prints and saves them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from glowflow import viz
+from glowflow.errors import CheckpointError
+from glowflow.io import atomic_write_text
+from glowflow.layers.dequantization import to_continuous, to_uint8, uint8_to_levels
+from glowflow.models import FlowModel, Glow
+from glowflow.training.checkpoint import find_checkpoint, load_model, run_dir_of
+from glowflow.training.config import TrainConfig
+from glowflow.training.data import TrainingData, prepare_data
+from glowflow.training.devices import resolve_device
+from glowflow.training.distributed import DistContext
+from glowflow.training.evaluate import draw_samples, evaluate, sample_labels
+
+
+@dataclass
+class OpenRun:
+    """A trained model with what its checkpoint says about it."""
+
+    model: FlowModel
+    checkpoint: dict[str, Any]
+    path: Path  # the checkpoint file
+    run_dir: Path
+    config: TrainConfig
+    class_names: list[str] | None  # the data set's class names (also for a model that is not conditional)
+
+    @property
+    def is_image(self) -> bool:
+        return self.model.is_image
+
+    @property
+    def num_bins(self) -> int | None:
+        return self.model.num_bins if isinstance(self.model, Glow) else None
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.class_names is None else len(self.class_names)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def load_data(self, data_dir: str | None = None, eval_size: int | None = None) -> TrainingData:
+        """Both splits of the run's data, prepared as in training (``data_dir`` overrides where they are)."""
+        cfg = replace(self.config, download=False)
+        if data_dir is not None:
+            cfg.data_dir = data_dir
+        if cfg.data == "memory":
+            raise ValueError(f"{self.run_dir} was trained on arrays in memory; there is no data set to load here")
+        return prepare_data(cfg, DistContext(), eval_size)
+
+
+def open_run(run: str | os.PathLike, device: str = "auto", prefer: str = "best") -> OpenRun:
+    """Load the model of a run directory (``checkpoints/best.pt``, else ``last.pt``; ``prefer="last"`` swaps
+    them) or of a checkpoint file, on ``device`` (``auto``: CUDA when available)."""
+    model, ckpt, path = load_model(run, "cpu", prefer)
+    model.to(resolve_device(device, DistContext()))
+    try:
+        config = TrainConfig(**ckpt["config"])
+        class_names = ckpt["data"]["class_names"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: incomplete run description in the checkpoint ({e})") from None
+    return OpenRun(model, ckpt, path, run_dir_of(path), config, class_names)
+
+
+def _choose(n: int, k: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).permutation(n)[: min(n, k)])
+
+
+# ---- eval ---------------------------------------------------------------------------------------------------
+def evaluate_run(
+    run: OpenRun,
+    split: str = "test",
+    n_samples: int = 10,
+    importance_weighted: bool = False,
+    batch_size: int = 256,
+    limit: int | None = None,
+    data_dir: str | None = None,
+    seed: int = 0,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Score the ``split`` of the run's data. Images: bits/dim with the dequantization noise averaged over
+    ``n_samples`` draws, plus the importance-weighted estimate with ``importance_weighted`` (always for variational
+    dequantization); tabular / toy: NLL in nats (and per-dimension bits). ``limit`` scores a fixed random subset.
+    Saves ``RUN/eval_<split>.json`` when ``save``; returns what it saves."""
+    if split not in ("train", "test"):
+        raise ValueError(f"--split must be train or test, got {split!r}")
+    if n_samples < 1:
+        raise ValueError(f"--n-samples must be >= 1, got {n_samples}")
+    data = run.load_data(data_dir, eval_size=limit if split == "test" else None)
+    if split == "test":
+        x, y, total = data.test_x, data.test_y, data.test_total
+    else:
+        x, y, total = data.train_x, data.train_y, len(data.train_x)
+        if limit is not None and limit < total:
+            keep = torch.from_numpy(_choose(total, limit, 0))
+            x, y = x[keep], None if y is None else y[keep]
+    draws = n_samples if run.is_image else 1
+    result: dict[str, Any] = {
+        "split": split,
+        "examples": len(x),
+        "of": total,
+        "checkpoint": str(run.path),
+        "step": run.checkpoint["step"],
+    }
+    if run.is_image:
+        result["num_bins"] = data.num_bins
+        result["n_samples"] = draws
+        result["bpd"] = evaluate(run.model, x, y, draws, batch_size, seed=seed)["bpd"]
+        variational = run.model.config.get("dequantization") == "variational"
+        if importance_weighted or variational:
+            iw = evaluate(run.model, x, y, draws, batch_size, importance_weighted=True, seed=seed)
+            result["bpd_importance_weighted"] = iw["bpd"]
+    else:
+        result.update(evaluate(run.model, x, y, 1, batch_size, seed=seed))
+    if save:
+        path = atomic_write_text(run.run_dir / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
+        result["saved"] = str(path)
+    return result
+
+
+# ---- sample -------------------------------------------------------------------------------------------------
+def resolve_label(run: OpenRun, label: str | int) -> int:
+    """A class index from an index or a class name (case-insensitive)."""
+    names = run.class_names
+    n = run.num_classes
+    text = str(label).strip()
+    if text.lstrip("-").isdigit():
+        k = int(text)
+        if n is not None and not 0 <= k < n:
+            raise ValueError(f"label {k} out of range: the data has classes 0..{n - 1}")
+        return k
+    if names:
+        lowered = [c.lower() for c in names]
+        if text.lower() in lowered:
+            return lowered.index(text.lower())
+        raise ValueError(f"unknown class {text!r}; classes: {', '.join(names)}")
+    raise ValueError(f"unknown class {text!r}: the data set has no class names; give a class index")
+
+
+def sample_run(
+    run: OpenRun, n: int = 64, temperature: float = 0.7, label: str | int | None = None, seed: int = 0
+) -> Tensor:
+    """``n`` samples: displayable grey levels uint8 ``(n, C, H, W)`` for images, float32 ``(n, D)`` in original
+    units for tabular / toy data. ``label`` (index or class name) for a class-conditional model."""
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    if label is not None and run.model.num_classes is None:
+        raise ValueError(f"--label needs a class-conditional model; {run.path} was trained without --conditional")
+    labels = sample_labels(run.model, n, None if label is None else resolve_label(run, label))
+    return draw_samples(run.model, n, temperature, labels, seed)
+
+
+def discrete_levels(images: Tensor, num_bins: int) -> Tensor:
+    """Displayable grey levels 0..255 back to the model's discrete levels 0..num_bins-1."""
+    return uint8_to_levels(images, num_bins)
+
+
+def sample_picture_of(run: OpenRun, samples: Tensor, caption: str, ncol: int | None = None) -> np.ndarray:
+    if run.is_image:
+        if ncol is None and run.model.num_classes is not None and len(samples) >= run.model.num_classes:
+            ncol = run.model.num_classes
+        return viz.titled_panels([(caption, viz.image_grid(samples, ncol=ncol))])
+    return viz.points_plot(samples.numpy(), title=caption)
+
+
+# ---- interpolate / manipulate -------------------------------------------------------------------------------
+def _require_image(run: OpenRun, what: str) -> Glow:
+    if not isinstance(run.model, Glow):
+        raise ValueError(f"{what} needs an image model; {run.path} holds a {type(run.model).__name__} "
+                         f"trained on {run.config.data!r}")  # fmt: skip
+    return run.model
+
+
+@torch.no_grad()
+def _encode(model: Glow, k: Tensor, y: Tensor | None) -> list[Tensor]:
+    """Latents of discrete images, dequantized at their bin centres (deterministic)."""
+    device = next(model.parameters()).device
+    x = to_continuous(k.float(), 0.5, model.num_bins).to(device)
+    return model.encode(x, None if y is None else y.to(device))[0]
+
+
+@torch.no_grad()
+def interpolate_run(
+    run: OpenRun,
+    indices: tuple[int, int] | None = None,
+    pairs: int = 4,
+    frames: int = 8,
+    split: str = "test",
+    seed: int = 0,
+    data_dir: str | None = None,
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Encode pairs of ``split`` images, interpolate their latents linearly over ``frames`` frames (ends
+    included: they decode to the two images), decode. One row per pair (``indices``, or ``pairs`` random ones,
+    within one class for a class-conditional model). Returns the picture and the pairs."""
+    model = _require_image(run, "interpolate")
+    if frames < 2:
+        raise ValueError(f"--frames must be >= 2, got {frames}")
+    data = run.load_data(data_dir)
+    images = data.test_x if split == "test" else data.train_x
+    labels = data.test_labels if split == "test" else data.train_labels
+    conditional = model.num_classes is not None
+    n = len(images)
+    if indices is not None:
+        for i in indices:
+            if not 0 <= i < n:
+                raise ValueError(f"--index {i} out of range: the {split} split has {n} images (0..{n - 1})")
+        if conditional and labels[indices[0]] != labels[indices[1]]:
+            raise ValueError(f"images {indices[0]} and {indices[1]} have different classes; a class-conditional "
+                             "model interpolates within one class")  # fmt: skip
+        chosen = [tuple(indices)]
+    else:
+        if pairs < 1:
+            raise ValueError(f"--pairs must be >= 1, got {pairs}")
+        rng = np.random.default_rng(seed)
+        chosen = []
+        for _ in range(pairs):
+            a = int(rng.integers(n))
+            pool = np.flatnonzero((labels == labels[a]).numpy()) if conditional else np.arange(n)
+            pool = pool[pool != a] if len(pool) > 1 else pool
+            chosen.append((a, int(rng.choice(pool))))
+    rows = []
+    t = torch.linspace(0, 1, frames, device=run.device)
+    for a, b in chosen:
+        y = labels[[a, b]] if conditional else None
+        zs = []
+        for z in _encode(model, images[[a, b]], y):  # one latent per level: (2, ...) -> (frames, ...)
+            w = t.view(-1, *[1] * (z.dim() - 1))
+            zs.append((1 - w) * z[0] + w * z[1])
+        ys = None if y is None else y[0].expand(frames).to(run.device)
+        rows.append(to_uint8(model.decode(zs, ys), model.num_bins).cpu())
+    return viz.strip_rows(rows), [(int(a), int(b)) for a, b in chosen]
+
+
+@torch.no_grad()
+def _class_mean_latent(model: Glow, images: Tensor, y: Tensor | None, batch: int = 256) -> Tensor:
+    total = None
+    for s in range(0, len(images), batch):
+        yb = None if y is None else y[s : s + batch]
+        flat = torch.cat([z.flatten(1) for z in _encode(model, images[s : s + batch], yb)], 1).double().sum(0)
+        total = flat if total is None else total + flat
+    return total / len(images)
+
+
+def _unflatten(model: Glow, flat: Tensor) -> list[Tensor]:
+    out, start = [], 0
+    for shape in model.latent_shapes:
+        size = math.prod(shape)
+        out.append(flat[:, start : start + size].reshape(-1, *shape))
+        start += size
+    return out
+
+
+@torch.no_grad()
+def manipulate_run(
+    run: OpenRun,
+    source: str | int,
+    target: str | int,
+    n: int = 4,
+    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25),
+    max_per_class: int = 2000,
+    seed: int = 0,
+    data_dir: str | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Latent arithmetic: the class vector ``v = mean latent of class target - mean latent of class source`` (over
+    up to ``max_per_class`` training images of each class) is added with each of ``strengths`` to ``n`` test images
+    of class ``source``. One row per image, one column per strength. For a class-conditional model the label stays
+    ``source``: the picture shows what the latents alone carry. Returns the picture and a summary."""
+    model = _require_image(run, "manipulate")
+    if run.num_classes is None:
+        raise ValueError(
+            f"manipulate needs class labels; {run.path} was trained on {run.config.data!r}, which has none"
+        )
+    data = run.load_data(data_dir)
+    if data.train_labels is None or data.test_labels is None:
+        raise ValueError(f"manipulate needs class labels; the {run.config.data!r} data here has none")
+    a, b = resolve_label(run, source), resolve_label(run, target)
+    if a == b:
+        raise ValueError(f"--from and --to name the same class ({a})")
+    if n < 1 or not strengths:
+        raise ValueError("--n must be >= 1 and --strengths non-empty")
+    conditional = model.num_classes is not None
+    means = []
+    for c in (a, b):
+        idx = np.flatnonzero((data.train_labels == c).numpy())
+        if len(idx) == 0:
+            raise ValueError(f"class {c} has no training images")
+        idx = idx[_choose(len(idx), max_per_class, seed)]
+        y = data.train_labels[idx] if conditional else None
+        means.append(_class_mean_latent(model, data.train_x[idx], y))
+    vector = (means[1] - means[0]).float().to(run.device)
+    test_idx = np.flatnonzero((data.test_labels == a).numpy())
+    if len(test_idx) == 0:
+        raise ValueError(f"class {a} has no test images")
+    test_idx = test_idx[_choose(len(test_idx), n, seed)]
+    y = data.test_labels[test_idx] if conditional else None
+    flat = torch.cat([z.flatten(1) for z in _encode(model, data.test_x[test_idx], y)], 1)
+    rows = []
+    for i in range(len(test_idx)):
+        shifted = torch.stack([flat[i] + s * vector for s in strengths])
+        ys = None if y is None else y[i].expand(len(strengths)).to(run.device)
+        rows.append(to_uint8(model.decode(_unflatten(model, shifted), ys), model.num_bins).cpu())
+    names = run.class_names
+    summary = {
+        "from": names[a] if names else a,
+        "to": names[b] if names else b,
+        "strengths": list(strengths),
+        "test_images": [int(i) for i in test_idx],
+        "vector_norm": float(vector.norm()),
+    }
+    return viz.strip_rows(rows), summary
+
+
+# ---- info ---------------------------------------------------------------------------------------------------
+def run_info(run: str | os.PathLike) -> dict[str, Any]:
+    """What ``glowflow info`` shows, from ``checkpoints/last.pt`` (else ``best.pt``) of a run or a checkpoint."""
+    path = find_checkpoint(run, prefer="last")
+    opened = open_run(path, device="cpu")
+    ckpt = opened.checkpoint
+    progress = ckpt.get("progress", {})
+    guard = ckpt.get("guard", {})
+    return {
+        "run_dir": str(opened.run_dir),
+        "checkpoint": str(path),
+        "saved_at": progress.get("saved_at"),
+        "data": ckpt["data"]["name"],
+        "shape": list(ckpt["data"]["shape"]),
+        "num_bins": ckpt["data"]["num_bins"],
+        "test_set": ckpt["data"].get("test_note"),
+        "model": opened.model.describe(),
+        "model_class": ckpt["model_class"],
+        "parameters": sum(p.numel() for p in opened.model.parameters()),
+        "step": ckpt["step"],
+        "iters": opened.config.iters,
+        "wall_time_s": progress.get("elapsed"),
+        "processes": progress.get("world_size", 1),
+        "untrained": progress.get("untrained"),
+        "last": progress.get("last"),
+        "best": ckpt.get("best"),
+        "skipped": guard.get("skipped", 0),
+        "rollbacks": guard.get("rollbacks", 0),
+        "config": opened.config.to_dict(),
+    }
+
+
+__all__ = [
+    "OpenRun",
+    "discrete_levels",
+    "evaluate_run",
+    "interpolate_run",
+    "manipulate_run",
+    "open_run",
+    "resolve_label",
+    "run_info",
+    "sample_picture_of",
+    "sample_run",
+]
