@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowflow.layers.actnorm import ActNorm
-from glowflow.layers.fused import fold_actnorm, fold_gain, mix_channels
+from glowflow.layers.fused import conv_same, fold_actnorm, fold_gain, mix_channels
 from glowflow.registry import Registry
 
 
@@ -40,8 +40,7 @@ class ZeroConv2d(nn.Module):
         self.logs = nn.Parameter(torch.zeros(out_channels, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        weight, bias = fold_gain(self.conv.weight, self.conv.bias, self.logs)
-        return F.conv2d(x, weight, bias, padding=self.conv.padding)
+        return conv_same(x, *fold_gain(self.conv.weight, self.conv.bias, self.logs))
 
 
 class ConvActNorm(nn.Module):
@@ -66,7 +65,7 @@ class ConvActNorm(nn.Module):
         if self.conv.kernel_size == (1, 1):  # a matrix product over the channel axis: faster than oneDNN's conv
             out = mix_channels(x, weight.flatten(1), bias)
         else:
-            out = F.conv2d(x, weight, bias, padding=self.conv.padding)
+            out = conv_same(x, weight, bias)
         return out if shift is None else out + shift * self.norm.log_scale.exp().view(1, -1, 1, 1)
 
 

@@ -96,6 +96,12 @@ def fold_unmixing(inverse_weight: Tensor, bias: Tensor, log_scale: Tensor) -> tu
     return (-log_scale).exp().unsqueeze(-1) * inverse_weight, -bias
 
 
+def channels_last_weights(weight: Tensor) -> Tensor:
+    """K convolution weights (K, C_out, C_in, kh, kw) laid out so that each ``weight[k]`` is channels-last, the layout
+    oneDNN's kernels take with channels-last activations (otherwise every convolution call reorders its weight)."""
+    return weight.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
 def mix_channels(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``W x (+ bias)`` applied to the channel vector at every position of ``x`` (B, C) or (B, C, H, W).
 
@@ -137,6 +143,77 @@ def linear_relu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu", [], "")
     out = F.linear(x, weight, bias)
     return out.relu() if torch.is_grad_enabled() else out.relu_()
+
+
+FEW_INPUT_CHANNELS = 4
+"""At or below this many input channels a convolution runs as unfold + matrix product (measured on Zen 4 with
+oneDNN 3.12: 1.7x faster than the direct convolution, forward + backward, for 2 -> 256 channels on 16x16 images;
+slower from 6 input channels on)."""
+FEW_OUTPUT_CHANNELS = 8
+"""At or below this many output channels a convolution runs as matrix product + fold (measured: 2x faster for
+256 -> 4 channels on 16x16, 1.1-1.8x for 256 -> 8 on 8x8; slower for 128 -> 12)."""
+
+
+def conv_same(x: Tensor, weight: Tensor, bias: Tensor, relu: bool = False) -> Tensor:
+    """``conv(x, w) + b`` (then ReLU if ``relu``), stride 1, "same" padding (odd k x k kernels), by whichever of
+    three equal computations suits the channel counts (differentiable when autograd records):
+
+    * few input channels: im2col, ``unfold(x) @ w_flat^T + b`` (``w_flat`` = w as (C_out, C_in k k));
+    * few output channels: col2im, ``fold(a @ W) + b`` with ``W[h, (c, i, j)] = w[c, h, k-1-i, k-1-j]`` (the
+      flipped kernel: fold adds each position's patch of outputs around it);
+    * otherwise oneDNN's direct convolution (:func:`conv_relu` with the ReLU fused).
+
+    Shapes: (B, C_in, H, W) -> (B, C_out, H, W).
+    """
+    c_out, c_in, k, _ = weight.shape
+    if c_in <= FEW_INPUT_CHANNELS:
+        cols, flat = _unfold_rows(x, k), weight.reshape(c_out, -1)
+        rows = linear_relu(cols, flat, bias) if relu else F.linear(cols, flat, bias)
+        return _image(rows, x)
+    if c_out <= FEW_OUTPUT_CHANNELS:
+        out = _fold_rows(_rows(x) @ _fold_weight(weight), x, k) + bias.view(1, -1, 1, 1)
+        return out.relu_() if relu and not torch.is_grad_enabled() else (out.relu() if relu else out)
+    if relu:
+        return conv_relu(x, weight, bias)
+    return F.conv2d(x, weight, bias, padding=k // 2)
+
+
+def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (input, weight, bias) of :func:`conv_same` without the ReLU, by the same computation as its forward:
+    ``dx = fold(dy_rows w_flat)``, ``dw_flat = dy_rows^T unfold(x)`` (im2col); ``dx = unfold(dy) W^T``,
+    ``dW = x_rows^T unfold(dy)`` (col2im); or oneDNN's convolution backward. The bias gradient, a sum over all
+    positions, is accumulated and returned in at least float32."""
+    c_out, c_in, k, _ = weight.shape
+    g_bias = grad.sum((0, 2, 3), dtype=torch.promote_types(grad.dtype, torch.float32))
+    if c_in <= FEW_INPUT_CHANNELS:
+        g_rows = _rows(grad)
+        g_w = (g_rows.t() @ _unfold_rows(x, k)).view(weight.shape)
+        return _fold_rows(g_rows @ weight.reshape(c_out, -1), x, k), g_w, g_bias
+    if c_out <= FEW_OUTPUT_CHANNELS:
+        g_cols = _unfold_rows(grad, k)
+        g_x = _image(g_cols @ _fold_weight(weight).t(), x)
+        g_w = (_rows(x).t() @ g_cols).view(c_in, c_out, k, k).permute(1, 0, 2, 3).flip(2, 3)
+        return g_x, g_w, g_bias
+    g_x, g_w, _ = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1, [True, True, False]
+    )
+    return g_x, g_w, g_bias
+
+
+def _unfold_rows(x: Tensor, k: int) -> Tensor:
+    """im2col: (B, C, H, W) -> (B*H*W, C*k*k), row n = the k x k patch around position n ("same" zero padding)."""
+    return F.unfold(x, k, padding=k // 2).transpose(1, 2).reshape(-1, x.shape[1] * k * k)
+
+
+def _fold_rows(rows: Tensor, like: Tensor, k: int) -> Tensor:
+    """col2im, the adjoint of :func:`_unfold_rows`: (B*H*W, C*k*k) -> (B, C, H, W), patches added up."""
+    b, _, h, w = like.shape
+    return F.fold(rows.view(b, h * w, -1).transpose(1, 2), (h, w), k, padding=k // 2)
+
+
+def _fold_weight(weight: Tensor) -> Tensor:
+    """The col2im form of a conv weight (C_out, C_in, k, k): ``W[h, (c, i, j)] = w[c, h, k-1-i, k-1-j]``."""
+    return weight.flip(2, 3).permute(1, 0, 2, 3).reshape(weight.shape[1], -1)
 
 
 # ---- the whole step of flow ---------------------------------------------------------------------------------------
@@ -218,9 +295,9 @@ def _conditioner(x_a: Tensor, net: ConditionerWeights, dtype: torch.dtype) -> tu
         net_in.copy_(x_a)
     if dtype != x_a.dtype:
         net = net.cast(dtype)
-    a1 = conv_relu(net_in, net.conv1, net.conv1_bias)
+    a1 = conv_same(net_in, net.conv1, net.conv1_bias, relu=True)
     a2 = _image(linear_relu(_rows(a1), net.conv2, net.conv2_bias), a1)
-    h = F.conv2d(a2, net.out, net.out_bias, padding=net.out.shape[-1] // 2)
+    h = conv_same(a2, net.out, net.out_bias, relu=False)
     return net_in, a1, a2, h.to(x_a.dtype)
 
 
@@ -276,7 +353,7 @@ class _GlowStep(torch.autograd.Function):
             grad_y = torch.zeros_like(y)
         grad_h = torch.empty_like(y, memory_format=torch.channels_last)
         g_net = torch.empty(
-            (y.shape[0], out.shape[0], *y.shape[2:]), dtype=dtype, device=y.device, memory_format=torch.channels_last
+            (y.shape[0], out.shape[0], *y.shape[2:]), dtype=y.dtype, device=y.device, memory_format=torch.channels_last
         )
         g_y_b = grad_y[:, ca:]
         if ctx.affine:  # dh_b = dt = dy_b * s;  dz = (dy_b * y_b + dlogdet) * (1 - sigmoid(2) * s)
@@ -290,11 +367,12 @@ class _GlowStep(torch.autograd.Function):
         if dtype != y.dtype:
             conv1, conv2, out = conv1.to(dtype), conv2.to(dtype), out.to(dtype)
         # the conditioner backwards: out conv, ReLU, 1x1 conv (a matrix product), ReLU, first conv
-        g_a2, g_out, g_out_bias = _conv_backward(g_net, a2, out)
+        g_a2, g_out, _ = conv_same_backward(g_net.to(dtype), a2, out)
+        g_out_bias = g_net.sum((0, 2, 3))  # from the float32 gradient, also under bf16 conditioners
         g_a2 = _rows(_relu_backward_(g_a2, a2))
-        g_conv2, g_conv2_bias = g_a2.t() @ _rows(a1), g_a2.sum(0)
+        g_conv2, g_conv2_bias = g_a2.t() @ _rows(a1), g_a2.sum(0, dtype=y.dtype)
         g_a1 = _relu_backward_(_image(g_a2 @ conv2, a1), a1)
-        g_x_a, g_conv1, g_conv1_bias = _conv_backward(g_a1, net_in, conv1)
+        g_x_a, g_conv1, g_conv1_bias = conv_same_backward(g_a1, net_in, conv1)
         torch.add(grad_y[:, :ca], g_x_a, out=grad_h[:, :ca])
         # the mixing h = A x + c:  dx = A^T dh,  dA = dh x^T,  dc = sum of dh over positions
         g_rows = _rows(grad_h)
@@ -309,14 +387,6 @@ class _GlowStep(torch.autograd.Function):
 def _relu_backward_(grad: Tensor, out: Tensor) -> Tensor:
     """``grad * (out > 0)`` in place on ``grad``, for ``out = relu(...)``."""
     return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
-
-
-def _conv_backward(grad: Tensor, inp: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients (input, weight, bias) of a stride-1 "same" convolution ``conv(inp, weight, bias)``."""
-    pad = weight.shape[-1] // 2
-    return torch.ops.aten.convolution_backward(
-        grad, inp, weight, [weight.shape[0]], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, True]
-    )
 
 
 def glow_step(x: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:

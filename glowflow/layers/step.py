@@ -16,6 +16,7 @@ from glowflow.layers.fused import (
     ConditionerWeights,
     GlowStepWeights,
     add_affine_shift,
+    channels_last_weights,
     fold_actnorm,
     fold_gain,
     fold_mixing,
@@ -149,7 +150,8 @@ def glow_step_weights(steps: Sequence[FlowStep], inverse: bool) -> GlowStepWeigh
     )
     if steps[0].affine:
         out_bias = add_affine_shift(out_bias)
-    net = ConditionerWeights(conv1, conv1_bias, conv2.flatten(2), conv2_bias, out, out_bias)
+    net = ConditionerWeights(channels_last_weights(conv1), conv1_bias, conv2.flatten(2), conv2_bias,
+                             channels_last_weights(out), out_bias)  # fmt: skip
     return GlowStepWeights(mix, mix_bias, mix_logdet, net)
 
 

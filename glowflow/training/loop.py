@@ -14,6 +14,7 @@ resuming at step n continues the same sequence of batches and noise as an uninte
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -36,7 +37,7 @@ from glowflow.training.batches import InMemoryBatches
 from glowflow.training.checkpoint import capture_rng_state, load_checkpoint, restore_model, restore_rng_state
 from glowflow.training.config import FIELD_NAMES, TrainConfig, check_keys, load_config_file, resolve_config
 from glowflow.training.data import InMemoryData, TrainingData, prepare_data
-from glowflow.training.devices import resolve_device
+from glowflow.training.devices import resolve_device, resolve_precision
 from glowflow.training.distributed import DistContext
 from glowflow.training.evaluate import evaluate
 from glowflow.training.guard import FaultGuard, TrainingError
@@ -169,7 +170,8 @@ def _train(
     metric = metric_for(data.is_image)
 
     # 3. model: identical on every process; then each process gets its own dequantization-noise stream
-    model = build_model(cfg, data).to(device)
+    # precision 'auto': bf16 where the device computes it natively (the model records what it resolved to)
+    model = build_model(dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device)), data).to(device)
     torch.manual_seed(cfg.seed + 10_000 * (ctx.rank + 1))
 
     # 4. optimiser with linear warm-up, fault guard, run state, outputs
@@ -352,7 +354,8 @@ def _announce(
     state: RunState,
 ) -> None:
     procs = f" x {ctx.world_size} processes" if ctx.enabled else ""
-    extras = [x for x in (cfg.precision != "fp32" and cfg.precision, cfg.compile and "compiled") if x]
+    precision = model.precision + (" (auto)" if cfg.precision == "auto" else "")
+    extras = [x for x in (precision != "fp32" and precision, cfg.compile and "compiled") if x]
     out.say(f"data: {data.describe()}")
     out.say(f"model: {model.describe()}, on {device}{procs}" + (f" ({', '.join(extras)})" if extras else ""))
     out.say(f"run directory: {out.run_dir}")

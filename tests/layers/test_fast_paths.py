@@ -10,6 +10,8 @@ from helpers import check_flow, max_abs, randomize_
 from glowflow.layers import FlowSequence
 from glowflow.layers.fused import (
     conv_relu,
+    conv_same,
+    conv_same_backward,
     fold_actnorm,
     fold_gain,
     fold_mixing,
@@ -52,11 +54,12 @@ def grads(module, x, out_grads):
 
 @pytest.mark.parametrize("coupling", ["affine", "additive"])
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
-def test_fused_steps_match_the_plain_layers(coupling, dtype, tol):
-    fused, plain = make_steps(3, coupling, dtype)
+@pytest.mark.parametrize("channels", [4, 20])  # 4: im2col / col2im conditioner convs; 20: oneDNN's direct ones
+def test_fused_steps_match_the_plain_layers(coupling, dtype, tol, channels):
+    fused, plain = make_steps(3, coupling, dtype, channels=channels)
     assert all(s.fused_step() for s in fused)
-    x = torch.randn(3, 4, 4, 4, dtype=dtype).contiguous(memory_format=CL)
-    g = (torch.randn(3, 4, 4, 4, dtype=dtype), torch.randn(3, dtype=dtype))
+    x = torch.randn(3, channels, 4, 4, dtype=dtype).contiguous(memory_format=CL)
+    g = (torch.randn(3, channels, 4, 4, dtype=dtype), torch.randn(3, dtype=dtype))
     y1, ld1, gx1, gp1 = grads(fused, x, g)
     y2, ld2, gx2, gp2 = grads(plain, x, g)
     scale = max(1.0, y2.abs().max().item())
@@ -79,11 +82,12 @@ def test_fused_step_contract_float64(coupling):
     check_flow(fused[0], torch.randn(2, 4, 4, 4, dtype=torch.float64), rt_tol=1e-12, ld_tol=1e-10)
 
 
-def test_fused_step_backward_passes_gradcheck():
-    fused, _ = make_steps(1, "affine", torch.float64, channels=4, hidden=4)
+@pytest.mark.parametrize("channels", [4, 20])
+def test_fused_step_backward_passes_gradcheck(channels):
+    fused, _ = make_steps(1, "affine", torch.float64, channels=channels, hidden=4)
     w = glow_step_weights(list(fused), inverse=False)
     inputs = [
-        torch.randn(2, 4, 2, 3, dtype=torch.float64).contiguous(memory_format=CL),
+        torch.randn(2, channels, 2, 3, dtype=torch.float64).contiguous(memory_format=CL),
         w.mix[0],
         w.mix_bias[0],
         *(t[0] for t in w.net.tensors()),
@@ -255,6 +259,28 @@ def test_fused_relu_kernels_match_the_plain_composition(dtype):
     xg = x.detach().float().requires_grad_()
     conv_relu(xg, w.float(), b.float()).sum().backward()
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+@pytest.mark.parametrize(("c_in", "c_out"), [(3, 16), (16, 5), (16, 12)])  # im2col, col2im, direct
+@pytest.mark.parametrize("k", [1, 3])
+def test_conv_same_and_its_backward_equal_conv2d(c_in, c_out, k):
+    torch.manual_seed(0)
+    x = torch.randn(2, c_in, 5, 6, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
+    w = torch.randn(c_out, c_in, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(c_out, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, c_out, 5, 6, dtype=torch.float64)
+    expected = F.conv2d(x, w, b, padding=k // 2)
+    expected_grads = torch.autograd.grad(expected, (x, w, b), g)
+    with torch.no_grad():
+        out = conv_same(x, w, b)
+        grads = conv_same_backward(g.contiguous(memory_format=CL), x, w)
+        out_relu = conv_same(x, w, b, relu=True)
+    assert max_abs(out, expected) < 1e-12 and max_abs(out_relu, expected.relu()) < 1e-12
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert max_abs(got, want) < 1e-12
+    # with autograd recording, the same computation is differentiable
+    auto = torch.autograd.grad(conv_same(x, w, b), (x, w, b), g)
+    assert all(max_abs(a, e) < 1e-12 for a, e in zip(auto, expected_grads, strict=True))
 
 
 def test_a_fused_step_is_a_plain_flowstep_in_its_state_dict():
