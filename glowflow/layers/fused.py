@@ -13,8 +13,9 @@ it (:class:`~glowflow.layers.step.FlowStep`, :class:`~glowflow.layers.step.FlowS
   (float32, bfloat16), ``relu_(conv(...))`` elsewhere.
 * **the whole step** (:func:`glow_step`, :func:`glow_step_inverse`): ActNorm -> LU 1x1 conv -> channel-split
   coupling with Glow's conditioner, as one ``torch.autograd.Function`` whose backward is derived by hand. It stores
-  four tensors per step (its input, which is the previous step's output; the two hidden activations; the scale)
-  and writes the coupling in place into the mixed tensor, so a step makes no layout copies.
+  its input (the previous step's output), its output, the conditioner's C/2-channel input, one hidden activation
+  and the scale, recomputing the other hidden activation in the backward pass, and writes the coupling in place
+  into the mixed tensor, so a step makes no layout copies.
 
 The fast paths compute the same function as the plain composition of the layers (the tests check round trip,
 log-det and gradients against it in float64 and float32); they differ only in rounding.
@@ -23,6 +24,7 @@ log-det and gradients against it in float64 and float32); they differ only in ro
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,26 +36,59 @@ AFFINE_SHIFT = 2.0
 
 
 # ---- parameter folding ------------------------------------------------------------------------------------------
-def fold_actnorm(weight: Tensor, bias: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
+Weights = Tensor | Sequence[Tensor]
+"""A weight tensor, or the K weights of K steps (stacked by the folding, which then stores only references)."""
+
+
+def fold_actnorm(weight: Weights, bias: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
     """A bias-free linear map (conv or matrix) followed by ActNorm, as one map with a bias:
 
         ``(conv(x, w) + b) e^s = conv(x, w e^s) + b e^s``   (per output channel).
 
-    Shapes: ``weight`` (..., C_out, *rest), ``bias`` / ``log_scale`` (..., C_out); returns ``(w e^s, b e^s)``.
+    Shapes: ``weight`` (..., C_out, *rest) or a sequence of K (C_out, *rest), ``bias`` / ``log_scale``
+    (..., C_out) or (K, C_out); returns ``(w e^s, b e^s)``.
     """
     scale = log_scale.exp()
-    return weight * scale.view(*scale.shape, *(1,) * (weight.dim() - scale.dim())), bias * scale
+    return scale_rows(weight, scale), bias * scale
 
 
-def fold_gain(weight: Tensor, bias: Tensor, logs: Tensor, factor: float = 3.0) -> tuple[Tensor, Tensor]:
+def fold_gain(weight: Weights, bias: Tensor, logs: Tensor, factor: float = 3.0) -> tuple[Tensor, Tensor]:
     """A convolution followed by the learned gain ``g = exp(factor * logs)`` of Glow's zero conv:
 
         ``conv(x, w, b) g = conv(x, w g, b g)``   (per output channel).
 
-    Shapes: ``weight`` (..., C_out, *rest), ``bias`` (..., C_out), ``logs`` (..., C_out, 1, 1) or (..., C_out).
+    Shapes: ``weight`` (..., C_out, *rest) or a sequence of K (C_out, *rest), ``bias`` (..., C_out),
+    ``logs`` (..., C_out, 1, 1) or (..., C_out).
     """
     gain = (factor * logs).exp().reshape(bias.shape)
-    return weight * gain.view(*gain.shape, *(1,) * (weight.dim() - gain.dim())), bias * gain
+    return scale_rows(weight, gain), bias * gain
+
+
+def scale_rows(weight: Weights, scale: Tensor) -> Tensor:
+    """``w * scale`` per output channel: ``scale`` (..., C_out) broadcast over the rest of ``w`` (..., C_out, *rest).
+    For a sequence of K weights, ``stack(w) * scale`` with ``scale`` (K, C_out), by :class:`_StackedScale`, which
+    stores references to the weights instead of their stacked copy."""
+    if isinstance(weight, Tensor):
+        return weight * scale.view(*scale.shape, *(1,) * (weight.dim() - scale.dim()))
+    return _StackedScale.apply(scale, *weight)
+
+
+class _StackedScale(torch.autograd.Function):
+    """``stack(w_1..w_K) * scale`` (``scale`` (K, C_out)); the backward rebuilds the stack instead of storing it:
+    ``dw_k = g_k * scale_k``, ``dscale = sum over the rest of g * stack(w)``."""
+
+    @staticmethod
+    def forward(ctx, scale, *weights):
+        ctx.save_for_backward(scale, *weights)
+        stacked = torch.stack(weights)
+        return stacked.mul_(scale.view(*scale.shape, *(1,) * (stacked.dim() - scale.dim())))
+
+    @staticmethod
+    def backward(ctx, grad):
+        scale, *weights = ctx.saved_tensors
+        view = scale.view(*scale.shape, *(1,) * (grad.dim() - scale.dim()))
+        g_scale = (grad * torch.stack(weights)).sum(tuple(range(2, grad.dim()))) if ctx.needs_input_grad[0] else None
+        return g_scale, *(grad * view).unbind(0)
 
 
 def lu_weight(perm: Tensor, lower: Tensor, upper: Tensor, sign_s: Tensor, log_s: Tensor) -> Tensor:
@@ -341,12 +376,14 @@ class _GlowStep(torch.autograd.Function):
         net = ConditionerWeights(conv1, conv1_bias, conv2, conv2_bias, out, out_bias)
         y, logdet, (net_in, a1, a2, scale) = _step_forward(x, mix, mix_bias, net, affine, dtype)
         ctx.affine = affine
-        ctx.save_for_backward(x, y, net_in, a1, a2, scale, mix, conv1, conv2, out)
+        # a1 (hidden channels) is not stored: the backward recomputes it from the C/2-channel net_in (the first
+        # conv is 2-7 % of the step's FLOPs; its activation a third of the step's stored bytes)
+        ctx.save_for_backward(x, y, net_in, a2, scale, mix, conv1, conv1_bias, conv2, out)
         return y, logdet
 
     @staticmethod
     def backward(ctx, grad_y, grad_logdet):
-        x, y, net_in, a1, a2, scale, mix, conv1, conv2, out = ctx.saved_tensors
+        x, y, net_in, a2, scale, mix, conv1, conv1_bias, conv2, out = ctx.saved_tensors
         dtype = net_in.dtype  # the conditioner's
         ca, cb = x.shape[1] // 2, x.shape[1] - x.shape[1] // 2
         if grad_y is None:
@@ -365,7 +402,8 @@ class _GlowStep(torch.autograd.Function):
             grad_h[:, ca:] = g_y_b
         g_net[:, :cb] = grad_h[:, ca:]
         if dtype != y.dtype:
-            conv1, conv2, out = conv1.to(dtype), conv2.to(dtype), out.to(dtype)
+            conv1, conv1_bias, conv2, out = conv1.to(dtype), conv1_bias.to(dtype), conv2.to(dtype), out.to(dtype)
+        a1 = conv_same(net_in, conv1, conv1_bias, relu=True)
         # the conditioner backwards: out conv, ReLU, 1x1 conv (a matrix product), ReLU, first conv
         g_a2, g_out, _ = conv_same_backward(g_net.to(dtype), a2, out)
         g_out_bias = g_net.sum((0, 2, 3))  # from the float32 gradient, also under bf16 conditioners
@@ -404,7 +442,9 @@ def glow_step(x: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype | 
 
     With autograd on, one :class:`_GlowStep` node with the hand-derived backward
     ``dh_b = dt = dy_b * s``,  ``dz = (dy_b * y_b + dlogdet) * (1 - sigmoid(z))``,  ``dh_a = dy_a + NN^T(dt, dz)``,
-    ``dx = A^T dh``; without autograd the same forward stores nothing.
+    ``dx = A^T dh``; it stores ``x``, ``y``, the conditioner's input, its second hidden activation and ``s``, and
+    recomputes the first hidden activation (the cheapest convolution of the step) in the backward pass. Without
+    autograd the same forward stores nothing.
     """
     dtype = dtype or x.dtype
     mix_logdet = x.shape[2] * x.shape[3] * w.mix_logdet

@@ -137,14 +137,17 @@ def glow_step_weights(steps: Sequence[FlowStep], inverse: bool) -> GlowStepWeigh
         mix, mix_bias = fold_mixing(lu_weight(*lu), an_bias, an_log_scale)
     mix_logdet = an_log_scale.sum(-1) + log_s.sum(-1)
 
+    def listed(get) -> list[Tensor]:
+        return [get(step) for step in steps]
+
     def conv_actnorm(get) -> tuple[Tensor, Tensor]:
-        weight, bias = stack(lambda s: get(s).conv.weight), stack(lambda s: get(s).norm.bias)
-        return fold_actnorm(weight, bias, stack(lambda s: get(s).norm.log_scale))
+        weights = listed(lambda s: get(s).conv.weight)
+        return fold_actnorm(weights, stack(lambda s: get(s).norm.bias), stack(lambda s: get(s).norm.log_scale))
 
     conv1, conv1_bias = conv_actnorm(lambda s: s.layers[2].net.conv1)
     conv2, conv2_bias = conv_actnorm(lambda s: s.layers[2].net.conv2)
     out, out_bias = fold_gain(
-        stack(lambda s: s.layers[2].net.out.conv.weight),
+        listed(lambda s: s.layers[2].net.out.conv.weight),
         stack(lambda s: s.layers[2].net.out.conv.bias),
         stack(lambda s: s.layers[2].net.out.logs),
     )

@@ -21,6 +21,7 @@ from glowflow.layers.fused import (
     lu_inverse_weight,
     lu_weight,
     mix_channels,
+    scale_rows,
 )
 from glowflow.layers.step import FlowStep, FlowSteps, glow_step_weights
 from glowflow.models.base import make_step
@@ -223,6 +224,15 @@ def test_fold_actnorm_and_gain_equal_the_unfolded_maps():
     # batched over a leading K dimension, as FlowSteps uses them
     wk, bk = fold_actnorm(torch.stack([w, 2 * w]), torch.stack([b, b]), torch.stack([s, -s]))
     assert max_abs(wk[1], fold_actnorm(2 * w, b, -s)[0]) < 1e-12 and max_abs(bk[0], bf) < 1e-12
+
+
+def test_scale_rows_of_a_list_stacks_and_passes_gradcheck():
+    torch.manual_seed(0)
+    weights = [torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    scale = torch.rand(2, 3, dtype=torch.float64, requires_grad=True)
+    stacked = scale_rows(weights, scale)
+    assert max_abs(stacked, torch.stack(weights) * scale.view(2, 3, 1, 1, 1)) < 1e-15
+    assert torch.autograd.gradcheck(lambda s, *w: scale_rows(list(w), s), (scale, *weights), fast_mode=True)
 
 
 def test_lu_weights_and_folded_mixing_invert_each_other_batched():
