@@ -209,10 +209,9 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's main command: the sklearn 8x8 digits (17 grey levels) in a few minutes on a 2-core CPU. The
-    # 1,500 training images are few: the test bpd bottoms out after ~600-800 steps at lr 2e-3 and then rises
-    # (measured: 2.33 at step 500-750, 2.41 at step 1500), so the run stops there. One thread: convolutions on
-    # 8x8 images gain little from more, and on a CPU shared with other work, OpenMP's waiting threads made the
-    # steps 2-5x slower with two threads than with one (measured: 1050 vs 230 ms per step at load 4).
+    # 1,500 training images are few: past ~800 steps at lr 2e-3 the test bpd rises again (over-fitting), so the
+    # run stops there. One thread: convolutions on 8x8 images gain little from more, and on a CPU shared with other
+    # work OpenMP's waiting threads make every step several times slower.
     "digits": dict(data="digits", levels=2, steps=8, hidden=64, iters=800, batch_size=64, lr=2e-3, warmup=100,
                    eval_every=100, sample_every=200, checkpoint_every=200, eval_samples=4, threads=1),
     # Paper-style configurations (Kingma & Dhariwal 2018, and the openai/glow scripts), for a GPU.
