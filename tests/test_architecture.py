@@ -162,3 +162,30 @@ def test_model_registry_rebuilds_every_model_from_its_config():
         assert MODELS.get(name) is type(model)
         clone = MODELS.get(name)(**model.config)
         assert clone.config == model.config
+
+
+def test_a_new_coupling_is_one_class_and_one_registry_entry(monkeypatch: pytest.MonkeyPatch):
+    """The worked example of docs/design.md: after the class and its entry, every part takes the name."""
+    from glowflow.layers.base import zero_logdet
+    from glowflow.layers.coupling import Coupling
+
+    monkeypatch.setattr(COUPLINGS, "_entries", dict(COUPLINGS._entries))
+    monkeypatch.setattr(COUPLINGS, "_help", dict(COUPLINGS._help))
+
+    @COUPLINGS.register("shift", help="y_b = x_b + t(x_a)")
+    class ShiftCoupling(Coupling):
+        params_per_channel = 1
+
+        def _transform(self, x_t, coeffs):
+            return x_t + coeffs[0], zero_logdet(x_t)
+
+        def _untransform(self, y_t, coeffs):
+            return y_t - coeffs[0], zero_logdet(y_t)
+
+    model = Glow((1, 8, 8), levels=2, steps=2, hidden=8, coupling="shift").double()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64) - 0.5
+    model.encode(x)
+    randomize_(model, 0.05)
+    zs, _ = model.encode(x)
+    assert (model.decode(zs) - x).abs().max() < 1e-12
+    assert TrainConfig(coupling="shift").validate().coupling == "shift"

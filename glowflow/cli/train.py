@@ -28,7 +28,7 @@ curve.png and checkpoints/last.pt + best.pt. Ctrl-C or SIGTERM finish the curren
 
 
 def add_parsers(sub: Any) -> None:
-    from glowflow.training.config import PRESET_NOTES, PRESETS, TrainConfig
+    from glowflow.training.config import PRESET_NOTES, PRESETS, TrainConfig, choices_of
 
     presets = "\n".join(f"  {name:<10} {note}" for name, note in PRESET_NOTES.items())
     p = sub.add_parser(
@@ -65,7 +65,7 @@ def add_parsers(sub: Any) -> None:
             base = {"int": int, "float": float, "str": str}[t.split("|")[0].strip()]
             kwargs["type"] = optional(base) if "None" in t else base
             if meta.get("choices") and f.name != "data":
-                kwargs["choices"] = meta["choices"]
+                kwargs["choices"] = choices_of(f)
             if f.name == "data":
                 kwargs["metavar"] = "NAME"
             kwargs.setdefault("metavar", {"int": "N", "float": "X"}.get(t.split("|")[0].strip()))
@@ -78,17 +78,6 @@ def add_parsers(sub: Any) -> None:
             help_text += f" (default {','.join(map(str, default)) if isinstance(default, list) else default})"
         groups[meta["group"]].add_argument(flag, help=help_text, **kwargs)
     p.set_defaults(func=run)
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from glowflow.training import train
-    from glowflow.training.config import FIELD_NAMES
-
-    overrides = {k: v for k, v in vars(args).items() if k in FIELD_NAMES}
-    result = train(args.config, resume=args.resume, **overrides)
-    if result.stopped_by:
-        return SIGNAL_EXIT.get(result.stopped_by, 143)
-    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,7 +31,21 @@ from glowflow.layers.memory import MEMORY_MODES
 from glowflow.layers.permutations import PERMUTATIONS
 
 OPTIMIZERS = ("adam", "adamax")
-DATA_CHOICES = (*DATASETS.names(), IN_MEMORY)
+
+
+def data_choices() -> tuple[str, ...]:
+    return (*DATASETS.names(), IN_MEMORY)
+
+
+def image_conditioners() -> tuple[str, ...]:
+    return conditioner_names(image=True)
+
+
+def choices_of(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """The allowed values of a config field: a fixed tuple, or read from its registry now (so that entries
+    registered after import count)."""
+    choices = f.metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 def _f(default: Any, help: str, group: str, **meta: Any) -> Any:
@@ -53,7 +67,7 @@ class TrainConfig:
 
     # ---- data ---------------------------------------------------------------------------------------------
     data: str = _f("digits", "data set: " + ", ".join(DATASETS) + f" ({IN_MEMORY!r}: arrays given to glowflow.train)",
-                   "data", choices=DATA_CHOICES)  # fmt: skip
+                   "data", choices=data_choices)  # fmt: skip
     data_dir: str | None = _f(
         None,
         "where the data files are (default $GLOWFLOW_DATA or ~/.cache/glowflow); the image folder for 'folder', "
@@ -74,14 +88,14 @@ class TrainConfig:
     levels: int = _f(2, "L, the number of scales (image Glow)", "model")
     steps: int = _f(8, "K, steps of flow per level (per model for tabular / toy data)", "model")
     hidden: int = _f(64, "width of the coupling conditioners", "model")
-    coupling: str = _f("affine", "coupling layer", "model", choices=COUPLINGS.names())
+    coupling: str = _f("affine", "coupling layer", "model", choices=COUPLINGS.names)
     permutation: str = _f("lu", "channel mixing: LU 1x1 conv, dense 1x1 conv, shuffle or reverse", "model",
-                          choices=PERMUTATIONS.names())  # fmt: skip
+                          choices=PERMUTATIONS.names)  # fmt: skip
     conditioner: str = _f("glow", "coupling conditioner of the image Glow", "model",
-                          choices=conditioner_names(image=True))  # fmt: skip
+                          choices=image_conditioners)  # fmt: skip
     mask: str = _f("channel", "coupling mask of the image Glow", "model", choices=MASKS)
     dequantization: str = _f("uniform", "dequantization noise of the image Glow", "model",
-                             choices=DEQUANTIZERS.names())  # fmt: skip
+                             choices=DEQUANTIZERS.names)  # fmt: skip
     precision: str = _f("fp32", "conditioner precision in training and scoring: fp32, or bf16 autocast (encode / "
                         "decode always run the conditioners in fp32, so reconstructions stay exact)", "model",
                         choices=tuple(PRECISIONS))  # fmt: skip
@@ -133,7 +147,7 @@ class TrainConfig:
         """Check every value; raise ``ValueError`` naming the key. Returns self."""
         for f in fields(self):
             _check_type(f, getattr(self, f.name))
-            choices = f.metadata.get("choices")
+            choices = choices_of(f)
             if choices is not None and getattr(self, f.name) not in choices:
                 raise ValueError(f"config key {f.name!r}: unknown value {getattr(self, f.name)!r}; expected one of "
                                  f"{', '.join(choices)}")  # fmt: skip
