@@ -131,6 +131,9 @@ def test_state_is_checked(data: dict):
     with pytest.raises(ValueError, match="not a TrainBatches state"):
         batches.load_state_dict({"generator": state["generator"]})
     assert TrainBatches(source, BATCH, INIT, SEED, labels=False).init_batch()[1] is None
+    on_device = TensorSource(torch.empty(4, 1, 2, 2, dtype=torch.uint8, device="meta"), num_bins=256)
+    with pytest.raises(ValueError, match="held on meta: read it in the main process"):
+        TrainBatches(on_device, 2, 2, SEED, workers=1)
 
 
 def test_eval_shares_cover_each_index_once_in_order(data: dict):
