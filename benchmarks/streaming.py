@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -143,8 +144,9 @@ def index_rate(shards: Path) -> float:
     return members / (time.perf_counter() - start)
 
 
-def train_rate(preset: str, steps: int, batch: int | None) -> dict:
-    """Images/s of training steps of a preset's model (median over ``steps`` after one warm-up step)."""
+def train_rate(preset: str, steps: int, batch: int | None, threads_override: int | None) -> dict:
+    """Images/s of training steps of a preset's model (median over ``steps`` after one warm-up step), at the
+    preset's batch size and thread count unless ``batch`` / ``threads_override`` say otherwise."""
     from glowflow.models import Glow
     from glowflow.training.config import resolve_config
     from glowflow.training.loop import make_optimizer
@@ -153,8 +155,8 @@ def train_rate(preset: str, steps: int, batch: int | None) -> dict:
     shape, bins = PRESET_SHAPES[preset]
     b = batch or cfg.batch_size
     threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    if threads_override or cfg.threads:
+        torch.set_num_threads(threads_override or cfg.threads)
     try:
         torch.manual_seed(0)
         model = Glow(
@@ -263,8 +265,9 @@ def fmt(x: float | None) -> str:
 
 def report(res: dict) -> str:
     env = res["environment"]
+    load = f"; load average {env['load_average_start']:.1f} at the start, {env['load_average_end']:.1f} at the end"
     out = [f"CPU {env['cpu']} ({env['cpu_count']} logical cores); torch {env['torch']}, python {env['python']}; "
-           f"glowflow at {env['git']}; batch {BATCH}; files in the page cache"]  # fmt: skip
+           f"glowflow at {env['git']}; batch {BATCH}; files in the page cache{load}"]  # fmt: skip
     rows = [[r["data"], r["reader"], f"{r['examples']:,}"] + [fmt(r["img_per_s"][str(w)]) for w in WORKERS]
             for r in res["readers"]]  # fmt: skip
     out += ["", "#### readers: training batches per second x 64 (images/s)", "",
@@ -310,6 +313,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seconds", type=float, default=1.5, help="minimum timed seconds per reader case")
     ap.add_argument("--train-steps", type=int, default=3, help="timed training steps per preset (0: skip)")
     ap.add_argument("--presets", default="digits,mnist,cifar10")
+    ap.add_argument("--train-batch", default="", help="batch sizes other than the presets', e.g. cifar10=16")
+    ap.add_argument("--threads", type=int, default=None, help="training threads (default: the preset's / torch's)")
     ap.add_argument("--mnist-dir", type=Path, default=REPO / ".." / "shared" / "data" / "mnist")
     ap.add_argument("--dir", type=Path, default=None, help="where to write the generated files (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None)
@@ -325,8 +330,10 @@ def main(argv: list[str] | None = None) -> dict:
         args.png_images, args.npy_images, args.rss_gb, args.rss_batches = 64, 256, 0.01, 50
         args.seconds, args.train_steps, args.presets = 0.05, 1, "digits"
     root = Path(tempfile.mkdtemp(prefix="glowflow-streaming-", dir=args.dir))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # delete the generated files on SIGTERM too
     res: dict = {"environment": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                                 "python": platform.python_version(), "git": git_state()},
+                                 "python": platform.python_version(), "git": git_state(),
+                                 "load_average_start": os.getloadavg()[0]},
                  "readers": [], "notes": [], "training": [], "memory": [], "rss_batches": args.rss_batches}  # fmt: skip
     try:
         for label, (c, s) in SIZES.items():
@@ -357,8 +364,9 @@ def main(argv: list[str] | None = None) -> dict:
             res["readers"].append({"data": "CIFAR-size 3x32x32", "reader": f".npy of {size} (ArraySource)",
                                    "examples": n, "img_per_s": rates})  # fmt: skip
             print(f"large array: {rates}", file=sys.stderr)
+        batches = {k: int(v) for k, v in (item.split("=") for item in args.train_batch.split(",") if item)}
         for preset in [p for p in args.presets.split(",") if p] if args.train_steps else []:
-            res["training"].append(train_rate(preset, args.train_steps, None))
+            res["training"].append(train_rate(preset, args.train_steps, batches.get(preset), args.threads))
             print(f"training {preset}: {res['training'][-1]}", file=sys.stderr)
         cases = [("memory", small), ("pread-small", small)]
         if args.rss_gb > 0:
@@ -368,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"memory {case}: {res['memory'][-1]}", file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    res["environment"]["load_average_end"] = os.getloadavg()[0]
     text = report(res)
     print(text)
     if args.json:
