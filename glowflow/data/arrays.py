@@ -132,7 +132,7 @@ def locate_array(path: str | os.PathLike, key: str | None = None) -> ArrayInfo:
     """Where the array of a ``.npy`` file (``key=None``) or member ``key`` of an ``.npz`` file lies. DataError for a
     missing file or member, a deflated member (with the conversion command), or a file shorter than its header
     says."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"array file {path} not found")
     if zipfile.is_zipfile(path):

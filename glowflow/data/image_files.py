@@ -239,7 +239,7 @@ class ImageFolderSource(EncodedImages):
         class_names: list[str] | None = None,
         name: str | None = None,
     ) -> None:
-        root = Path(root)
+        root = Path(root).expanduser()
         if not root.is_dir():
             raise DataError(f"image folder {root} does not exist or is not a folder")
         loose = _visible_images(str(root))

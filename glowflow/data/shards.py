@@ -48,7 +48,7 @@ _IMAGE_EXTS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 def shard_paths(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """The shard files of ``shards``: a ``.tar`` file, a folder (its ``*.tar`` files, sorted by name) or a list."""
     if isinstance(shards, (str, os.PathLike)):
-        path = Path(shards)
+        path = Path(shards).expanduser()
         if path.is_dir():
             paths = sorted(p for p in path.iterdir() if p.suffix == ".tar" and not p.name.startswith("."))
             if not paths:
@@ -56,7 +56,7 @@ def shard_paths(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> list
             return paths
         paths = [path]
     else:
-        paths = [Path(p) for p in shards]
+        paths = [Path(p).expanduser() for p in shards]
     if not paths:
         raise DataError("no tar shards given")
     for p in paths:

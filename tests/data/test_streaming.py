@@ -227,3 +227,16 @@ def test_a_dead_or_stalled_worker_is_an_error_not_a_hang(data: dict):
     with pytest.raises(DataError, match=r"no batch within 0.3 s"):
         stalled.next()
     stalled.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (pinned memory and copies to it)")
+def test_batches_arrive_on_the_gpu_through_pinned_memory(data: dict):
+    init, steps = reference_batches(N, BATCH, INIT, SEED, 2)
+    with TrainBatches(make_source("npy", data), BATCH, INIT, SEED, workers=1, device="cuda") as batches:
+        xi, yi = batches.init_batch()
+        assert xi.is_cuda and torch.equal(xi.cpu(), data["x"][init]) and torch.equal(yi.cpu(), data["y"][init])
+        for idx in steps:
+            xb, yb = batches.next()
+            assert xb.is_cuda and yb.is_cuda and torch.equal(xb.cpu(), data["x"][idx])
+    x, _ = next(eval_batches(make_source("npy", data), torch.arange(4), 4, workers=1, device="cuda"))
+    assert x.is_cuda and torch.equal(x.cpu(), data["x"][:4])
