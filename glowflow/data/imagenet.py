@@ -58,7 +58,6 @@ VERSIONS = {
 COUNTS = {OORD: {"train": 1_281_149, "test": 49_999}, CHRABASZCZ: {"train": 1_281_167, "test": 50_000}}
 SPLITS = ("train", "test")
 CHRABASZCZ_RESOLUTIONS = (8, 16, 32, 64)
-OORD_RESOLUTIONS = (32, 64)
 
 _BATCH = re.compile(r"^train_data_batch_(\d+)\.npz$")
 _OORD_TAR = re.compile(r"^(train|valid)_(32|64)x\2\.tar$")
@@ -105,10 +104,8 @@ def _candidates(folder: Path, split: str) -> dict[str, list[Path]]:
 
 
 def _kind_of_file(path: Path) -> str:
-    if path.is_dir():
-        if _OORD_DIR.match(path.name):
-            return "png-folder"
-        raise DataError(f"{path} holds no recognised ImageNet files (see glowflow/data/imagenet.py for the names)")
+    if path.is_dir():  # a folder named like valid_32x32/
+        return "png-folder"
     kinds = {".npz": "npz-batches", ".tar": "png-tar", ".npy": "npy"}
     if path.suffix not in kinds:
         raise DataError(f"{path}: ImageNet is read from .npz batches, .tar files, .npy arrays or PNG folders")

@@ -132,3 +132,6 @@ def test_format_errors(tmp_path: Path):
         find_imagenet(tmp_path, version="2016")
     with pytest.raises(DataError, match="not found"):
         find_imagenet(tmp_path / "nothing")
+    (tmp_path / "table.csv").write_text("1,2\n")
+    with pytest.raises(DataError, match="ImageNet is read from .npz batches, .tar files, .npy arrays or PNG folders"):
+        find_imagenet(tmp_path / "table.csv")

@@ -130,6 +130,8 @@ def test_state_is_checked(data: dict):
         TrainBatches(source, 4, INIT, SEED).load_state_dict(state)
     with pytest.raises(ValueError, match="not a TrainBatches state"):
         batches.load_state_dict({"generator": state["generator"]})
+    with pytest.raises(ValueError, match="not a TrainBatches state .*not a torch.uint8 tensor"):
+        batches.load_state_dict(state | {"generator": [1, 2]})
     assert TrainBatches(source, BATCH, INIT, SEED, labels=False).init_batch()[1] is None
     on_device = TensorSource(torch.empty(4, 1, 2, 2, dtype=torch.uint8, device="meta"), num_bins=256)
     with pytest.raises(ValueError, match="held on meta: read it in the main process"):
@@ -168,12 +170,18 @@ def test_a_corrupt_image_stops_the_run_with_one_error_naming_it(data: dict, tmp_
     folder = _corrupt_folder(tmp_path / "bad", data["x"].numpy())
     start = time.perf_counter()
     batches = TrainBatches(ImageFolderSource(folder), N, N, SEED, workers=workers)  # batches of 30 of 30 images
+    fresh = batches.state_dict()
     with pytest.raises(DataError, match=r"cannot decode image .*bad/000004\.png"):
         batches.init_batch()  # read in this process
-    batches.init_done = True  # as a resumed run
+    assert torch.equal(batches.state_dict()["generator"], fresh["generator"])  # a retry draws the same batch
+    batches.load_state_dict(fresh | {"init_done": True})  # as a resumed run
+    positions = []
     with pytest.raises(DataError, match=r"cannot decode image .*bad/000004\.png"):
         for _ in range(STEPS):
+            positions.append(batches.state_dict())
             batches.next()
+    assert torch.equal(batches.state_dict()["generator"], positions[-1]["generator"])
+    assert batches.state_dict()["batches"] == positions[-1]["batches"]
     with pytest.raises(DataError, match=r"000004\.png"):
         list(eval_batches(ImageFolderSource(folder), torch.arange(N), 8, workers=workers))
     assert time.perf_counter() - start < 30
