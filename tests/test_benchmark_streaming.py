@@ -1,0 +1,55 @@
+"""Smoke test of benchmarks/streaming.py: each measurement on tiny data, and the report, so the script cannot rot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+import streaming as sb  # noqa: E402
+
+from glowflow.data.arrays import ArraySource  # noqa: E402
+from glowflow.data.image_files import ImageFolderSource  # noqa: E402
+from glowflow.data.shards import TarShardSource  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_measurements_and_report(tmp_path: Path, one_thread):
+    x, what = sb.images_for(3, 8, 40, tmp_path / "no-mnist")
+    assert x.shape == (40, 3, 8, 8) and what == "uniform random pixels"
+    sb.write_files(x, tmp_path / "d", per_shard=16)
+    png, tar, npy = (ImageFolderSource(tmp_path / "d" / "png"), TarShardSource(tmp_path / "d" / "shards"),
+                     ArraySource(tmp_path / "d" / "x.npy"))  # fmt: skip
+    assert torch.equal(png.get([7])[0], torch.from_numpy(x[[7]])) and torch.equal(tar.get([39])[0], npy.get([39])[0])
+    rates = {str(w): sb.reader_rate(npy, w, 0.01) for w in (0, 1)}
+    assert all(r > 0 for r in rates.values())
+    assert sb.index_rate(tmp_path / "d" / "shards") > 0
+    n = sb.write_large_array(tmp_path / "big.npy", 2**20 / 2**30, (3, 8, 8))  # 1 MiB
+    assert n == 2**20 // 192 and np.load(tmp_path / "big.npy", mmap_mode="r").shape == (n, 3, 8, 8)
+    training = sb.train_rate("digits", 1, 4, 1)
+    assert training["batch"] == 4 and training["threads"] == 1 and training["img_per_s"] > 0
+    memory = [sb.rss_case(case, str(tmp_path / "big.npy"), 3) for case in ("memory", "pread-large", "memmap")]
+    assert all(m["peak_rss_mib"] >= m["rss_before_mib"] > 0 for m in memory)
+    res = {
+        "environment": {"cpu": "test", "cpu_count": 2, "torch": "x", "python": "y", "git": None,
+                        "load_average_start": 1.0, "load_average_end": 2.0},
+        "readers": [{"data": "CIFAR-size 3x32x32", "reader": ".npy", "examples": 40,
+                     "img_per_s": {"0": 10.0, "1": 20.0, "2": 30.0}}],  # fmt: skip
+        "notes": ["a note"], "training": [training], "memory": memory, "rss_batches": 3, "tar_index_members_per_s": 5.0,
+    }  # fmt: skip
+    text = sb.report(res)
+    assert "| CIFAR-size 3x32x32 | .npy | 40 | 10 | 20 | 30 |" in text and "load average 1.0 at the start" in text
+    assert "slowest reader case / fastest preset" in text and "the large .npy (ArraySource): peak RSS" in text
