@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,7 +20,11 @@ from glowflow.layers.permutations import ChannelReverse, ChannelShuffle
 from glowflow.layers.priors import standard_normal_log_prob
 from glowflow.layers.step import FlowStep
 
+if TYPE_CHECKING:
+    from glowflow.pretrained import ModelCard
+
 COUPLINGS = ("affine", "additive")
+M = TypeVar("M", bound="FlowModel")
 PERMUTATIONS = ("lu", "conv", "shuffle", "reverse")
 
 
@@ -136,6 +144,59 @@ class FlowModel(nn.Module):
             for shape in self.latent_shapes
         ]
         return self._decode(zs, self._cond(y, n))
+
+    # ---- sharing: pretrained-model directories, see glowflow.pretrained -----------------------------------------
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        *,
+        data: dict[str, Any] | None = None,
+        training: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        card: ModelCard | None = None,
+    ) -> Path:
+        """Write config.json, model.safetensors and a model card README.md to ``directory``; see
+        :func:`glowflow.pretrained.save_pretrained`."""
+        from glowflow import pretrained  # imports this module
+
+        return pretrained.save_pretrained(self, directory, data=data, training=training, metrics=metrics, card=card)
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        source: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        revision: str | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+    ) -> M:
+        """Load a model of this class from a pretrained-model directory or a Hugging Face Hub id; see
+        :func:`glowflow.pretrained.from_pretrained`."""
+        from glowflow import pretrained
+
+        return pretrained.from_pretrained(
+            source, device=device, model_class=cls, revision=revision, token=token, local_files_only=local_files_only
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        data: dict[str, Any] | None = None,
+        training: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        card: ModelCard | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+    ) -> str:
+        """Upload this model to the Hugging Face Hub repository ``repo_id``; returns the commit's URL. See
+        :func:`glowflow.pretrained.push_to_hub`."""
+        from glowflow import pretrained
+
+        return pretrained.push_to_hub(
+            self, repo_id, data=data, training=training, metrics=metrics, card=card, private=private, token=token
+        )
 
     @property
     def is_initialized(self) -> bool:
