@@ -398,11 +398,12 @@ def resolve_pretrained(
     token: str | bool | None = None,
     local_files_only: bool = False,
 ) -> Path:
-    """The local directory of ``source``: the directory itself if it exists, else (for an ``owner/name`` id)
-    the Hugging Face Hub snapshot of its config.json and model.safetensors, downloaded or from the cache.
+    """The local directory of ``source``: the directory itself if it exists, else (for an ``owner/name`` id
+    whose ``owner`` is not a local directory either, so that a mistyped ``runs/name`` stays a local path) the
+    Hugging Face Hub snapshot of its config.json and model.safetensors, downloaded or from the cache.
     ``CheckpointError`` when neither gives one."""
     path = Path(source)
-    if path.exists() or not isinstance(source, str) or not is_hub_id(source):
+    if path.exists() or not isinstance(source, str) or not is_hub_id(source) or path.parent.is_dir():
         return path
     hub = _import_hub(f"{source!r} is not a local directory; as a Hugging Face Hub id it")
     try:

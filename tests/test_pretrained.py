@@ -253,6 +253,8 @@ def test_hub_id_without_the_extra(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a local directory of that name wins over the Hub id, and needs no extra
     save_pretrained(TabularGlow(3, steps=1, hidden=4), tmp_path / "someone" / "glow")
     assert isinstance(from_pretrained("someone/glow"), TabularGlow)
+    with pytest.raises(CheckpointError, match="someone/glwo: no such pretrained-model directory"):
+        from_pretrained("someone/glwo")  # a typo under a local directory is a local path, not a Hub id
 
 
 def test_hub_id_offline_is_one_clear_error():
