@@ -95,6 +95,9 @@ def save_pretrained(
     class_name = type(model).__name__
     if class_name not in MODEL_CLASSES:
         raise ValueError(f"cannot save a {class_name}: pretrained models are one of {sorted(MODEL_CLASSES)}")
+    for name, section in (("data", data), ("training", training), ("metrics", metrics)):
+        if section is not None and not isinstance(section, dict):
+            raise ValueError(f"{name} must be a dict or None, got {type(section).__name__}")
     config = {
         "format": FORMAT,
         "version": VERSION,

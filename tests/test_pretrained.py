@@ -236,6 +236,8 @@ def test_unsavable_sections_write_nothing(tmp_path):
         save_pretrained(model, tmp_path / "m", metrics={"test_nll": float("nan")})
     with pytest.raises(ValueError, match=r"data.loader is a object"):
         save_pretrained(model, tmp_path / "m", data={"loader": object()})
+    with pytest.raises(ValueError, match="data must be a dict or None, got str"):
+        save_pretrained(model, tmp_path / "m", data="mnist")
     with pytest.raises(ValueError, match="expected a glowflow model"):
         save_pretrained(torch.nn.Linear(2, 2), tmp_path / "m")
     assert not (tmp_path / "m").exists()
