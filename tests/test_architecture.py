@@ -18,8 +18,9 @@ from glowflow.training.config import PRESETS, TrainConfig
 
 PACKAGE = Path(__file__).resolve().parents[1] / "glowflow"
 
-# what each part may import (besides itself and the leaf modules errors / registry / io / preprocessing / progress)
-LEAVES = {"glowflow.errors", "glowflow.registry", "glowflow.io", "glowflow.preprocessing", "glowflow.progress"}
+# what each part may import besides itself and the leaf modules
+LEAVES = {"glowflow.errors", "glowflow.registry", "glowflow.io", "glowflow.preprocessing", "glowflow.progress",
+          "glowflow.version"}  # fmt: skip
 ALLOWED = {
     "glowflow.layers": set(),
     "glowflow.models": {"glowflow.layers"},
@@ -41,7 +42,7 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports() -> dict[str, set[str]]:
-    """Module -> the glowflow modules it imports anywhere (top level or inside functions)."""
+    """Module -> the glowflow modules it imports anywhere it runs (top level or inside functions)."""
     modules = _modules()
 
     def resolve(name: str) -> str | None:
@@ -49,9 +50,16 @@ def _imports() -> dict[str, set[str]]:
             name = name.rsplit(".", 1)[0] if "." in name else ""
         return name or None
 
+    def executed(tree: ast.AST):  # every node but those under ``if TYPE_CHECKING:`` (imports for annotations only)
+        for node in ast.iter_child_nodes(tree):
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+                continue
+            yield node
+            yield from executed(node)
+
     edges: dict[str, set[str]] = {m: set() for m in modules}
     for module, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in executed(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

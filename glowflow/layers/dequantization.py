@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -85,8 +86,20 @@ def to_continuous(k: Tensor, u: Tensor | float, num_bins: int) -> Tensor:
     the largest float below it, so that :func:`quantize` recovers ``k`` exactly.
     """
     x = (k + u) / num_bins - 0.5
+    return torch.minimum(x, _bin_top(k, num_bins))
+
+
+def _bin_top(k: Tensor, num_bins: int) -> Tensor:
+    """The largest float in the bin of (integer-valued) ``k``: the one just below the next bin's start."""
+    if torch.compiler.is_exporting():
+        # ONNX has no nextafter, nor a bit cast to build one from: gather from the N bin tops instead, computed
+        # here by numpy with the same float arithmetic as below, so that the exported graph holds them as a constant.
+        np_dtype = np.dtype(str(k.dtype).removeprefix("torch."))
+        starts = (np.arange(num_bins, dtype=np_dtype) + 1.0) / num_bins - 0.5
+        tops = torch.from_numpy(np.nextafter(starts, np_dtype.type(-1.0))).to(k.device)
+        return tops[k.long().clamp(0, num_bins - 1)]
     upper = _bin_start(k + 1.0, num_bins)
-    return torch.minimum(x, torch.nextafter(upper, torch.full_like(upper, -1.0)))
+    return torch.nextafter(upper, torch.full_like(upper, -1.0))
 
 
 def quantize(x: Tensor, num_bins: int) -> Tensor:
@@ -127,6 +140,10 @@ def bits_per_dim(log_prob: Tensor, num_dims: int) -> Tensor:
     return -log_prob / (num_dims * math.log(2.0))
 
 
+def _as_float(k: Tensor) -> Tensor:
+    return k if k.is_floating_point() else k.to(torch.float32)
+
+
 class Dequantization(Flow):
     """Base of the dequantizers: discrete ``k`` (B, ...) -> continuous ``x`` in [-0.5, 0.5), with
     ``logdet = -D log N - log q(u | k)`` (see the module docstring); ``inverse`` quantises."""
@@ -160,8 +177,13 @@ class UniformDequantization(Dequantization):
     """
 
     def forward(self, k: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        k = k if k.is_floating_point() else k.to(torch.float32)
-        return to_continuous(k, torch.rand_like(k), self.num_bins), self._scale_logdet(k)
+        k = _as_float(k)
+        return self.dequantize(k, torch.rand_like(k))
+
+    def dequantize(self, k: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward`` with a given noise draw ``u`` in [0, 1), shaped like ``k``: ``(x, logdet)``."""
+        k = _as_float(k)
+        return to_continuous(k, u, self.num_bins), self._scale_logdet(k)
 
 
 class VariationalDequantization(Dequantization):
@@ -202,8 +224,12 @@ class VariationalDequantization(Dequantization):
         return torch.sigmoid(v), logdet
 
     def forward(self, k: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        k = k.to(torch.float32) if not k.is_floating_point() else k
-        eps = torch.randn_like(k)
+        k = _as_float(k)
+        return self.dequantize(k, torch.randn_like(k))
+
+    def dequantize(self, k: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward`` with a given noise draw ``eps ~ N(0, I)``, shaped like ``k``: ``(x, logdet)``."""
+        k = _as_float(k)
         u, logdet_noise = self.noise(k, eps)
         log_q = standard_normal_log_prob(eps) - logdet_noise
         return to_continuous(k, u, self.num_bins), self._scale_logdet(k) - log_q

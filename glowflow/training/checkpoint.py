@@ -89,7 +89,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: incomplete glowflow checkpoint, missing {', '.join(missing)}")
     if ckpt["model_class"] not in MODELS:
         raise CheckpointError(f"{path}: unknown model class {ckpt['model_class']!r}")
-    return upgrade(ckpt, path)
+    ckpt = upgrade(ckpt, path)
+    if isinstance(ckpt["model"], dict):  # glowflow <= 0.2.0 also saved each model's layers under "bijection."
+        ckpt["model"] = {k: v for k, v in ckpt["model"].items() if not k.startswith("bijection.")}
+    return ckpt
 
 
 def upgrade(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
