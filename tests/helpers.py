@@ -1,8 +1,10 @@
-"""Ground-truth checks shared by the tests: full-Jacobian log-determinants and parameter randomisation."""
+"""Ground-truth checks shared by the tests: full-Jacobian log-determinants, parameter randomisation, and a
+one-thread context for the tiny models."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -57,3 +59,16 @@ def check_flow(
         f"log-det {logdet.tolist()} != autograd Jacobian {expected.tolist()}"
     )
     return y, logdet
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one intra-op thread, then restore the previous count. The tiny models of the tests run
+    fastest so (the suite shares two cores with other work), and their float results do not depend on how many
+    cores the machine has (a parallel reduction splits its sum by thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import check_flow, max_abs, randomize_
 
 from glowflow.errors import NotInitializedError
 from glowflow.layers import ActNorm
+from tests.helpers import check_flow, max_abs, randomize_
 
 
 @pytest.mark.parametrize("shape", [(16, 3, 5, 4), (64, 6)])

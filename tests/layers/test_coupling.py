@@ -1,9 +1,9 @@
 import pytest
 import torch
-from helpers import check_flow, max_abs, randomize_
 
 from glowflow.layers import AdditiveCoupling, AffineCoupling
 from glowflow.layers.coupling import build_conditioner
+from tests.helpers import check_flow, max_abs, randomize_
 
 COUPLINGS = [AffineCoupling, AdditiveCoupling]
 

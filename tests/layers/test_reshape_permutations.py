@@ -1,8 +1,8 @@
 import pytest
 import torch
-from helpers import check_flow
 
 from glowflow.layers import ChannelPermutation, ChannelReverse, ChannelShuffle, Squeeze
+from tests.helpers import check_flow
 
 
 def test_squeeze_round_trip_and_logdet():

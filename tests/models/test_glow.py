@@ -3,11 +3,11 @@ import math
 
 import pytest
 import torch
-from helpers import jacobian_logdet, max_abs, randomize_
 
 from glowflow import Glow, NotInitializedError
 from glowflow.layers.dequantization import to_continuous
 from glowflow.layers.priors import standard_normal_log_prob
+from tests.helpers import jacobian_logdet, max_abs, randomize_
 
 
 def _flat_latents(model, x, cond_labels=None):

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from helpers import jacobian_logdet, max_abs, randomize_
 
 from glowflow import Glow, TabularGlow
+from tests.helpers import jacobian_logdet, max_abs, randomize_
 
 pytestmark = pytest.mark.filterwarnings("ignore:precision='bf16' on a CPU:RuntimeWarning")
 

@@ -2,9 +2,9 @@ import itertools
 
 import pytest
 import torch
-from helpers import jacobian_logdet, max_abs, randomize_
 
 from glowflow import NotInitializedError, TabularGlow
+from tests.helpers import jacobian_logdet, max_abs, randomize_
 
 
 def _ready(model, dim, num_classes=None, scale=0.1):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import max_diff, params, tiny
 
 from glowflow.training import train
+from tests.training.train_helpers import max_diff, params, tiny
 
 INDUCTOR = torch.cuda.is_available() or os.environ.get("GLOWFLOW_TEST_INDUCTOR") == "1"
 

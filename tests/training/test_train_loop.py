@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import TINY, TINY_TOY, max_diff, params, tiny
 
 import glowflow
 from glowflow.errors import CheckpointError
 from glowflow.training import TrainConfig, load_model, read_metrics, train
 from glowflow.training.data import prepare_data
+from tests.training.train_helpers import TINY, TINY_TOY, max_diff, params, tiny
 
 TIMING_KEYS = ("time", "examples_per_s")
 
