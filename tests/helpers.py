@@ -1,5 +1,5 @@
-"""Ground-truth checks shared by the tests: full-Jacobian log-determinants, parameter randomisation, and a
-one-thread context for the tiny models."""
+"""Ground-truth checks shared by the tests: full-Jacobian log-determinants, parameter randomisation, comparisons
+with a stated precision, and a one-thread context for the tiny models."""
 
 from __future__ import annotations
 
@@ -59,6 +59,16 @@ def check_flow(
         f"log-det {logdet.tolist()} != autograd Jacobian {expected.tolist()}"
     )
     return y, logdet
+
+
+def assert_close(actual: Tensor, expected: Tensor, rel: float, what: str) -> None:
+    """Assert ``max|actual - expected| <= rel * max(1, max|expected|)``: a bound relative to the size of the values
+    (not elementwise, so entries near zero do not need their own absolute tolerance). ``what`` names the
+    comparison in the failure message."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    scale = max(1.0, expected.abs().max().item())
+    err = max_abs(actual, expected) / scale
+    assert err <= rel, f"{what}: relative error {err:.3g} > {rel:.3g}"
 
 
 @contextlib.contextmanager

@@ -64,7 +64,10 @@ def test_resume_continues_exactly(tmp_path: Path):
         f.write(json.dumps({"step": 6, "loss": 99.0}) + "\n")
     resumed = train(out=str(half_dir), resume=True, iters=8)
     assert resumed.step == 8
-    assert max_diff(params(full.model), params(resumed.model)) <= 1e-6  # measured: 0 on CPU
+    # The checkpoint restores parameters, Adam moments, RNG streams and batch order bit for bit, and the resumed
+    # steps run the same code path (training never uses the no-grad W^-1 cache): 0 on CPU (measured). The bound
+    # only admits run-to-run nondeterministic kernels, as on a CUDA machine (device="auto").
+    assert max_diff(params(full.model), params(resumed.model)) <= 1e-6
     a = _without_timing(read_metrics(tmp_path / "full" / "metrics.jsonl"))
     b = _without_timing(read_metrics(half_dir / "metrics.jsonl"))
     assert [r["step"] for r in b] == [0, 2, 4, 6, 8]  # no duplicated or missing steps
@@ -81,7 +84,7 @@ def test_resume_toy_and_extend(tmp_path: Path):
     full = train(out=str(tmp_path / "full"), iters=8, **TINY_TOY)
     train(out=str(tmp_path / "half"), iters=4, **TINY_TOY)
     resumed = train(out=str(tmp_path / "half"), resume=True, iters=8, eval_every=2)  # schedules may change
-    assert max_diff(params(full.model), params(resumed.model)) <= 1e-6
+    assert max_diff(params(full.model), params(resumed.model)) <= 1e-6  # as in test_resume_continues_exactly
     config = json.loads((tmp_path / "half" / "config.json").read_text())
     assert config["iters"] == 8 and config["eval_every"] == 2
 
