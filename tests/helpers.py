@@ -1,5 +1,5 @@
 """Ground-truth checks shared by the tests: full-Jacobian log-determinants, parameter randomisation, comparisons
-with a stated precision, and a one-thread context for the tiny models."""
+with a stated precision, memory layouts, and a one-thread context for the tiny models."""
 
 from __future__ import annotations
 
@@ -69,6 +69,13 @@ def assert_close(actual: Tensor, expected: Tensor, rel: float, what: str) -> Non
     scale = max(1.0, expected.abs().max().item())
     err = max_abs(actual, expected) / scale
     assert err <= rel, f"{what}: relative error {err:.3g} > {rel:.3g}"
+
+
+def both_layouts(x: Tensor) -> list[Tensor]:
+    """``x`` (B, C, H, W) in contiguous (NCHW) and in channels-last (NHWC) memory layout, detached."""
+    x, x_cl = x.detach().contiguous(), x.detach().contiguous(memory_format=torch.channels_last)
+    assert not x_cl.is_contiguous(), "a layout test needs C > 1 and H * W > 1"
+    return [x, x_cl]
 
 
 @contextlib.contextmanager

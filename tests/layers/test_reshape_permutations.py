@@ -20,17 +20,6 @@ def test_squeeze_layout():
                 assert torch.equal(y[0, 4 * c + 2 * di + dj], x[0, c, di::2, dj::2])
 
 
-def test_squeeze_channels_last_matches_contiguous():
-    x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    y, _ = Squeeze()(x)
-    y_cl, _ = Squeeze()(x_cl)
-    assert torch.equal(y, y_cl) and y_cl.is_contiguous(memory_format=torch.channels_last)
-    back, _ = Squeeze().inverse(y_cl)
-    assert torch.equal(back, x) and back.is_contiguous(memory_format=torch.channels_last)
-    check_flow(Squeeze(), x_cl)
-
-
 @pytest.mark.parametrize("layer", [ChannelReverse(5), ChannelShuffle(5)])
 def test_permutations(layer):
     x = torch.randn(3, 5, 2, 2, dtype=torch.float64)
