@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 
 import glowflow
 from glowflow.errors import CheckpointError
-from glowflow.training import TrainConfig, load_model, read_metrics, train
+from glowflow.training import TrainConfig, load_checkpoint, load_model, read_metrics, save_checkpoint, train
 from glowflow.training.data import prepare_data
 from tests.training.train_helpers import TINY, TINY_TOY, max_diff, params, tiny
 
@@ -62,7 +63,14 @@ def test_resume_continues_exactly(tmp_path: Path):
     # a line written after the checkpoint (a crash between logging and saving) must not survive the resume
     with open(half_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 6, "loss": 99.0}) + "\n")
+    # the training time adds up over resumes from the time the checkpoint holds (set to 1000 s here, to see it)
+    ckpt = load_checkpoint(half_dir / "checkpoints" / "last.pt")
+    assert 0 < ckpt["progress"]["elapsed"] <= half.elapsed
+    ckpt["progress"]["elapsed"] = 1000.0
+    save_checkpoint(ckpt, half_dir / "checkpoints" / "last.pt")
+    start = time.perf_counter()
     resumed = train(out=str(half_dir), resume=True, iters=8)
+    assert 1000.0 < resumed.elapsed <= 1000.0 + (time.perf_counter() - start)
     assert resumed.step == 8
     # The checkpoint restores parameters, Adam moments, RNG streams and batch order bit for bit, and the resumed
     # steps run the same code path (training never uses the no-grad W^-1 cache): 0 on CPU (measured). The bound
@@ -77,7 +85,6 @@ def test_resume_continues_exactly(tmp_path: Path):
         for k in ra:
             assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-6), (ra["step"], k)
     assert resumed.untrained == pytest.approx(full.untrained)
-    assert resumed.elapsed >= half.elapsed
 
 
 def test_resume_toy_and_extend(tmp_path: Path):
