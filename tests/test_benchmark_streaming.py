@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
+from glowflow.data.arrays import ArraySource
+from glowflow.data.image_files import ImageFolderSource
+from glowflow.data.shards import TarShardSource
+from tests.helpers import load_script
 
-import streaming as sb  # noqa: E402
-
-from glowflow.data.arrays import ArraySource  # noqa: E402
-from glowflow.data.image_files import ImageFolderSource  # noqa: E402
-from glowflow.data.shards import TarShardSource  # noqa: E402
+sb = load_script("benchmarks", "streaming")
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_measurements_and_report(tmp_path: Path, one_thread):
+def test_measurements_and_report(tmp_path: Path):
     x, what = sb.images_for(3, 8, 40, tmp_path / "no-mnist")
     assert x.shape == (40, 3, 8, 8) and what == "uniform random pixels"
     sb.write_files(x, tmp_path / "d", per_shard=16)

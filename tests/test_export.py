@@ -11,7 +11,6 @@ import json
 
 import pytest
 import torch
-from helpers import randomize_
 
 from glowflow import Glow, NotInitializedError, TabularGlow
 from glowflow.export import (
@@ -29,6 +28,7 @@ from glowflow.export import (
 )
 from glowflow.layers.conv1x1 import InvertibleMatrix
 from glowflow.layers.dequantization import quantize, to_continuous
+from tests.helpers import randomize_
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # inside torch.onnx 2.13
 EXPORT_TOL = {"rtol": 1e-6, "atol": 1e-6}

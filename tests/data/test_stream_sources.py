@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stream_helpers import random_images
 
 from glowflow.data import pad_images
 from glowflow.data.sources import (
@@ -19,6 +18,7 @@ from glowflow.data.sources import (
 )
 from glowflow.errors import DataError
 from glowflow.layers.dequantization import reduce_bits
+from tests.data.stream_helpers import random_images
 
 
 def images(n: int = 20) -> TensorSource:

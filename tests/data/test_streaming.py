@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from stream_helpers import random_images, reference_batches, write_png_folder, write_shards
 
 from glowflow.data.arrays import ArraySource
 from glowflow.data.image_files import ImageFolderSource
@@ -19,6 +18,7 @@ from glowflow.data.shards import TarShardSource
 from glowflow.data.sources import SkippedExampleWarning, SourceBatch, TensorSource
 from glowflow.data.streaming import TrainBatches, eval_batches, eval_subset
 from glowflow.errors import DataError
+from tests.data.stream_helpers import random_images, reference_batches, write_png_folder, write_shards
 
 N, BATCH, INIT, SEED, STEPS = 30, 8, 12, 7, 6
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import TINY, TINY_TOY, free_port, max_diff, params, python, subprocess_env
 
 from glowflow.training import read_metrics, train
+from tests.training.train_helpers import TINY, TINY_TOY, free_port, max_diff, params, python, subprocess_env
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo"

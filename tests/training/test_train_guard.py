@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import TINY, max_diff, params, tiny
 
 import glowflow.training.loop as loop
 from glowflow.errors import SingularWeightError
 from glowflow.training import FaultGuard, TrainingError, load_checkpoint, read_metrics, train
+from tests.training.train_helpers import TINY, max_diff, params, tiny
 
 
 @pytest.fixture
