@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from glowflow.checks import check_choice
 from glowflow.errors import CheckpointError
 from glowflow.io import atomic_write_bytes
 from glowflow.models import MODELS, FlowModel, build_model
@@ -130,7 +131,8 @@ def _first_line(e: BaseException) -> str:
 
 def find_checkpoint(run: str | os.PathLike, prefer: str = "best") -> Path:
     """The checkpoint of ``run``: the file itself, or in a run directory ``checkpoints/best.pt`` (``prefer="best"``)
-    or ``checkpoints/last.pt``, whichever exists, in that order."""
+    or ``checkpoints/last.pt`` (``prefer="last"``), whichever exists, in that order."""
+    check_choice("prefer", prefer, ("best", "last"))
     run = Path(run)
     if run.is_file():
         return run

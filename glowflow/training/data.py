@@ -23,6 +23,7 @@ from glowflow.errors import DataError
 from glowflow.preprocessing import ImagePreprocessing
 from glowflow.training.config import TrainConfig
 from glowflow.training.distributed import DistContext, barrier
+from glowflow.wording import levels_text, plural
 
 DATA_SEED = 0  # seeds the 90/10 split of folders, single tabular files and in-memory arrays, the toy samples and
 # the evaluation subset: fixed, so that test numbers stay comparable between runs with different training seeds
@@ -84,17 +85,17 @@ class TrainingData:
 
     @property
     def test_note(self) -> str:
-        what = "images" if self.is_image else "examples"
+        what = "image" if self.is_image else "example"
         n = len(self.test_x)
         if n < self.test_total:
-            return f"a fixed random subset of {n} of the {self.test_total} test {what}"
-        return f"all {n} test {what}"
+            return f"a fixed random subset of {n} of the {plural(self.test_total, 'test ' + what)}"
+        return f"all {plural(n, 'test ' + what)}" if n > 1 else f"the one test {what}"
 
     def describe(self) -> str:
         n_train, n_test = len(self.train_x), self.test_total
         if self.is_image:
             c, h, w = self.shape
-            levels = f"{self.num_bins} levels per channel" if c > 1 else f"{self.num_bins} grey levels"
+            levels = levels_text(self.num_bins, c)
             extra = ""
             if self.preprocessing is not None and not self.preprocessing.is_identity:
                 extra = f" (from {self.preprocessing.describe()})"
