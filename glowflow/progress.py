@@ -1,7 +1,7 @@
 """Progress reports that read well everywhere: a tqdm bar on a terminal, plain lines in a log file.
 
 When stderr is a terminal, :class:`Progress` draws a tqdm bar (with its ``\\r`` redraws). When it is not (CI,
-``nohup``, ``2> train.log``), it writes one plain line every ``interval`` seconds and one at the end instead, so a log
+``nohup``, ``2> train.log``), it writes one plain line every ``interval`` seconds (and one at the end) instead, so a log
 file holds a few readable lines rather than hundreds of carriage-return updates (the interval: 30 s, or
 ``$GLOWFLOW_PROGRESS_INTERVAL``). Messages (:meth:`Progress.write`) go to stdout in both cases, above the bar.
 """
@@ -68,7 +68,7 @@ class Progress:
         self.interval = default_interval() if interval is None else interval
         self.stream = stream if stream is not None else sys.stderr
         self.postfix: dict[str, str] = {}
-        self._start_n = initial
+        self._start_n = self._reported = initial
         self._start = self._last = time.perf_counter()
         self._bar: Any = None
         if enabled and is_terminal(self.stream):
@@ -105,12 +105,12 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self.enabled and self.n > self._start_n:
+        elif self.enabled and self.n != self._reported:  # a closing line, unless the last one said it all
             self._line()
 
     def _line(self) -> None:
         now = time.perf_counter()
-        self._last = now
+        self._last, self._reported = now, self.n
         elapsed = now - self._start
         done = f"{self.n}/{self.total}" if self.total else str(self.n)
         if self.total:
