@@ -38,6 +38,7 @@ from glowflow.checks import check_choice
 from glowflow.errors import CheckpointError
 from glowflow.io import atomic_write_bytes
 from glowflow.models import MODELS, FlowModel, build_model
+from glowflow.training.devices import resolve_device
 
 FORMAT = "glowflow-checkpoint"
 VERSION = 2
@@ -173,7 +174,9 @@ def load_model(
     run: str | os.PathLike, device: str | torch.device = "cpu", prefer: str = "best"
 ) -> tuple[FlowModel, dict[str, Any], Path]:
     """Rebuild the trained model of a run directory or checkpoint file. Returns ``(model, checkpoint, path)``;
-    the model is in eval mode on ``device``."""
+    the model is in eval mode on ``device`` (a ``torch.device``, or ``cpu``, ``cuda``, ``cuda:N``, ``auto``)."""
+    if isinstance(device, str):
+        device = resolve_device(device)
     path = find_checkpoint(run, prefer)
     ckpt = load_checkpoint(path)
     try:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from glowflow.checks import IntRange
 from glowflow.data import DATASETS, load_dataset
 from glowflow.data.base import Dataset
 from glowflow.data.memory import in_memory_splits
@@ -133,7 +134,8 @@ def prepare_data(
     memory: InMemoryData | None = None,
 ) -> TrainingData:
     """Load both splits of ``cfg.data`` (or take them from ``memory``) and prepare them as ``cfg`` says;
-    ``eval_size`` keeps a fixed random subset of the test split."""
+    ``eval_size`` (>= 1, or None: all) keeps a fixed random subset of the test split."""
+    eval_size = IntRange(1, optional=True).check("eval_size", eval_size)
     if memory is not None:
         train, test = memory.splits()
     else:
