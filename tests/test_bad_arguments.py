@@ -53,6 +53,7 @@ from glowflow.training import (  # noqa: E402
     evaluate,
     find_checkpoint,
     load_model,
+    prepare_data,
     read_metrics,
     resolve_config,
 )
@@ -129,6 +130,8 @@ TRAINING_ROWS = [
     Bad("draw_samples n=0", lambda o: draw_samples(o.glow, 0, 0.7), "must be a positive integer, got 0"),
     Bad("draw_samples seed=2**40", lambda o: draw_samples(o.glow, 2, 0.7, seed=2**40), "seed must lie in 0.."),
     Bad("load_model prefer", lambda o: load_model(o.run.run_dir, prefer="newest"), "prefer must be one of best, last"),
+    Bad("load_model device", lambda o: load_model(o.run.run_dir, "tpu"), "unknown device 'tpu'"),
+    Bad("prepare_data eval_size=0", lambda o: prepare_data(resolve_config(), eval_size=0), "eval_size must be >= 1"),
     Bad(
         "find_checkpoint missing",
         lambda o: find_checkpoint(o.tmp / "nowhere"),
