@@ -249,3 +249,24 @@ def test_eval_of_a_broken_model_saves_nothing(runs, tmp_path: Path, capsys):
     line = fails_cleanly(capsys, ["eval", str(broken), "--n-samples", "1", "--limit", "8", "--no-progress"])
     assert "is not finite (nan)" in line and "nothing saved" in line, line
     assert not list(broken.glob("eval_*.json"))
+
+
+def test_out_of_memory_is_one_line_and_a_bug_is_not_hidden(places: dict[str, str], capsys, monkeypatch):
+    """Running out of (GPU) memory is a too-large request: one line. Any other RuntimeError is a bug in glowflow:
+    it keeps its traceback for the report."""
+    import glowflow.runs
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(glowflow.runs, "sample_run", out_of_memory)
+    line = fails_cleanly(capsys, ["sample", places["run"], "--n", "100000000"])
+    assert line.startswith("glowflow sample: error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB)")
+    assert "use a smaller --batch-size (or --n, --sample-n)" in line
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(glowflow.runs, "sample_run", bug)
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        main(["sample", places["run"]])
