@@ -138,7 +138,6 @@ TRAINING_ROWS = [
         "no such run directory",
         FileNotFoundError,
     ),  # fmt: skip
-    Bad("read_metrics missing", lambda o: read_metrics(o.tmp / "nowhere"), "no such metrics file", FileNotFoundError),
     Bad("resolve_device tpu", lambda o: resolve_device("tpu"), "unknown device 'tpu'"),
 ]
 
@@ -304,3 +303,9 @@ def test_csv_delimiter_is_detected(tmp_path: Path, delimiter: str):
     got = torch.cat([load_dataset("tabular", with_header, s).data for s in ("train", "test")])
     assert sorted(got.tolist()) == sorted(rows)  # the header row is skipped, every row parsed in full
     assert sum(len(load_dataset("tabular", plain, s)) for s in ("train", "test")) == 12  # no row taken as a header
+
+
+def test_read_metrics_of_a_run_directory(objects: SimpleNamespace):
+    records = read_metrics(objects.run.run_dir)
+    assert records == read_metrics(objects.run.run_dir / "metrics.jsonl") and [r["step"] for r in records] == [0, 2]
+    assert read_metrics(objects.tmp / "starting") == []  # not written yet: no records (a watcher polls this)

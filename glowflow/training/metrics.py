@@ -64,12 +64,12 @@ def _clean(value: Any) -> Any:
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a metrics file (or of a run directory's ``metrics.jsonl``); a torn last line (a crash while
-    writing) is ignored. ``FileNotFoundError`` if there is no such file."""
+    writing) is ignored. A file not written yet (a run that is starting) has none."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such metrics file")
+        return []
     records = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
@@ -93,8 +93,7 @@ class MetricsLog:
             self.path.write_text("", encoding="utf-8")
         else:
             # Keep what the checkpoint covers; drop lines written after it (a crash between log and save).
-            kept = read_metrics(self.path) if self.path.is_file() else []
-            self.records = [r for r in kept if r["step"] <= resume_step]
+            self.records = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
         self._file = self.path.open("a", encoding="utf-8")
         self.writer = None
