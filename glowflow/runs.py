@@ -19,10 +19,13 @@ import torch
 from torch import Tensor
 
 from glowflow import viz
+from glowflow.checks import FINITE, NON_NEGATIVE, POSITIVE, SEED, TEMPERATURE, IntRange, check_choice
+from glowflow.data.base import SPLITS
 from glowflow.errors import CheckpointError
 from glowflow.io import atomic_write_text
 from glowflow.layers.dequantization import to_continuous, to_uint8, uint8_to_levels
 from glowflow.models import FlowModel, Glow
+from glowflow.progress import Progress
 from glowflow.training.checkpoint import find_checkpoint, load_model, run_dir_of
 from glowflow.training.config import TrainConfig
 from glowflow.training.data import TrainingData, prepare_data
@@ -71,8 +74,9 @@ class OpenRun:
 def open_run(run: str | os.PathLike, device: str = "auto", prefer: str = "best") -> OpenRun:
     """Load the model of a run directory (``checkpoints/best.pt``, else ``last.pt``; ``prefer="last"`` swaps
     them) or of a checkpoint file, on ``device`` (``auto``: CUDA when available)."""
+    target = resolve_device(device, DistContext())
     model, ckpt, path = load_model(run, "cpu", prefer)
-    model.to(resolve_device(device, DistContext()))
+    model.to(target)
     try:
         config = TrainConfig(**ckpt["config"])
         class_names = ckpt["data"]["class_names"]
@@ -96,15 +100,19 @@ def evaluate_run(
     data_dir: str | None = None,
     seed: int = 0,
     save: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score the ``split`` of the run's data. Images: bits/dim with the dequantization noise averaged over
     ``n_samples`` draws, plus the importance-weighted estimate with ``importance_weighted`` (always for variational
-    dequantization); tabular / toy: NLL in nats (and per-dimension bits). ``limit`` scores a fixed random subset.
-    Saves ``RUN/eval_<split>.json`` when ``save``; returns what it saves."""
-    if split not in ("train", "test"):
-        raise ValueError(f"--split must be train or test, got {split!r}")
-    if n_samples < 1:
-        raise ValueError(f"--n-samples must be >= 1, got {n_samples}")
+    dequantization); tabular / toy: NLL in nats (and per-dimension bits). ``limit`` (>= 1, or None: all) scores a
+    fixed random subset. ``progress`` reports on stderr (:class:`~glowflow.progress.Progress`). Saves
+    ``RUN/eval_<split>.json`` when ``save``; returns what it saves. A score that is not finite is an error, never
+    saved."""
+    check_choice("split", split, SPLITS)
+    n_samples = POSITIVE.check("n_samples", n_samples)
+    batch_size = POSITIVE.check("batch_size", batch_size)
+    limit = IntRange(1, optional=True).check("limit", limit)
+    seed = SEED.check("seed", seed)
     data = run.load_data(data_dir, eval_size=limit if split == "test" else None)
     if split == "test":
         x, y, total = data.test_x, data.test_y, data.test_total
@@ -121,16 +129,22 @@ def evaluate_run(
         "checkpoint": str(run.path),
         "step": run.checkpoint["step"],
     }
-    if run.is_image:
-        result["num_bins"] = data.num_bins
-        result["n_samples"] = draws
-        result["bpd"] = evaluate(run.model, x, y, draws, batch_size, seed=seed)["bpd"]
-        variational = run.model.config.get("dequantization") == "variational"
-        if importance_weighted or variational:
-            iw = evaluate(run.model, x, y, draws, batch_size, importance_weighted=True, seed=seed)
-            result["bpd_importance_weighted"] = iw["bpd"]
-    else:
-        result.update(evaluate(run.model, x, y, 1, batch_size, seed=seed))
+    both = run.is_image and (importance_weighted or run.model.config.get("dequantization") == "variational")
+    unit = "img" if run.is_image else "row"
+    with Progress(len(x) * (2 if both else 1), unit=unit, desc=f"eval {split}", enabled=progress) as bar:
+        if run.is_image:
+            result["num_bins"] = data.num_bins
+            result["n_samples"] = draws
+            result["bpd"] = evaluate(run.model, x, y, draws, batch_size, seed=seed, progress=bar.update)["bpd"]
+            if both:
+                iw = evaluate(run.model, x, y, draws, batch_size, importance_weighted=True, seed=seed,
+                              progress=bar.update)  # fmt: skip
+                result["bpd_importance_weighted"] = iw["bpd"]
+        else:
+            result.update(evaluate(run.model, x, y, 1, batch_size, seed=seed, progress=bar.update))
+    if not math.isfinite(result["bpd"]):
+        raise ValueError(f"the score of {run.path} on the {split} split is not finite ({result['bpd']}): the model "
+                         "diverged or does not fit this data; nothing saved")  # fmt: skip
     if save:
         path = atomic_write_text(run.run_dir / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
         result["saved"] = str(path)
@@ -161,8 +175,9 @@ def sample_run(
 ) -> Tensor:
     """``n`` samples: displayable grey levels uint8 ``(n, C, H, W)`` for images, float32 ``(n, D)`` in original
     units for tabular / toy data. ``label`` (index or class name) for a class-conditional model."""
-    if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
+    n = POSITIVE.check("n", n)
+    TEMPERATURE.check("temperature", temperature)
+    seed = SEED.check("seed", seed)
     if label is not None and run.model.num_classes is None:
         raise ValueError(f"--label needs a class-conditional model; {run.path} was trained without --conditional")
     labels = sample_labels(run.model, n, None if label is None else resolve_label(run, label))
@@ -175,6 +190,9 @@ def discrete_levels(images: Tensor, num_bins: int) -> Tensor:
 
 
 def sample_picture_of(run: OpenRun, samples: Tensor, caption: str, ncol: int | None = None) -> np.ndarray:
+    """The picture of ``samples``: an image grid of ``ncol`` per row (>= 1; default one class per column for a
+    class-conditional model, else square-ish) under ``caption``, or a scatter plot of tabular / toy rows."""
+    ncol = IntRange(1, optional=True).check("ncol", ncol)
     if run.is_image:
         if ncol is None and run.model.num_classes is not None and len(samples) >= run.model.num_classes:
             ncol = run.model.num_classes
@@ -212,8 +230,14 @@ def interpolate_run(
     included: they decode to the two images), decode. One row per pair (``indices``, or ``pairs`` random ones,
     within one class for a class-conditional model). Returns the picture and the pairs."""
     model = _require_image(run, "interpolate")
-    if frames < 2:
-        raise ValueError(f"--frames must be >= 2, got {frames}")
+    frames = IntRange(2).check("frames", frames)
+    pairs = POSITIVE.check("pairs", pairs)
+    check_choice("split", split, SPLITS)
+    seed = SEED.check("seed", seed)
+    if indices is not None:
+        if isinstance(indices, (str, bytes)) or len(indices) != 2:
+            raise ValueError(f"indices must be two image indices (A, B), got {indices!r}")
+        indices = tuple(NON_NEGATIVE.check("indices", i) for i in indices)
     data = run.load_data(data_dir)
     images = data.test_x if split == "test" else data.train_x
     labels = data.test_labels if split == "test" else data.train_labels
@@ -228,8 +252,6 @@ def interpolate_run(
                              "model interpolates within one class")  # fmt: skip
         chosen = [tuple(indices)]
     else:
-        if pairs < 1:
-            raise ValueError(f"--pairs must be >= 1, got {pairs}")
         rng = np.random.default_rng(seed)
         chosen = []
         for _ in range(pairs):
@@ -285,6 +307,12 @@ def manipulate_run(
     of class ``source``. One row per image, one column per strength. For a class-conditional model the label stays
     ``source``: the picture shows what the latents alone carry. Returns the picture and a summary."""
     model = _require_image(run, "manipulate")
+    n = POSITIVE.check("n", n)
+    max_per_class = POSITIVE.check("max_per_class", max_per_class)
+    seed = SEED.check("seed", seed)
+    strengths = tuple(FINITE.check("strengths", v) for v in strengths)
+    if not strengths:
+        raise ValueError("strengths must hold at least one number")
     if run.num_classes is None:
         raise ValueError(
             f"manipulate needs class labels; {run.path} was trained on {run.config.data!r}, which has none"
@@ -295,8 +323,6 @@ def manipulate_run(
     a, b = resolve_label(run, source), resolve_label(run, target)
     if a == b:
         raise ValueError(f"--from and --to name the same class ({a})")
-    if n < 1 or not strengths:
-        raise ValueError("--n must be >= 1 and --strengths non-empty")
     conditional = model.num_classes is not None
     means = []
     for c in (a, b):

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "glowflow"
 
 # what each part may import besides itself and the leaf modules
 LEAVES = {"glowflow.errors", "glowflow.registry", "glowflow.io", "glowflow.preprocessing", "glowflow.progress",
-          "glowflow.version"}  # fmt: skip
+          "glowflow.version", "glowflow.checks", "glowflow.wording"}  # fmt: skip
 ALLOWED = {
     "glowflow.layers": set(),
     "glowflow.models": {"glowflow.layers"},

@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-from glowflow.cli.common import SIGNAL_EXIT, Formatter, floats, optional
+from glowflow.checks import TEMPERATURE
+from glowflow.cli.common import SIGNAL_EXIT, Formatter, device_name, number_list, optional, ranged
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -28,7 +29,7 @@ curve.png and checkpoints/last.pt + best.pt. Ctrl-C or SIGTERM finish the curren
 
 
 def add_parsers(sub: Any) -> None:
-    from glowflow.training.config import PRESET_NOTES, PRESETS, TrainConfig, choices_of
+    from glowflow.training.config import PRESET_NOTES, PRESETS, RANGES, TrainConfig, choices_of
 
     presets = "\n".join(f"  {name:<10} {note}" for name, note in PRESET_NOTES.items())
     p = sub.add_parser(
@@ -59,11 +60,15 @@ def add_parsers(sub: Any) -> None:
         if t == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif t == "list[float]":
-            kwargs["type"] = floats
+            kwargs["type"] = number_list(TEMPERATURE)
             kwargs["metavar"] = "T1,T2,..."
         else:
             base = {"int": int, "float": float, "str": str}[t.split("|")[0].strip()]
             kwargs["type"] = optional(base) if "None" in t else base
+            if f.name in RANGES:  # a bad value is a usage error before anything loads
+                kwargs["type"] = ranged(RANGES[f.name])
+            elif f.name == "device":
+                kwargs["type"] = device_name
             if meta.get("choices") and f.name != "data":
                 kwargs["choices"] = choices_of(f)
             if f.name == "data":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from glowflow.checks import SEED
 from glowflow.data import cifar, folder, idx, tabular, toy
 from glowflow.data.base import SPLITS, Dataset
 from glowflow.data.digits import load_digits
@@ -56,12 +57,14 @@ def load_dataset(
       ``.csv``/``.npy`` file or its folder (both required). Ignored for ``"digits"`` and the toy densities.
     - ``download``: fetch missing MNIST / Fashion-MNIST / CIFAR-10 files first (see :func:`download`); ignored
       for data sets that have nothing to download.
-    - ``seed``: seeds the 90/10 split of a folder or single tabular file, and the toy samples (train: ``seed``,
-      test: ``seed + 1``). The digits split is fixed (``default_rng(0)``) so that test numbers stay comparable.
+    - ``seed`` (0..2**31-1): seeds the 90/10 split of a folder or single tabular file, and the toy samples (train:
+      ``seed``, test: ``seed + 1``). The digits split is fixed (``default_rng(0)``) so that test numbers stay
+      comparable.
 
     Raises ValueError for an unknown name or split, DataError (a ValueError) for missing or corrupt files.
     """
     spec = DATASETS.get(name)
+    SEED.check("seed", seed)
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if spec.path_is_data and data_dir is None:

@@ -34,9 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from glowflow.checks import check_choice
 from glowflow.errors import CheckpointError
 from glowflow.io import atomic_write_bytes
 from glowflow.models import MODELS, FlowModel, build_model
+from glowflow.training.devices import resolve_device
 
 FORMAT = "glowflow-checkpoint"
 VERSION = 2
@@ -133,7 +135,8 @@ def _first_line(e: BaseException) -> str:
 
 def find_checkpoint(run: str | os.PathLike, prefer: str = "best") -> Path:
     """The checkpoint of ``run``: the file itself, or in a run directory ``checkpoints/best.pt`` (``prefer="best"``)
-    or ``checkpoints/last.pt``, whichever exists, in that order."""
+    or ``checkpoints/last.pt`` (``prefer="last"``), whichever exists, in that order."""
+    check_choice("prefer", prefer, ("best", "last"))
     run = Path(run)
     if run.is_file():
         return run
@@ -174,7 +177,9 @@ def load_model(
     run: str | os.PathLike, device: str | torch.device = "cpu", prefer: str = "best"
 ) -> tuple[FlowModel, dict[str, Any], Path]:
     """Rebuild the trained model of a run directory or checkpoint file. Returns ``(model, checkpoint, path)``;
-    the model is in eval mode on ``device``."""
+    the model is in eval mode on ``device`` (a ``torch.device``, or ``cpu``, ``cuda``, ``cuda:N``, ``auto``)."""
+    if isinstance(device, str):
+        device = resolve_device(device)
     path = find_checkpoint(run, prefer)
     ckpt = load_checkpoint(path)
     try:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from glowflow.checks import NON_NEGATIVE, POSITIVE, SEED, TEMPERATURE, IntRange, NumberRange, device_problem
 from glowflow.data import DATASETS
 from glowflow.data.memory import NAME as IN_MEMORY
 from glowflow.layers.conditioners import conditioner_names
@@ -151,33 +151,15 @@ class TrainConfig:
             if choices is not None and getattr(self, f.name) not in choices:
                 raise ValueError(f"config key {f.name!r}: unknown value {getattr(self, f.name)!r}; expected one of "
                                  f"{', '.join(choices)}")  # fmt: skip
-        positive = ("levels", "steps", "hidden", "iters", "batch_size", "init_batch_size", "eval_samples",
-                    "eval_batch_size", "sample_n", "log_every", "max_faults")  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"config key {name!r} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "eval_every", "sample_every", "checkpoint_every", "max_rollbacks", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"config key {name!r} must be >= 0, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"config key 'lr' must be a positive number, got {self.lr}")
-        if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
-            raise ValueError(f"config key 'grad_clip' must be a positive number or none, got {self.grad_clip}")
-        if not 0 < self.rollback_lr_factor <= 1:
-            raise ValueError(f"config key 'rollback_lr_factor' must lie in (0, 1], got {self.rollback_lr_factor}")
-        if self.n_bits is not None and not 1 <= self.n_bits <= 8:
-            raise ValueError(f"config key 'n_bits' must lie in 1..8, got {self.n_bits}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"config key 'threads' must be >= 1 or none, got {self.threads}")
-        if self.pad is not None and self.pad < 1:
-            raise ValueError(f"config key 'pad' must be a positive image size, got {self.pad}")
-        if self.eval_size is not None and self.eval_size < 1:
-            raise ValueError(f"config key 'eval_size' must be >= 1 or none, got {self.eval_size}")
-        if not self.temperatures or any(not (0 <= t < math.inf) for t in self.temperatures):
+        for name, allowed in RANGES.items():
+            problem = allowed.problem(getattr(self, name))
+            if problem is not None:
+                raise ValueError(f"config key {name!r} {problem}, got {getattr(self, name)}")
+        if not self.temperatures or any(TEMPERATURE.problem(t) for t in self.temperatures):
             raise ValueError(f"config key 'temperatures' must be a non-empty list of numbers >= 0, "
                              f"got {self.temperatures}")  # fmt: skip
-        if self.device != "auto" and not (self.device == "cpu" or self.device.split(":")[0] == "cuda"):
-            raise ValueError(f"config key 'device' must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        if device_problem(self.device) is not None:
+            raise ValueError(f"config key 'device' {device_problem(self.device)}, got {self.device!r}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; presets: {', '.join(PRESETS)}")
         if self.is_image is False:
@@ -220,6 +202,24 @@ def _type_words(base: str) -> str:
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
+
+_AT_LEAST_1 = ("levels", "steps", "hidden", "iters", "batch_size", "init_batch_size", "eval_samples",
+               "eval_batch_size", "sample_n", "log_every", "max_faults")  # fmt: skip
+_AT_LEAST_0 = ("warmup", "eval_every", "sample_every", "checkpoint_every", "max_rollbacks")
+RANGES: dict[str, IntRange | NumberRange] = {
+    **{name: POSITIVE for name in _AT_LEAST_1},
+    **{name: NON_NEGATIVE for name in _AT_LEAST_0},
+    "seed": SEED,
+    "n_bits": IntRange(1, 8, optional=True),
+    "pad": IntRange(1, optional=True),
+    "threads": IntRange(1, optional=True),
+    "eval_size": IntRange(1, optional=True),
+    "lr": NumberRange(0, low_open=True),
+    "grad_clip": NumberRange(0, low_open=True, optional=True),
+    "rollback_lr_factor": NumberRange(0, 1, low_open=True),
+}
+"""The allowed values of the numeric keys, checked by :meth:`TrainConfig.validate` and by ``glowflow train``'s
+argument types."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's main command: the sklearn 8x8 digits (17 grey levels) in a few minutes on a 2-core CPU. The

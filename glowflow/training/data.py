@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from glowflow.checks import IntRange
 from glowflow.data import DATASETS, load_dataset
 from glowflow.data.base import Dataset
 from glowflow.data.memory import in_memory_splits
@@ -23,6 +24,7 @@ from glowflow.errors import DataError
 from glowflow.preprocessing import ImagePreprocessing
 from glowflow.training.config import TrainConfig
 from glowflow.training.distributed import DistContext, barrier
+from glowflow.wording import levels_text, plural
 
 DATA_SEED = 0  # seeds the 90/10 split of folders, single tabular files and in-memory arrays, the toy samples and
 # the evaluation subset: fixed, so that test numbers stay comparable between runs with different training seeds
@@ -84,17 +86,17 @@ class TrainingData:
 
     @property
     def test_note(self) -> str:
-        what = "images" if self.is_image else "examples"
+        what = "image" if self.is_image else "example"
         n = len(self.test_x)
         if n < self.test_total:
-            return f"a fixed random subset of {n} of the {self.test_total} test {what}"
-        return f"all {n} test {what}"
+            return f"a fixed random subset of {n} of the {plural(self.test_total, 'test ' + what)}"
+        return f"all {plural(n, 'test ' + what)}" if n > 1 else f"the one test {what}"
 
     def describe(self) -> str:
         n_train, n_test = len(self.train_x), self.test_total
         if self.is_image:
             c, h, w = self.shape
-            levels = f"{self.num_bins} levels per channel" if c > 1 else f"{self.num_bins} grey levels"
+            levels = levels_text(self.num_bins, c)
             extra = ""
             if self.preprocessing is not None and not self.preprocessing.is_identity:
                 extra = f" (from {self.preprocessing.describe()})"
@@ -132,7 +134,8 @@ def prepare_data(
     memory: InMemoryData | None = None,
 ) -> TrainingData:
     """Load both splits of ``cfg.data`` (or take them from ``memory``) and prepare them as ``cfg`` says;
-    ``eval_size`` keeps a fixed random subset of the test split."""
+    ``eval_size`` (>= 1, or None: all) keeps a fixed random subset of the test split."""
+    eval_size = IntRange(1, optional=True).check("eval_size", eval_size)
     if memory is not None:
         train, test = memory.splits()
     else:

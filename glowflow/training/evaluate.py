@@ -8,6 +8,7 @@ sampling uses its own ``torch.Generator``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from glowflow import viz
+from glowflow.checks import POSITIVE, SEED
 from glowflow.layers.dequantization import to_uint8
 from glowflow.models import FlowModel, Glow
 from glowflow.training.distributed import DistContext, all_reduce_sum
@@ -45,15 +47,18 @@ def evaluate(
     importance_weighted: bool = False,
     ctx: DistContext | None = None,
     seed: int = EVAL_SEED,
+    progress: Callable[[int], object] | None = None,
 ) -> dict[str, float]:
     """Mean score of the examples ``x`` (labels ``y``), split over the processes of ``ctx``.
 
     Images (discrete levels, the model's input): ``{"bpd": ...}``, bits/dim with the dequantization noise averaged
     over ``n_samples`` draws (or their importance-weighted combination). Tabular / toy rows (in their own units):
-    ``{"nll": ..., "bpd": ...}``, the NLL in nats and ``nll / (D ln 2)``.
+    ``{"nll": ..., "bpd": ...}``, the NLL in nats and ``nll / (D ln 2)``. ``progress(n)``, if given, is called
+    after each batch with the number of examples it scored (e.g. :meth:`glowflow.progress.Progress.update`).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    batch_size = POSITIVE.check("batch_size", batch_size)
+    n_samples = POSITIVE.check("n_samples", n_samples)
+    seed = SEED.check("seed", seed)
     if len(x) == 0:
         raise ValueError("nothing to evaluate: no examples")
     ctx = ctx or DistContext()
@@ -73,6 +78,8 @@ def evaluate(
                 score = -model.log_prob(xb, yb)
             total[0] += score.double().sum()
             total[1] += len(b)
+            if progress is not None:
+                progress(len(b))
     model.train(was_training)
     all_reduce_sum(total, ctx)
     mean = (total[0] / total[1]).item()
@@ -101,7 +108,7 @@ def draw_samples(
     """``n`` samples: images as displayable grey levels (uint8 ``(n, C, H, W)``, 0..255); tabular / toy data as
     float32 ``(n, D)`` in the data's own units. The same ``seed`` draws the same latents."""
     device = next(model.parameters()).device
-    g = torch.Generator(device=device).manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(SEED.check("seed", seed))
     was_training = model.training
     model.eval()
     try:

@@ -45,6 +45,7 @@ from glowflow.training.model import build_model
 from glowflow.training.optim import LearningRate, make_optimizer
 from glowflow.training.outputs import RunOutputs, check_run_dir, default_run_dir
 from glowflow.training.step import LossHook, StepWindow, train_step
+from glowflow.wording import plural
 
 # Settings that may change when a run is resumed; everything else (data, model, optimiser) is fixed by the run.
 RESUMABLE = frozenset({
@@ -432,7 +433,7 @@ def _rollback(run: Run, step: int) -> None:
     run.opt.load_state_dict(saved["optimizer"])
     run.lr.rescale(guard.lr_scale)
     run.state.events.append({"step": step, "kind": "rollback", "to_step": saved["step"], "lr_scale": guard.lr_scale})
-    out.say(f"step {step}: {guard.max_faults} faulty steps in a row: rolled back to the checkpoint of step "
+    out.say(f"step {step}: {plural(guard.max_faults, 'faulty step')} in a row: rolled back to the checkpoint of step "
             f"{saved['step']}, learning rate x{guard.lr_scale:g}")  # fmt: skip
 
 
@@ -486,7 +487,7 @@ def _restore(run: Run, ckpt: dict[str, Any], path: Path) -> None:
             restore_rng_state(ranks[ctx.rank])
         else:  # another number of processes: the batches continue exactly, the noise streams are reseeded
             torch.manual_seed(run.cfg.seed + 10_000 * (ctx.rank + 1) + ckpt["step"])
-            out.say(f"resuming with {ctx.world_size} processes instead of {len(ranks)}: the batches continue "
+            out.say(f"resuming with {plural(ctx.world_size, 'process')} instead of {len(ranks)}: the batches continue "
                     "exactly, the dequantization noise is reseeded")  # fmt: skip
         progress = ckpt["progress"]
         state.step = ckpt["step"]
@@ -511,7 +512,8 @@ def _finish(run: Run, stopped_by: str | None) -> TrainResult:
     elif state.last_eval and state.step > 0:
         best = state.best
         best_text = f"; best {best.get(metric.key, best['value']):.3f} at step {best['step']}" if best else ""
-        out.say(f"done: {state.step} steps, {state.elapsed:.0f} s of training: {metric.format(state.last_eval)} "
+        out.say(f"done: {plural(state.step, 'step')}, {state.elapsed:.0f} s of training: "
+                f"{metric.format(state.last_eval)} "
                 f"(untrained {state.untrained[metric.key]:.3f}{best_text})")  # fmt: skip
         out.say(f"outputs: {out.run_dir}/samples.png, curve.png, metrics.jsonl, checkpoints/")
     return TrainResult(

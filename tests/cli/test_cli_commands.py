@@ -179,7 +179,7 @@ def test_errors_are_one_line(runs, tmp_path: Path, capsys):
     line = error_line(capsys, "train", "--out", runs["digits"], "--resume", "--hidden", "32")
     assert "hidden is 8 there and cannot change to 32" in line
     line = error_line(capsys, "train", "--iters", "0", "--out", tmp_path / "z")
-    assert line == "glowflow train: error: config key 'iters' must be >= 1, got 0"
+    assert line == "glowflow train: error: argument --iters: must be >= 1, got '0' (see glowflow train --help)"
     line = error_line(capsys)
     assert "the following arguments are required: COMMAND" in line
 
