@@ -13,6 +13,7 @@ examples:
   glowflow eval runs/digits-20250101-120000
   glowflow eval runs/mnist --split train --n-samples 4 --limit 5000
   glowflow eval runs/cifar/checkpoints/last.pt --importance-weighted
+  glowflow eval runs/imagenet32 --workers 4        # the whole validation split, read batch by batch
 """
 
 INFO_EXAMPLES = """\
@@ -38,6 +39,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--importance-weighted", action="store_true", help="also the importance-weighted estimate")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     p.add_argument("--limit", type=int, default=None, help="score a fixed random subset of this many examples")
+    p.add_argument("--workers", type=int, default=0, help="processes reading the batches ahead (default 0)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("info", help="what a run is and how far it got", epilog=INFO_EXAMPLES, formatter_class=Formatter,
@@ -53,7 +55,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     run = open_run_of(args)
     r = evaluate_run(run, args.split, args.n_samples, args.importance_weighted, args.batch_size, args.limit,
-                     args.data_dir, args.seed)  # fmt: skip
+                     args.data_dir, args.seed, workers=args.workers)  # fmt: skip
     where = f"{r['examples']} of {r['of']}" if r["examples"] < r["of"] else f"all {r['examples']}"
     if run.is_image:
         print(f"{run.config.data} {args.split} split ({where} images), {run.path}:")
