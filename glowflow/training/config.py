@@ -91,8 +91,8 @@ class TrainConfig:
     on_error: str = _f("raise", "an unreadable image in a folder, shards or ImageNet PNGs: raise (stop with an error "
                        "naming the file) or skip (replace it by the next readable one, warn and count it)", "data",
                        choices=ON_ERROR)  # fmt: skip
-    image_size: int | None = _f(None, "image folders and tar shards: every image becomes SIZE x SIZE (default: the "
-                                "first image's size); images of another size are handled as --fit says", "data")  # fmt: skip
+    image_size: int | None = _f(None, "image folders and tar shards: every image becomes SIZE x SIZE (default: "
+                                "the first image's size), fitted as --fit says", "data")  # fmt: skip
     fit: str = _f("exact", "image folders and tar shards, an image of another size than --image-size: exact (an "
                   "error naming it), center-crop (the largest centred square, resized) or resize (the whole image)",
                   "data", choices=FITS)  # fmt: skip

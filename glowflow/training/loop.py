@@ -350,7 +350,11 @@ def _start(run: Run) -> None:
         levels = f"{data.num_bins} {'grey levels' if data.shape[0] == 1 else 'levels per channel'}"
         note += f", {draws}; bits/dim at {levels}"
     out.say(f"untrained: {run.metric.format(state.untrained)} ({note})")
-    out.log({"step": 0, "loss": init_loss, **state.untrained, "time": 0.0, "skipped": 0}, state.last_eval)
+    record = {"step": 0, "loss": init_loss, **state.untrained, "time": 0.0, "skipped": 0}
+    if cfg.on_error == "skip":  # examples of the ActNorm batch replaced, over every process
+        replaced = torch.tensor([run.batches.skipped], dtype=torch.float64, device=ctx.device)
+        state.skipped_examples = record["skipped_examples"] = int(distributed.all_reduce_sum(replaced, ctx).item())
+    out.log(record, state.last_eval)
     run.save("last.pt")  # the first rollback anchor
 
 
