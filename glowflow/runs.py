@@ -130,6 +130,8 @@ def evaluate_run(
         "checkpoint": str(run.path),
         "step": run.checkpoint["step"],
     }
+    if source.origin:  # e.g. which ImageNet version the files are
+        result["files"] = source.origin
     if run.is_image:
         result["num_bins"] = data.num_bins
         result["n_samples"] = draws

@@ -57,6 +57,8 @@ def _eval(args: argparse.Namespace) -> int:
     r = evaluate_run(run, args.split, args.n_samples, args.importance_weighted, args.batch_size, args.limit,
                      args.data_dir, args.seed, workers=args.workers)  # fmt: skip
     where = f"{r['examples']} of {r['of']}" if r["examples"] < r["of"] else f"all {r['examples']}"
+    if "files" in r:
+        print(f"files: {r['files']}")
     if run.is_image:
         print(f"{run.config.data} {args.split} split ({where} images), {run.path}:")
         print(f"  {r['bpd']:.4f} bits/dim  (dequantization noise averaged over {r['n_samples']} draws; "

@@ -209,3 +209,30 @@ def test_imagenet32_names_its_version_when_training(tmp_path: Path, capsys):
     assert "data: imagenet32: 32 train / 8 test images, 3x32x32, 256 levels per channel" in out
     assert "files: ImageNet 32x32 train, Chrabaszcz et al. 2017" in out and "detected from npz arrays" in out
     assert result.step == 2 and np.isfinite(result.metrics["test_bpd"])
+    with pytest.warns(UserWarning, match="not comparable"):
+        assert cli_main(["eval", str(tmp_path / "run"), "--n-samples", "1"]) == 0
+    assert "files: ImageNet 32x32 test, Chrabaszcz et al. 2017" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_batches_on_cuda(images: dict):
+    """A split in memory moves to the GPU without workers; with workers it stays on the host, pinned by the
+    loader, and the batches are the same."""
+    from glowflow.data.sources import TensorSource
+    from glowflow.training.batches import training_batches
+    from glowflow.training.config import TrainConfig
+    from glowflow.training.data import TrainingData
+    from glowflow.training.distributed import DistContext
+
+    x = torch.from_numpy(images["x"])
+    data = TrainingData("memory", TensorSource(x, num_bins=256), TensorSource(x[:4], num_bins=256), torch.arange(4),
+                        256, None)  # fmt: skip
+    init, steps = reference_batches(len(x), 16, INIT, 0, 3)
+    for workers in (0, 1):
+        cfg = TrainConfig(batch_size=16, init_batch_size=INIT, workers=workers)
+        with training_batches(data, cfg, DistContext(), torch.device("cuda")) as batches:
+            assert batches.source.x.is_cuda == (workers == 0)
+            assert torch.equal(batches.init_batch()[0].cpu(), x[init])
+            for idx in steps:
+                xb, _ = batches.next()
+                assert xb.is_cuda and torch.equal(xb.cpu(), x[idx])
