@@ -544,8 +544,9 @@ def _finish(run: Run, stopped_by: str | None) -> TrainResult:
         out.say(f"done: {state.step} steps, {state.elapsed:.0f} s of training: {metric.format(state.last_eval)} "
                 f"(untrained {state.untrained[metric.key]:.3f}{best_text})")  # fmt: skip
     if state.skipped_examples:
-        out.say(f"{state.skipped_examples} unreadable examples were replaced by the next readable ones (--on-error "
-                "skip; the warnings name the files)")  # fmt: skip
+        n = state.skipped_examples
+        out.say(f"{n} unreadable example{'s were' if n != 1 else ' was'} replaced by the next readable one "
+                "(--on-error skip; the warnings name the files)")  # fmt: skip
         out.say(f"outputs: {out.run_dir}/samples.png, curve.png, metrics.jsonl, checkpoints/")
     return TrainResult(
         run_dir=out.run_dir, config=run.cfg, step=state.step, metrics=dict(state.last_eval),
