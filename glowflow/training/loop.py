@@ -57,8 +57,7 @@ from glowflow.training.step import LossHook, StepWindow, train_step
 # Settings that may change when a run is resumed; everything else (data, model, optimiser) is fixed by the run.
 RESUMABLE = frozenset({
     "out", "iters", "device", "threads", "data_dir", "download", "input", "workers", "precision", "memory", "compile",
-    "eval_every",
-    "eval_samples", "eval_batch_size", "sample_every", "sample_n", "temperatures", "checkpoint_every",
+    "eval_every", "eval_samples", "eval_batch_size", "sample_every", "sample_n", "temperatures", "checkpoint_every",
     "log_every", "tensorboard", "progress", "max_faults", "max_rollbacks", "rollback_lr_factor",
 })  # fmt: skip
 
@@ -543,11 +542,11 @@ def _finish(run: Run, stopped_by: str | None) -> TrainResult:
         best_text = f"; best {best.get(metric.key, best['value']):.3f} at step {best['step']}" if best else ""
         out.say(f"done: {state.step} steps, {state.elapsed:.0f} s of training: {metric.format(state.last_eval)} "
                 f"(untrained {state.untrained[metric.key]:.3f}{best_text})")  # fmt: skip
+        out.say(f"outputs: {out.run_dir}/samples.png, curve.png, metrics.jsonl, checkpoints/")
     if state.skipped_examples:
         n = state.skipped_examples
         out.say(f"{n} unreadable example{'s were' if n != 1 else ' was'} replaced by the next readable one "
                 "(--on-error skip; the warnings name the files)")  # fmt: skip
-        out.say(f"outputs: {out.run_dir}/samples.png, curve.png, metrics.jsonl, checkpoints/")
     return TrainResult(
         run_dir=out.run_dir, config=run.cfg, step=state.step, metrics=dict(state.last_eval),
         untrained=dict(state.untrained), best=state.best, elapsed=state.elapsed, skipped=guard.skipped,
