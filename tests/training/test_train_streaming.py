@@ -1,10 +1,12 @@
 """Training on data read batch by batch from files: the parameters of the in-memory path, exact resume across a
 SIGKILL of ``glowflow train``, the batch position in checkpoints, a corrupt image mid-run (one error naming it, or
-skipped and counted), ImageNet's version printed, and ``glowflow eval`` streaming."""
+skipped and counted), the reader processes stopped when a run fails, ImageNet's version printed, and ``glowflow
+eval`` streaming."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -195,6 +197,20 @@ def test_a_corrupt_image_is_skipped_warned_and_counted(tmp_path: Path, corrupt: 
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["batches"]["skipped"] == expected
     with pytest.raises(DataError, match=f"cannot decode image {corrupt['file']}"):  # in memory: when it is loaded
         train(data="folder", data_dir=str(corrupt["root"]), input="memory", out=str(tmp_path / "memory"), **RUN)
+
+
+def test_the_reader_processes_end_with_a_failed_run(tmp_path: Path, folder: Path):
+    def fail(step: int, loss: torch.Tensor) -> torch.Tensor:
+        if step == 3:
+            assert multiprocessing.active_children()  # the readers are at work
+            raise RuntimeError("a failure in the training step")
+        return loss
+
+    with pytest.raises(RuntimeError, match="a failure in the training step") as failure:
+        train(data="folder", data_dir=str(folder), input="stream", workers=2, out=str(tmp_path / "run"), iters=8,
+              loss_hook=fail, **RUN)  # fmt: skip
+    assert failure.traceback  # the frames (and the batches) are still referenced: the loop itself stopped them
+    assert multiprocessing.active_children() == []
 
 
 def test_imagenet32_names_its_version_when_training(tmp_path: Path, capsys):
