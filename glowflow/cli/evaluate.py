@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from glowflow.checks import POSITIVE, IntRange
+from glowflow.checks import NON_NEGATIVE, POSITIVE, IntRange
 from glowflow.cli.common import Formatter, open_run_of, ranged, run_args
 from glowflow.wording import levels_text, plural
 
@@ -15,6 +15,7 @@ examples:
   glowflow eval runs/digits-20250101-120000
   glowflow eval runs/mnist --split train --n-samples 4 --limit 5000
   glowflow eval runs/cifar/checkpoints/last.pt --importance-weighted
+  glowflow eval runs/imagenet32 --workers 4        # the whole validation split, read batch by batch
 """
 
 INFO_EXAMPLES = """\
@@ -42,6 +43,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--batch-size", type=ranged(POSITIVE), default=256, help="images per batch, >= 1 (default 256)")
     p.add_argument("--limit", type=ranged(IntRange(1, optional=True)), default=None,
                    help="score a fixed random subset of this many examples, >= 1 (default: all)")  # fmt: skip
+    p.add_argument("--workers", type=ranged(NON_NEGATIVE), default=0,
+                   help="processes reading the batches ahead, >= 0 (default 0)")  # fmt: skip
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="report progress on stderr: a bar on a terminal, else a plain line every "
                    "$GLOWFLOW_PROGRESS_INTERVAL seconds (default 30)")  # fmt: skip
@@ -60,8 +63,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     run = open_run_of(args)
     r = evaluate_run(run, args.split, args.n_samples, args.importance_weighted, args.batch_size, args.limit,
-                     args.data_dir, args.seed, progress=args.progress)  # fmt: skip
+                     args.data_dir, args.seed, progress=args.progress, workers=args.workers)  # fmt: skip
     where = f"{r['examples']} of {r['of']}" if r["examples"] < r["of"] else f"all {r['examples']}"
+    if "files" in r:
+        print(f"files: {r['files']}")
     if run.is_image:
         draws = plural(r["n_samples"], "draw")
         print(f"{run.config.data} {args.split} split ({where} images), {run.path}:")

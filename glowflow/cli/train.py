@@ -17,6 +17,9 @@ examples:
   glowflow train --data mnist --data-dir ~/data --download --device cuda     # the mnist preset
   glowflow train --preset cifar10 --data-dir ~/data --precision bf16 --compile
   glowflow train --data folder --data-dir ~/celeba64 --preset celeba64
+  glowflow train --data imagenet32 --data-dir ~/data/imagenet32 --workers 4   # read batch by batch when large
+  glowflow train --data folder --data-dir ~/photos --image-size 64 --fit center-crop --on-error skip --workers 8
+  glowflow train --data shards --data-dir "~/shards/train-*.tar" --image-size 32 --workers 4
   glowflow train --data mnist --data-dir ~/data --conditional --n-bits 5 --levels 2 --steps 8 --hidden 128
   glowflow train --data moons                      # a 2-D toy density (TabularGlow)
   glowflow train --data tabular --data-dir table.csv

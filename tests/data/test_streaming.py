@@ -93,6 +93,19 @@ def test_ranks_take_contiguous_slices_of_the_global_batch(data: dict, workers: i
         TrainBatches(source, 9, INIT, SEED, 0, 2)
 
 
+def test_workers_leave_the_global_random_stream_alone(data: dict):
+    """The training's dequantization noise comes from torch's global generator: starting the workers (which a
+    resumed run does again) must not draw from it, or runs with workers would see other noise."""
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    with TrainBatches(make_source("npy", data), BATCH, INIT, SEED, workers=1) as batches:
+        batches.init_batch()
+        batches.next()
+        list(eval_batches(make_source("npy", data), torch.arange(8), 4, workers=1))
+    assert torch.equal(torch.rand(4), expected)
+
+
 @pytest.mark.parametrize(("before", "after"), [(2, 2), (2, 0), (0, 2)])
 def test_resume_continues_after_the_last_consumed_batch(data: dict, tmp_path: Path, before: int, after: int):
     """Workers read ahead of the loop; the saved position is still that of the last batch the loop took."""
