@@ -191,6 +191,7 @@ def test_onnx_refusals(tmp_path, monkeypatch):
     model = Glow((1, 4, 4), levels=1, steps=1, hidden=4, precision="bf16")
     with pytest.raises(ValueError, match="model.precision = 'fp32'"):
         export_onnx(model, tmp_path)
+    model.precision = "fp32"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r"pip install 'glowflow\[onnx\]'"):
         export_onnx(model, tmp_path)
