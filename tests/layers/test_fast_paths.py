@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import check_flow, max_abs, randomize_
 
 from glowflow.layers import FlowSequence
 from glowflow.layers.fused import (
@@ -25,6 +24,7 @@ from glowflow.layers.fused import (
 )
 from glowflow.layers.step import FlowStep, FlowSteps, glow_step_weights
 from glowflow.models.base import make_step
+from tests.helpers import check_flow, max_abs, randomize_
 
 CL = torch.channels_last
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import TINY
 
 from glowflow.training import TrainConfig, devices, train
+from tests.training.train_helpers import TINY
 
 pytestmark = pytest.mark.filterwarnings("ignore:precision='bf16' on a CPU:RuntimeWarning")
 
