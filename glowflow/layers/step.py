@@ -54,7 +54,6 @@ class FlowStep(FlowSequence):
         net = getattr(coupling, "net", None)
         self._glow_step = (
             isinstance(mixer, InvertibleConv1x1)
-            and isinstance(mixer.matrix, LUMatrix)
             and type(coupling) in (AffineCoupling, AdditiveCoupling)
             and coupling.mask == "channel"
             and coupling.parity == 0
@@ -65,8 +64,10 @@ class FlowStep(FlowSequence):
         )
 
     def fused_step(self) -> bool:
-        """Whether this step runs as one fused operation now (Glow's step, every ActNorm initialised)."""
-        if not self._glow_step:
+        """Whether this step runs as one fused operation now (Glow's step with its LU matrix, every ActNorm
+        initialised). The matrix is checked on every call: a copy may replace it (``glowflow.export`` swaps in a
+        fixed matrix to trace), and the step then takes the folded path below."""
+        if not (self._glow_step and isinstance(self.layers[1].matrix, LUMatrix)):
             return False
         coupling = self.layers[2]
         return self.layers[0].is_initialized() and all(c.norm.is_initialized() for c in _conv_actnorms(coupling.net))

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from glowflow.export import FrozenMatrix
 from glowflow.layers import FlowSequence
 from glowflow.layers.fused import (
     conv_relu,
@@ -187,6 +188,21 @@ def test_which_steps_take_the_fused_path(kwargs, fused):
     with torch.no_grad():
         step(torch.randn(2, 4, 4, 4), cond)
     assert step.fused_step() is fused
+
+
+def test_a_step_whose_lu_matrix_is_swapped_leaves_the_fused_path():
+    # glowflow.export traces a copy whose matrices are fixed buffers (FrozenMatrix): no LU factors to fold
+    fused, plain = make_steps(2, "affine", torch.float64)
+    x = torch.randn(3, 4, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        y_ref, ld_ref = plain(x)
+        for step in fused:
+            step.layers[1].matrix = FrozenMatrix(step.layers[1].matrix)
+        y, ld = fused(x)
+        x_back, ld_inv = fused.inverse(y)
+    assert not any(step.fused_step() for step in fused)
+    assert max_abs(y, y_ref) < 1e-12 and max_abs(ld, ld_ref) < 1e-12 * max(1.0, ld_ref.abs().max().item())
+    assert max_abs(x_back, x) < 1e-12 and max_abs(ld_inv, -ld) < 1e-12 * max(1.0, ld.abs().max().item())
 
 
 def test_fused_path_stores_fewer_activations_than_the_plain_layers():
