@@ -50,7 +50,7 @@ from glowflow.training.distributed import DistContext
 from glowflow.training.evaluate import evaluate_source
 from glowflow.training.guard import FaultGuard, TrainingError
 from glowflow.training.metrics import Metric, metric_for
-from glowflow.training.model import build_model
+from glowflow.training.model import model_for_data
 from glowflow.training.optim import LearningRate, make_optimizer
 from glowflow.training.outputs import RunOutputs, check_run_dir, default_run_dir
 from glowflow.training.step import LossHook, StepWindow, train_step
@@ -209,7 +209,8 @@ def _train(
 
     # 4. model: identical on every process; then each process gets its own dequantization-noise stream
     # precision 'auto': bf16 where the device computes it natively (the model records what it resolved to)
-    model = build_model(dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device)), data).to(device)
+    model = model_for_data(dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device)), data)
+    model = model.to(device)
     torch.manual_seed(cfg.seed + 10_000 * (ctx.rank + 1))
 
     # 5. optimiser with linear warm-up, fault guard, run state, outputs
