@@ -9,6 +9,10 @@ would have seen::
 
 Under torchrun every process draws the same global indices and keeps its own contiguous slice
 (:func:`~glowflow.training.distributed.shard`). The generator's state is the position saved in checkpoints.
+
+With ``mutation_rate`` > 0 (the background model of the likelihood-ratio score, Ren et al. 2019) every batch is
+corrupted by :func:`mutate` with the process's global random stream - the one the dequantization noise comes from,
+saved in checkpoints - so a resumed run mutates exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -23,8 +27,18 @@ from glowflow.training.distributed import DistContext, shard
 GPU_DATA_LIMIT = 2**31  # keep training data up to 2 GiB on the GPU and gather the batches there
 
 
+def mutate(k: Tensor, rate: float, num_bins: int) -> Tensor:
+    """Replace each dimension of the discrete images ``k`` (B, C, H, W) independently with probability ``rate`` by a
+    level drawn uniformly from ``0..num_bins-1`` (the global random stream of ``k``'s device); same shape and
+    dtype."""
+    replace = torch.rand(k.shape, device=k.device) < rate
+    noise = torch.randint(0, num_bins, k.shape, device=k.device, dtype=k.dtype)
+    return torch.where(replace, noise, k)
+
+
 class InMemoryBatches:
-    """Batches gathered from tensors in memory (``x`` (N, ...) and optional labels ``y`` (N,))."""
+    """Batches gathered from tensors in memory (``x`` (N, ...) and optional labels ``y`` (N,)), optionally mutated
+    (``mutation_rate`` > 0, discrete images with ``num_bins`` levels: see :func:`mutate`)."""
 
     def __init__(
         self,
@@ -35,7 +49,12 @@ class InMemoryBatches:
         seed: int,
         ctx: DistContext,
         device: torch.device,
+        mutation_rate: float = 0.0,
+        num_bins: int | None = None,
     ) -> None:
+        if mutation_rate and num_bins is None:
+            raise ValueError("mutating batches needs discrete images: num_bins is None")
+        self.mutation_rate, self.num_bins = mutation_rate, num_bins
         if device.type == "cuda" and x.numel() * x.element_size() <= GPU_DATA_LIMIT:
             x = x.to(device)
         self.x, self.y = x, None if y is None else y.to(x.device)
@@ -50,6 +69,8 @@ class InMemoryBatches:
         idx = shard(idx, self.ctx).to(self.x.device)
         x = self.x[idx].to(self.device, non_blocking=True)
         y = None if self.y is None else self.y[idx].to(self.device, non_blocking=True)
+        if self.mutation_rate:
+            x = mutate(x, self.mutation_rate, self.num_bins)
         return x, y
 
     def init_batch(self) -> tuple[Tensor, Tensor | None]:

@@ -64,6 +64,17 @@ class TrainConfig:
     n_bits: int | None = _f(None, "model 8-bit images at this many bits per channel (e.g. 5)", "data")
     pad: int | None = _f(None, "zero-pad images to PAD x PAD first (e.g. 32 for MNIST with 3 levels)", "data")
     conditional: bool = _f(False, "class-conditional model on the data's labels (sample with --label)", "data")
+    background_for: str | None = _f(
+        None,
+        "train the background model of the likelihood-ratio OOD score (Ren et al. 2019) for this RUN: its data and "
+        "architecture, and --mutation-rate 0.2 unless given",
+        "data",
+    )
+    mutation_rate: float = _f(
+        0.0,
+        "replace each dimension of every training batch by a uniform random level with this probability (images)",
+        "data",
+    )
     # ---- run ----------------------------------------------------------------------------------------------
     out: str | None = _f(None, "run directory (default runs/<data>-<YYYYmmdd-HHMMSS>)", "run")
     preset: str | None = _f(None, "the preset these values started from (recorded; chosen with --preset)", "run")
@@ -159,6 +170,8 @@ class TrainConfig:
             raise ValueError(f"config key 'pad' must be a positive image size, got {self.pad}")
         if self.eval_size is not None and self.eval_size < 1:
             raise ValueError(f"config key 'eval_size' must be >= 1 or none, got {self.eval_size}")
+        if not 0 <= self.mutation_rate < 1:
+            raise ValueError(f"config key 'mutation_rate' must lie in [0, 1), got {self.mutation_rate}")
         if not self.temperatures or any(not (0 <= t < math.inf) for t in self.temperatures):
             raise ValueError(f"config key 'temperatures' must be a non-empty list of numbers >= 0, "
                              f"got {self.temperatures}")  # fmt: skip
@@ -167,7 +180,8 @@ class TrainConfig:
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; presets: {', '.join(PRESETS)}")
         if self.is_image is False:
-            image_only = {"n_bits": None, "pad": None, "memory": "standard", "dequantization": "uniform"}
+            image_only = {"n_bits": None, "pad": None, "memory": "standard", "dequantization": "uniform",
+                          "mutation_rate": 0.0}  # fmt: skip
             for key, neutral in image_only.items():
                 if getattr(self, key) != neutral:
                     raise ValueError(f"config key {key!r} applies to image data only; {self.data!r} is "
@@ -310,6 +324,34 @@ def check_keys(values: dict[str, Any], where: str) -> None:
             raise ValueError(f"{where}: unknown config key {key!r}{hint}")
 
 
+# What ``background_for=RUN`` takes from RUN: its data and its architecture (the likelihood ratio compares two models
+# of one architecture, Ren et al. 2019); the optimisation settings come from the preset and the flags as usual.
+BACKGROUND_KEYS = ("data", "data_dir", "n_bits", "pad", "conditional", "levels", "steps", "hidden", "coupling",
+                   "permutation", "conditioner", "mask", "dequantization", "precision", "memory")  # fmt: skip
+BACKGROUND_MUTATION_RATE = 0.2
+
+
+def background_values(run: str | os.PathLike) -> dict[str, Any]:
+    """The configuration layer of a background model for ``run`` (a run directory or checkpoint): the
+    :data:`BACKGROUND_KEYS` of its configuration (less the data for a run on in-memory arrays) and
+    ``mutation_rate`` :data:`BACKGROUND_MUTATION_RATE`. Explicit keys override them."""
+    from glowflow.training.checkpoint import find_checkpoint, load_checkpoint
+
+    path = find_checkpoint(run)
+    saved = load_checkpoint(path).get("config")
+    if not isinstance(saved, dict) or saved.get("data") is None:
+        raise ValueError(f"--background-for {run}: {path} holds no training configuration")
+    values = {k: saved[k] for k in BACKGROUND_KEYS if k in saved}
+    if values.get("data") == IN_MEMORY:
+        del values["data"]
+        values.pop("data_dir", None)
+    if saved.get("background_for"):
+        raise ValueError(f"--background-for {run}: that run is itself a background model (of "
+                         f"{saved['background_for']}); name the in-distribution run")  # fmt: skip
+    values["mutation_rate"] = BACKGROUND_MUTATION_RATE
+    return values
+
+
 def resolve_config(
     config: TrainConfig | dict[str, Any] | str | os.PathLike | None = None,
     *,
@@ -335,12 +377,17 @@ def resolve_config(
         file_values = load_config_file(config)
     else:
         raise ValueError(f"config must be a TrainConfig, a dict or a file path, got {type(config).__name__}")
+    background_for = overrides.get("background_for", file_values.get("background_for"))
+    run_values = background_values(background_for) if background_for else {}
     named = overrides.get("preset", file_values.get("preset"))
-    data = overrides.get("data", file_values.get("data"))
+    data = overrides.get("data", file_values.get("data", run_values.get("data")))
+    if background_for and data is None:
+        raise ValueError(f"--background-for {background_for}: that run was trained on arrays in memory; pass the "
+                         "same arrays again (glowflow.train(data=..., background_for=...))")  # fmt: skip
     if data is None:  # a named preset brings its own data set: ``--preset mnist`` trains on MNIST
         data = PRESETS[named]["data"] if named in PRESETS else TrainConfig.data
     preset = named or default_preset(data, data_kind)
-    values = {**preset_values(preset), **file_values, **overrides}
+    values = {**preset_values(preset), **run_values, **file_values, **overrides}
     values["preset"] = None if preset == "none" else preset
     values["data"] = data
     return TrainConfig(**values).validate()

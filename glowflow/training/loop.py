@@ -164,8 +164,11 @@ def _train(
     if cfg.batch_size > len(data.train_x):
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(data.train_x)} "
                          f"examples); use at most {len(data.train_x)}")  # fmt: skip
+    if cfg.mutation_rate and not data.is_image:
+        raise ValueError(f"--mutation-rate mutates discrete images; {cfg.data} holds rows of numbers")
     batches = InMemoryBatches(data.train_x, data.train_y, cfg.batch_size // ctx.world_size * ctx.world_size,
-                              cfg.init_batch_size, cfg.seed, ctx, device)  # fmt: skip
+                              cfg.init_batch_size, cfg.seed, ctx, device, cfg.mutation_rate,
+                              data.num_bins)  # fmt: skip
     metric = metric_for(data.is_image)
 
     # 3. model: identical on every process; then each process gets its own dequantization-noise stream
@@ -354,6 +357,10 @@ def _announce(
     procs = f" x {ctx.world_size} processes" if ctx.enabled else ""
     extras = [x for x in (cfg.precision != "fp32" and cfg.precision, cfg.compile and "compiled") if x]
     out.say(f"data: {data.describe()}")
+    if cfg.mutation_rate:
+        of = f", the background model for {cfg.background_for}" if cfg.background_for else ""
+        out.say(f"mutation: each training input dimension replaced by a uniform random level with probability "
+                f"{cfg.mutation_rate:g}{of}")  # fmt: skip
     out.say(f"model: {model.describe()}, on {device}{procs}" + (f" ({', '.join(extras)})" if extras else ""))
     out.say(f"run directory: {out.run_dir}")
     note = data.test_note
