@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from glowflow.data import cifar, folder, idx, tabular, toy
+from glowflow.data import cifar, folder, idx, npy, tabular, toy
 from glowflow.data.base import SPLITS, Dataset
 from glowflow.data.digits import load_digits
 from glowflow.data.registry import DATASETS, DatasetSpec
@@ -34,6 +34,9 @@ TABLE: dict[str, DatasetSpec] = {
     "tabular": DatasetSpec(
         "a .csv or .npy file of numbers (N, D), or a folder with train/test .csv or .npy files",
         "tabular", tabular.load_tabular, preset="tabular", path_is_data=True),
+    "array": DatasetSpec(
+        "8-bit images in a .npy/.npz file, (N, C, H, W), (N, H, W) or (N, H, W, C); labels from the npz key 'labels'",
+        "image", npy.load_array, preset="digits", path_is_data=True),
     **{name: DatasetSpec(toy.TOY_DESCRIPTIONS[name], "toy", toy.loader(name), preset="toy")
        for name in toy.TOY_DENSITIES},
 }  # fmt: skip
