@@ -9,10 +9,10 @@ from glowflow.preprocessing import ImagePreprocessing, reduce_bits
 
 __version__ = "0.2.0"
 
-# Imported on first use, so that ``import glowflow`` stays light: ``glowflow.training.load_model(...)`` and
-# ``glowflow.train(...)`` work right after ``import glowflow``.
-_SUBMODULES = ("data", "layers", "models", "training", "viz")
-_LAZY = {"train": "glowflow.training"}
+# Imported on first use, so that ``import glowflow`` stays light: ``glowflow.training.load_model(...)``,
+# ``glowflow.train(...)`` and ``glowflow.score(...)`` work right after ``import glowflow``.
+_SUBMODULES = ("data", "layers", "models", "scoring", "training", "viz")
+_LAZY = {"train": "glowflow.training", "score": "glowflow.scoring"}
 
 
 def __getattr__(name: str):
@@ -37,6 +37,7 @@ __all__ = [
     "bits_per_dim",
     "quantize",
     "reduce_bits",
+    "score",
     "to_continuous",
     "to_uint8",
     "train",
