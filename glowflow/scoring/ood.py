@@ -31,7 +31,7 @@ import lzma
 import os
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -94,7 +94,7 @@ def roc_metrics(in_scores: np.ndarray, out_scores: np.ndarray) -> dict[str, floa
     fpr, tpr, _ = roc_curve(1 - is_out, -s)  # in-distribution positive, accepted below the threshold
     return {
         "auroc": float(roc_auc_score(is_out, s)),
-        "aupr": float(average_precision_score(is_out, s)),
+        "aupr": min(1.0, float(average_precision_score(is_out, s))),  # its sum can round to 1 + 2e-16
         "fpr95": float(fpr[np.searchsorted(tpr, TPR_LEVEL, side="left")]),
     }
 
@@ -239,7 +239,7 @@ def default_scores(is_image: bool, levels: int, background: bool) -> list[str]:
 def detect_ood(
     model_or_run: Any,
     in_data: Any,
-    out_data: Sequence[Any],
+    out_data: Sequence[Any] | dict[str, Any],
     *,
     reference: Any = None,
     reference_size: int = 2000,
@@ -260,7 +260,7 @@ def detect_ood(
     progress: bool = False,
 ) -> OODReport:
     """Score in-distribution data ``in_data`` and each OOD set of ``out_data`` (INPUT specs, arrays or
-    :class:`InputSet`\\ s, as for :func:`~glowflow.scoring.score`) with the OOD ``scores`` (default
+    :class:`InputSet`\\ s, as for :func:`~glowflow.scoring.score`; a dict names them) with the OOD ``scores`` (default
     :func:`default_scores`; see the module docstring) and compare them.
 
     ``reference``: held-out in-distribution data for the thresholds and the typicality test (default: a fixed random
@@ -288,7 +288,11 @@ def detect_ood(
             raise ValueError(f"unknown or inapplicable score {name!r}{why}; for this model: {', '.join(allowed)}")
     ref_set = _reference(reference, reference_size, scorer, levels, data_dir, seed)
     in_set = as_input_sets(in_data, None, scorer, levels, data_dir)[0]
-    out_sets = as_input_sets(list(out_data), None, scorer, levels, data_dir)
+    if isinstance(out_data, dict):  # named OOD sets
+        out_sets = [replace(as_input_sets(v, None, scorer, levels, data_dir)[0], name=str(k))
+                    for k, v in out_data.items()]  # fmt: skip
+    else:
+        out_sets = as_input_sets(list(out_data), None, scorer, levels, data_dir)
     sets = [ref_set, in_set, *out_sets]
     if len({s.name for s in sets}) != len(sets):
         raise ValueError("the reference, in-distribution and OOD sets must be different inputs")
