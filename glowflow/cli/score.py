@@ -238,16 +238,17 @@ def _ood(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.scores.split(",") if n.strip()] if args.scores else None
     report = detect_ood(args.run, args.in_data, args.out_data, reference=args.reference,
                         reference_size=args.reference_size, background=args.background, scores=names,
+                        detector=args.detector,
                         typicality_m=args.typicality_m, bootstraps=args.bootstraps, fpr=fpr,
                         n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed, device=args.device,
                         progress=args.progress, **{k: v for k, v in fit_kwargs(args).items()
                                                    if k != "label"})  # fmt: skip
-    detector = args.detector or report.per_example_scores()[0]
-    outlier = report.is_outlier(detector)
+    detector = report.detector
+    outlier = report.is_outlier()
     folder = Path(args.save) if args.save else _run_dir(args.run) / "ood"
     extra = {name: report.values[name] for name in report.per_example_scores()}
     extra["is_outlier"] = outlier
-    data = {**report.to_dict(), "detector": detector}
+    data = report.to_dict()
     panels = [
         (
             name,

@@ -166,6 +166,7 @@ class OODReport:
     in_false_alarms: dict[str, float]
     values: dict[str, np.ndarray]
     scores: Scores
+    detector: str = ""
     typicality: dict[str, Any] = field(default_factory=dict)
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -173,8 +174,10 @@ class OODReport:
     def per_example_scores(self) -> list[str]:
         return [s for s in self.score_names if s != "typicality"]
 
-    def is_outlier(self, name: str) -> np.ndarray:
-        """Per example of :attr:`scores`: above the threshold of the per-example score ``name``."""
+    def is_outlier(self, name: str | None = None) -> np.ndarray:
+        """Per example of :attr:`scores`: above the threshold of the per-example score ``name`` (default: the
+        :attr:`detector`)."""
+        name = name or self.detector
         if name not in self.values:
             raise ValueError(f"no per-example score {name!r}; scores: {', '.join(self.per_example_scores())}")
         return _finite(self.values[name]) > self.thresholds[name]
@@ -215,6 +218,7 @@ class OODReport:
                 for name in self.score_names
             },
             "typicality": self.typicality,
+            "detector": self.detector,
             **self.metadata,
         }
 
@@ -245,6 +249,7 @@ def detect_ood(
     reference_size: int = 2000,
     background: Any = None,
     scores: Sequence[str] | None = None,
+    detector: str | None = None,
     typicality_m: int = 10,
     bootstraps: int = 1000,
     fpr: float = 0.05,
@@ -266,7 +271,8 @@ def detect_ood(
     ``reference``: held-out in-distribution data for the thresholds and the typicality test (default: a fixed random
     subset of ``reference_size`` examples of the run's training split); ``background``: the background model of the
     likelihood ratio (a run, checkpoint or model); ``fpr``: the false-alarm rate the thresholds allow on the
-    reference. The other arguments are :func:`~glowflow.scoring.score`'s.
+    reference; ``detector``: the per-example score of :meth:`OODReport.is_outlier` (default: the first). The other
+    arguments are :func:`~glowflow.scoring.score`'s.
     """
     if not 0 < fpr < 1:
         raise ValueError(f"fpr must lie strictly between 0 and 1, got {fpr}")
@@ -286,6 +292,13 @@ def detect_ood(
         if name not in allowed:
             why = " (needs --background)" if name == "likelihood_ratio" else ""
             raise ValueError(f"unknown or inapplicable score {name!r}{why}; for this model: {', '.join(allowed)}")
+    per_example = [n for n in names if n != "typicality"]
+    if detector is None and not per_example:
+        raise ValueError("the typicality test decides per batch; add a per-example score for is_outlier")
+    detector = detector or per_example[0]
+    if detector not in per_example:
+        raise ValueError(f"--detector {detector!r} is not among the per-example scores computed: "
+                         f"{', '.join(per_example)}")  # fmt: skip
     ref_set = _reference(reference, reference_size, scorer, levels, data_dir, seed)
     in_set = as_input_sets(in_data, None, scorer, levels, data_dir)[0]
     if isinstance(out_data, dict):  # named OOD sets
@@ -301,9 +314,11 @@ def detect_ood(
     main = score(model, sets, **common)
     values = _per_example(main, names, bg, sets, common)
     roles = {"reference": ref_set.name, "in": in_set.name}
-    return _report(main, values, names, roles, [s.name for s in out_sets], fpr, typicality_m, bootstraps, seed,
+    report = _report(main, values, names, roles, [s.name for s in out_sets], fpr, typicality_m, bootstraps, seed,
                    {"model": scorer.about, "background": None if bg is None else bg.about,
-                    "typicality_m": typicality_m, "bootstraps": bootstraps, **_settings(main)})  # fmt: skip
+                     "typicality_m": typicality_m, "bootstraps": bootstraps, **_settings(main)})  # fmt: skip
+    report.detector = detector
+    return report
 
 
 def _settings(main: Scores) -> dict[str, Any]:
@@ -385,4 +400,4 @@ def _report(
             metrics[name][out] = {**roc_metrics(v[inn], vo), "detected": float(np.mean(_finite(vo) > thr))}
             curves[name][out] = roc_points(v[inn], vo)
     return OODReport(names, roles["in"], roles["reference"], out_names, fpr, metrics, thresholds, false_alarms,
-                     values, main, typicality, curves, metadata)  # fmt: skip
+                     values, main, typicality=typicality, curves=curves, metadata=metadata)  # fmt: skip
