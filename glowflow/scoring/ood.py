@@ -7,7 +7,8 @@ Every score is oriented so that **higher means more anomalous** (for images, in 
   inputs (constant images, smooth patches) get *higher* likelihoods than the training data (Nalisnick et al. 2019).
 - ``complexity_png`` / ``complexity_zlib`` / ``complexity_lzma``: the input-complexity correction of Serrà et al.
   (2020), ``S(x) = bpd(x) - L(x)``, ``L`` the length of the model's discrete input compressed by a general-purpose
-  compressor (PNG at level 9, zlib at level 9, or lzma at preset 9 of the raw bytes), in bits per dimension.
+  compressor, in bits per dimension: a PNG file at compression level 9 (Pillow; its ~70 bytes of headers included),
+  or the raw bytes by zlib at level 9 or by a raw LZMA2 stream (preset 9 extreme, 64 KiB dictionary).
 - ``likelihood_ratio``: ``bpd(x) - bpd_0(x)`` = ``-(log p(x) - log p_0(x)) / (D ln 2)``, the likelihood ratio of
   Ren et al. (2019) against a background model ``p_0`` trained on inputs with a fraction of their dimensions replaced
   by uniform noise (``glowflow train --background-for RUN --mutation-rate 0.2``).
@@ -56,10 +57,14 @@ def _png_bytes(image: np.ndarray) -> int:
     return buf.tell()
 
 
+# A raw LZMA2 stream (no container header) with a 64 KiB dictionary: images are small, and preset 9's 64 MiB
+# dictionary made every call ~170x slower (77 ms against 0.45 ms for a 28x28 image) for no shorter output.
+_LZMA2 = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 16}]
+
 COMPRESSORS: dict[str, Callable[[np.ndarray], int]] = {
     "png": _png_bytes,
     "zlib": lambda image: len(zlib.compress(image.tobytes(), 9)),
-    "lzma": lambda image: len(lzma.compress(image.tobytes(), preset=9)),
+    "lzma": lambda image: len(lzma.compress(image.tobytes(), format=lzma.FORMAT_RAW, filters=_LZMA2)),
 }
 
 
