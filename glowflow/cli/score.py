@@ -125,9 +125,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--in", dest="in_data", required=True, metavar="IN", help="in-distribution test data (an INPUT)")
     p.add_argument("--out", dest="out_data", required=True, nargs="+", metavar="OUT", help="OOD sets (INPUTs)")
     p.add_argument("--reference", default=None, metavar="REF",
-                   help="held-out in-distribution data for thresholds and typicality (default: --reference-size "
-                   "images of the run's training split)")  # fmt: skip
-    p.add_argument("--reference-size", type=positive_int, default=2000, help="see --reference (default 2000)")
+                   help="held-out in-distribution data for thresholds and typicality (default: a fixed random "
+                   "half of --in; the other half is compared)")  # fmt: skip
     p.add_argument("--background", default=None, metavar="RUN0", help="background model for the likelihood ratio")
     p.add_argument("--scores", default=None, help="comma-separated scores (default: every one that applies but the "
                    "zlib / lzma complexity variants)")  # fmt: skip
@@ -237,7 +236,7 @@ def _ood(args: argparse.Namespace) -> int:
     fpr = args.fpr if args.fpr is not None else (1 - args.percentile / 100 if args.percentile is not None else 0.05)
     names = [n.strip() for n in args.scores.split(",") if n.strip()] if args.scores else None
     report = detect_ood(args.run, args.in_data, args.out_data, reference=args.reference,
-                        reference_size=args.reference_size, background=args.background, scores=names,
+                        background=args.background, scores=names,
                         detector=args.detector,
                         typicality_m=args.typicality_m, bootstraps=args.bootstraps, fpr=fpr,
                         n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed, device=args.device,

@@ -251,7 +251,6 @@ def detect_ood(
     out_data: Sequence[Any] | dict[str, Any],
     *,
     reference: Any = None,
-    reference_size: int = 2000,
     background: Any = None,
     scores: Sequence[str] | None = None,
     detector: str | None = None,
@@ -274,7 +273,8 @@ def detect_ood(
     :func:`default_scores`; see the module docstring) and compare them.
 
     ``reference``: held-out in-distribution data for the thresholds and the typicality test (default: a fixed random
-    subset of ``reference_size`` examples of the run's training split); ``background``: the background model of the
+    half of ``in_data``, the other half being the in-distribution set compared; not the training data, which a
+    model scores better than new data of the same kind); ``background``: the background model of the
     likelihood ratio (a run, checkpoint or model); ``fpr``: the false-alarm rate the thresholds allow on the
     reference; ``detector``: the per-example score of :meth:`OODReport.is_outlier` (default: the first). The other
     arguments are :func:`~glowflow.scoring.score`'s.
@@ -304,8 +304,11 @@ def detect_ood(
     if detector not in per_example:
         raise ValueError(f"--detector {detector!r} is not among the per-example scores computed: "
                          f"{', '.join(per_example)}")  # fmt: skip
-    ref_set = _reference(reference, reference_size, scorer, levels, data_dir, seed)
     in_set = as_input_sets(in_data, None, scorer, levels, data_dir)[0]
+    if reference is None:
+        ref_set, in_set = split_in_half(in_set, seed)
+    else:
+        ref_set = as_input_sets(reference, None, scorer, levels, data_dir)[0]
     if isinstance(out_data, dict):  # named OOD sets
         out_sets = [replace(as_input_sets(v, None, scorer, levels, data_dir)[0], name=str(k))
                     for k, v in out_data.items()]  # fmt: skip
@@ -331,21 +334,15 @@ def _settings(main: Scores) -> dict[str, Any]:
     return {k: main.metadata[k] for k in keep if k in main.metadata}
 
 
-def _reference(reference: Any, size: int, scorer: Any, levels: int | None, data_dir: Any, seed: int) -> InputSet:
-    if reference is not None:
-        return as_input_sets(reference, None, scorer, levels, data_dir)[0]
-    if scorer.data is None or scorer.data == "memory":
-        raise ValueError("give reference data (held-out in-distribution examples): the model's training data is not "
-                         "known here")  # fmt: skip
-    from glowflow.scoring.model import read_inputs
-
-    whole = read_inputs([f"{scorer.data}:train"], scorer, levels, data_dir)[0]
-    if len(whole) <= size:
-        return whole
-    keep = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(whole))[:size]))
-    sub = whole.subset(keep)
-    sub.name = f"{scorer.data}:train ({size} random)"
-    return sub
+def split_in_half(inputs: InputSet, seed: int) -> tuple[InputSet, InputSet]:
+    """A fixed random half of ``inputs`` as the reference (named ``NAME [reference half]``) and the rest."""
+    if len(inputs) < 4:
+        raise ValueError(f"{inputs.name} holds {len(inputs)} examples: too few to split into a reference and a test "
+                         "half; give --reference")  # fmt: skip
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(inputs)))
+    half = len(inputs) // 2
+    ref = replace(inputs.subset(perm[:half].sort().values), name=f"{inputs.name} [reference half]")
+    return ref, inputs.subset(perm[half:].sort().values)
 
 
 def _per_example(
