@@ -224,9 +224,10 @@ def read_image_files(files: list[Path]) -> np.ndarray:
 
 # ---- fitting images to a model ----------------------------------------------------------------------------------
 def convert_levels(k: Tensor, from_bins: int, to_bins: int) -> Tensor:
-    """Levels ``0..from_bins-1`` -> ``0..to_bins-1`` by ``round(k (to - 1) / (from - 1))`` (long)."""
+    """Levels ``0..from_bins-1`` -> ``0..to_bins-1`` by ``round(k (to - 1) / (from - 1))`` (long; ``k`` itself
+    when the levels agree)."""
     if from_bins == to_bins:
-        return k.long()
+        return k
     return torch.round(k.double() * ((to_bins - 1) / (from_bins - 1))).long().clamp(0, to_bins - 1)
 
 
@@ -261,8 +262,8 @@ def fit_images(
 ) -> Tensor:
     """The raw images of ``inputs`` as the model's raw images (``preprocessing.raw_shape`` at ``raw_bins`` levels,
     long): levels converted, then RGB -> grey with ``grayscale``, then ``resize`` (bilinear) or ``pad`` (zero, centred)
-    to the model's height and width. A mismatch that no option fixes is one ``ValueError`` naming the expected
-    shape and the options."""
+    to the model's height and width (an integer tensor). A mismatch that no option fixes is one ``ValueError``
+    naming the expected shape and the options."""
     if resize and pad:
         raise ValueError("--resize and --pad are alternatives: scale the images, or zero-pad them")
     c, h, w = preprocessing.raw_shape
