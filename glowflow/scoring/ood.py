@@ -322,11 +322,10 @@ def detect_ood(
     main = score(model, sets, **common)
     values = _per_example(main, names, bg, sets, common)
     roles = {"reference": ref_set.name, "in": in_set.name}
-    report = _report(main, values, names, roles, [s.name for s in out_sets], fpr, typicality_m, bootstraps, seed,
-                   {"model": scorer.about, "background": None if bg is None else bg.about,
-                     "typicality_m": typicality_m, "bootstraps": bootstraps, **_settings(main)})  # fmt: skip
-    report.detector = detector
-    return report
+    metadata = {"model": scorer.about, "background": None if bg is None else bg.about, "typicality_m": typicality_m,
+                "bootstraps": bootstraps, **_settings(main)}  # fmt: skip
+    return _report(main, values, names, detector, roles, [s.name for s in out_sets], fpr, typicality_m, bootstraps,
+                   seed, metadata)  # fmt: skip
 
 
 def _settings(main: Scores) -> dict[str, Any]:
@@ -365,6 +364,7 @@ def _report(
     main: Scores,
     values: dict[str, np.ndarray],
     names: list[str],
+    detector: str,
     roles: dict[str, str],
     out_names: list[str],
     fpr: float,
@@ -402,4 +402,4 @@ def _report(
             metrics[name][out] = {**roc_metrics(v[inn], vo), "detected": float(np.mean(_finite(vo) > thr))}
             curves[name][out] = roc_points(v[inn], vo)
     return OODReport(names, roles["in"], roles["reference"], out_names, fpr, metrics, thresholds, false_alarms,
-                     values, main, typicality=typicality, curves=curves, metadata=metadata)  # fmt: skip
+                     values, main, detector, typicality, curves, metadata)  # fmt: skip
