@@ -6,8 +6,7 @@ from glowflow.errors import CheckpointError, DataError, GlowflowError, NotInitia
 from glowflow.layers.dequantization import bits_per_dim, quantize, to_continuous, to_uint8
 from glowflow.models import MODELS, FlowModel, Glow, TabularGlow
 from glowflow.preprocessing import ImagePreprocessing, reduce_bits
-
-__version__ = "0.2.0"
+from glowflow.version import __version__  # noqa: F401  (glowflow.__version__)
 
 # Imported on first use, so that ``import glowflow`` stays light: ``glowflow.training.load_model(...)``,
 # ``glowflow.train(...)`` and ``glowflow.score(...)`` work right after ``import glowflow``.

@@ -65,7 +65,8 @@ def image_grid(
     return out
 
 
-def _font(size: int = 14) -> Any:
+def font(size: int = 14) -> Any:
+    """Pillow's default font at ``size`` (the fixed bitmap font on Pillow < 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: the fixed bitmap font
@@ -80,10 +81,10 @@ def titled_panels(panels: Sequence[tuple[str, np.ndarray]], gap: int = 12, title
     width = sum(p.shape[1] for _, p in panels) + gap * (len(panels) + 1)
     sheet = Image.new("RGB", (width, height), (BACKGROUND,) * 3)
     draw = ImageDraw.Draw(sheet)
-    font = _font()
+    text_font = font()
     x = gap
     for title, panel in panels:
-        draw.text((x, 3), title, fill=(0, 0, 0), font=font)
+        draw.text((x, 3), title, fill=(0, 0, 0), font=text_font)
         sheet.paste(Image.fromarray(panel), (x, title_height))
         x += panel.shape[1] + gap
     return np.asarray(sheet)
@@ -112,6 +113,27 @@ def strip_rows(rows: Sequence[torch.Tensor | np.ndarray], scale: int | None = No
     return image_grid(both, ncol=ncol, scale=scale)
 
 
+def labelled_rows(
+    rows: Sequence[torch.Tensor | np.ndarray], labels: Sequence[str], title: str = "", scale: int | None = None
+) -> np.ndarray:
+    """Rows of images (uint8 ``(n, C, H, W)`` each) as one grid with a label left of each row and a title."""
+    if len(labels) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
+    grid = strip_rows(rows, scale=scale)
+    margin = 12 + 8 * max(len(s) for s in labels)
+    top = 26 if title else 4
+    sheet = Image.new("RGB", (grid.shape[1] + margin + 4, grid.shape[0] + top + 4), (BACKGROUND,) * 3)
+    sheet.paste(Image.fromarray(grid), (margin, top))
+    draw = ImageDraw.Draw(sheet)
+    text_font = font()
+    row_h = (grid.shape[0] - 2) / len(rows)
+    for i, label in enumerate(labels):
+        draw.text((4, top + 2 + i * row_h + row_h / 2 - 8), label, fill=(0, 0, 0), font=text_font)
+    if title:
+        draw.text((4, 4), title, fill=(0, 0, 0), font=text_font)
+    return np.asarray(sheet)
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
@@ -125,7 +147,8 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
 
 
 # ---- matplotlib plots -----------------------------------------------------------------------------------------
-def _figure(width: float, height: float) -> Any:
+def figure(width: float, height: float) -> Any:
+    """A matplotlib figure on the Agg canvas (no pyplot, no global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -134,14 +157,15 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _render(fig: Any) -> np.ndarray:
+def render(fig: Any) -> np.ndarray:
+    """A figure as an ``(H, W, 3)`` uint8 array."""
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def training_curve(records: Sequence[dict[str, Any]], metric: str = "test_bpd", unit: str = "bits/dim") -> np.ndarray:
     """Training loss and test ``metric`` against the step, from ``metrics.jsonl`` records; rollbacks are marked."""
-    fig = _figure(7.0, 4.2)
+    fig = figure(7.0, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None and r["step"] > 0]
     test = [(r["step"], r[metric]) for r in records if r.get(metric) is not None]
@@ -164,7 +188,7 @@ def training_curve(records: Sequence[dict[str, Any]], metric: str = "test_bpd", 
     if train or test:
         ax.legend(loc="upper right")
     fig.tight_layout()
-    return _render(fig)
+    return render(fig)
 
 
 def density_plot(
@@ -177,7 +201,7 @@ def density_plot(
     """2-D panels: a histogram of ``data``, the model's density (``density[i, j]`` at row y_i, column x_j over
     ``extent = (x0, x1, y0, y1)``), and a scatter of samples per temperature."""
     n = 2 + len(samples)
-    fig = _figure(3.2 * n, 3.4)
+    fig = figure(3.2 * n, 3.4)
     x0, x1, y0, y1 = extent
     ax = fig.add_subplot(1, n, 1)
     ax.hist2d(data[:, 0], data[:, 1], bins=100, range=[[x0, x1], [y0, y1]], cmap="viridis")
@@ -198,7 +222,7 @@ def density_plot(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _render(fig)
+    return render(fig)
 
 
 def scatter_plot(
@@ -206,7 +230,7 @@ def scatter_plot(
 ) -> np.ndarray:
     """Data and samples of a D-dimensional model projected on two coordinates ``dims``, side by side."""
     n = 1 + len(samples)
-    fig = _figure(3.2 * n, 3.4)
+    fig = figure(3.2 * n, 3.4)
     i, j = dims
     finite = data[np.isfinite(data).all(axis=1)]
     lo = np.percentile(finite[:, [i, j]], 0.5, axis=0)
@@ -225,12 +249,12 @@ def scatter_plot(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _render(fig)
+    return render(fig)
 
 
 def points_plot(points: np.ndarray, dims: tuple[int, int] = (0, 1), title: str = "") -> np.ndarray:
     """A scatter of ``points`` ``(N, D)`` on the coordinates ``dims``."""
-    fig = _figure(4.0, 4.0)
+    fig = figure(4.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     i, j = dims
     pts = points[np.isfinite(points).all(axis=1)]
@@ -240,13 +264,13 @@ def points_plot(points: np.ndarray, dims: tuple[int, int] = (0, 1), title: str =
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _render(fig)
+    return render(fig)
 
 
 def _grid_of(n: int, width: float, height: float, ncol: int | None = None) -> tuple[Any, int, int]:
     ncol = min(n, ncol or 3)
     nrow = math.ceil(n / ncol)
-    return _figure(width * ncol, height * nrow), nrow, ncol
+    return figure(width * ncol, height * nrow), nrow, ncol
 
 
 def score_histograms(
@@ -271,7 +295,7 @@ def score_histograms(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return _render(fig)
+    return render(fig)
 
 
 def roc_curves(panels: Sequence[tuple[str, Sequence[tuple[str, np.ndarray, np.ndarray]]]]) -> np.ndarray:
@@ -293,4 +317,4 @@ def roc_curves(panels: Sequence[tuple[str, Sequence[tuple[str, np.ndarray, np.nd
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _render(fig)
+    return render(fig)

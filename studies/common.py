@@ -645,48 +645,12 @@ def write_table(ctx: Context, title: str, body: str, notes: Sequence[str] = ()) 
     return path
 
 
-def figure(width: float, height: float) -> Any:
-    """A matplotlib figure on the Agg canvas (no pyplot, no global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
+figure = viz.figure
+labelled_rows = viz.labelled_rows
 
 
 def save_figure(fig: Any, path: Path) -> Path:
-    fig.canvas.draw()
-    return viz.save_png(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), path)
-
-
-def _font(size: int = 14) -> Any:
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
-def labelled_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], title: str = "",
-                  scale: int | None = None) -> np.ndarray:  # fmt: skip
-    """Rows of images (uint8 ``(n, C, H, W)`` each) as one grid with a label left of each row and a title."""
-    from PIL import Image, ImageDraw
-
-    grid = viz.strip_rows(rows, scale=scale)
-    margin = 12 + 8 * max(len(s) for s in labels)
-    top = 26 if title else 4
-    sheet = Image.new("RGB", (grid.shape[1] + margin + 4, grid.shape[0] + top + 4), (255, 255, 255))
-    sheet.paste(Image.fromarray(grid), (margin, top))
-    draw = ImageDraw.Draw(sheet)
-    font = _font()
-    row_h = (grid.shape[0] - 2) / len(rows)
-    for i, label in enumerate(labels):
-        draw.text((4, top + 2 + i * row_h + row_h / 2 - 8), label, fill=(0, 0, 0), font=font)
-    if title:
-        draw.text((4, 4), title, fill=(0, 0, 0), font=font)
-    return np.asarray(sheet)
+    return viz.save_png(viz.render(fig), path)
 
 
 def bpd_curves(series: Sequence[tuple[str, list[list[list[float]]]]], title: str, ax: Any = None,

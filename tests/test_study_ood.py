@@ -3,37 +3,23 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-import pytest
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "training"))
-from train_helpers import TINY  # noqa: E402
-
-from glowflow.training import train  # noqa: E402
-from studies import ood  # noqa: E402
-
-MNIST_5K = ROOT / ".." / "shared" / "data" / "mnist-5k"
+from glowflow.training import train
+from studies import ood
+from tests.scoring.scoring_helpers import MNIST_5K, needs_mnist_5k
+from tests.training.train_helpers import TINY
 
 
-@pytest.mark.skipif(not (MNIST_5K / "t10k-images-idx3-ubyte.gz").is_file(), reason="needs ../shared/data/mnist-5k")
+@needs_mnist_5k
 def test_ood_study_quick(tmp_path: Path, capsys):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        tiny = {**TINY, "eval_every": 0, "eval_size": 64, "checkpoint_every": 0, "iters": 4}
-        train(out=str(tmp_path / "m"), data="mnist", data_dir=str(MNIST_5K), **tiny)
-        schedule = {k: v for k, v in tiny.items() if k not in ("levels", "steps", "hidden")}
-        train(out=str(tmp_path / "bg"), background_for=str(tmp_path / "m"), **schedule)
-        out = tmp_path / "study"
-        assert ood.main(["--run", str(tmp_path / "m"), "--background", str(tmp_path / "bg"), "--mnist-dir",
-                         str(MNIST_5K), "--quick", "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
-    finally:
-        torch.set_num_threads(before)
+    tiny = {**TINY, "eval_every": 0, "eval_size": 64, "checkpoint_every": 0, "iters": 4}
+    train(out=str(tmp_path / "m"), data="mnist", data_dir=str(MNIST_5K), **tiny)
+    schedule = {k: v for k, v in tiny.items() if k not in ("levels", "steps", "hidden")}
+    train(out=str(tmp_path / "bg"), background_for=str(tmp_path / "m"), **schedule)
+    out = tmp_path / "study"
+    assert ood.main(["--run", str(tmp_path / "m"), "--background", str(tmp_path / "bg"), "--mnist-dir",
+                     str(MNIST_5K), "--quick", "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert results["out"] == ["digits", "rotated", "inverted", "noise", "constant", "patches"]
     assert set(results["scores"]) == set(ood.SCORES) and results["in"] == "mnist:test[500:]"

@@ -1,5 +1,5 @@
-"""Reader for images in a NumPy file: ``--data array --data-dir x.npy`` (or ``x.npz``), and the arrays that
-``glowflow score`` / ``encode`` read.
+"""Reader for images in a NumPy file: ``--data array --data-dir x.npy`` (or ``x.npz``, read batch by batch when
+it can be: :func:`array_source`), and the arrays that ``glowflow score`` / ``encode`` read.
 
 - ``.npy``: one array of 8-bit images;
 - ``.npz``: the images under ``images``, ``x`` or ``data`` (or its only array), optional labels under ``labels`` or
@@ -12,17 +12,33 @@ unpickled (``allow_pickle=False``).
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from glowflow.data.base import Dataset, labels_tensor, split_indices
+from glowflow.data.arrays import ArraySource, load_member, locate_array, npz_members
+from glowflow.data.base import labels_tensor
+from glowflow.data.sources import BatchSource, TensorSource
 from glowflow.errors import DataError
 
 IMAGE_KEYS = ("images", "x", "data")
 LABEL_KEYS = ("labels", "y")
 CHANNELS = (1, 3)
+
+
+def image_layout(shape: tuple[int, ...], what: str) -> str:
+    """The layout of an image array of ``shape``: ``"chw"`` (N, C, H, W), ``"hw"`` (N, H, W) or ``"hwc"``
+    (N, H, W, C), with C 1 or 3 (axis 1 first when both could be channels). DataError naming ``what`` otherwise."""
+    if len(shape) == 3:
+        return "hw"
+    if len(shape) == 4 and shape[1] in CHANNELS:
+        return "chw"
+    if len(shape) == 4 and shape[3] in CHANNELS:
+        return "hwc"
+    raise DataError(f"{what}: expected images (N, C, H, W), (N, H, W) or (N, H, W, C) with C = 1 or 3, got shape "
+                    f"{tuple(shape)}")  # fmt: skip
 
 
 def as_image_array(array: np.ndarray, what: str) -> np.ndarray:
@@ -31,19 +47,39 @@ def as_image_array(array: np.ndarray, what: str) -> np.ndarray:
     if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.integer):
         dtype = getattr(array, "dtype", type(array).__name__)
         raise DataError(f"{what}: images must hold integer levels 0..255 (uint8), got dtype {dtype}")
-    if array.ndim == 3:
+    layout = image_layout(array.shape, what)
+    if layout == "hw":
         array = array[:, None]
-    elif array.ndim == 4 and array.shape[1] not in CHANNELS and array.shape[3] in CHANNELS:
+    elif layout == "hwc":
         array = array.transpose(0, 3, 1, 2)
-    if array.ndim != 4 or array.shape[1] not in CHANNELS:
-        raise DataError(f"{what}: expected images (N, C, H, W), (N, H, W) or (N, H, W, C) with C = 1 or 3, got "
-                        f"shape {array.shape}")  # fmt: skip
     if array.size == 0:
         raise DataError(f"{what}: no images (shape {array.shape})")
     lo, hi = int(array.min()), int(array.max())
     if lo < 0 or hi > 255:
         raise DataError(f"{what}: pixel levels must lie in 0..255, got {lo}..{hi}")
     return np.ascontiguousarray(array.astype(np.uint8, copy=False))
+
+
+def _keys(keys: list[str], path: Path) -> tuple[str, str | None]:
+    """The image key and the label key (or None) among the arrays ``keys`` of an ``.npz`` file."""
+    image_key = next((k for k in IMAGE_KEYS if k in keys), None)
+    others = [k for k in keys if k not in LABEL_KEYS and k != "class_names"]
+    if image_key is None and len(others) == 1:
+        image_key = others[0]
+    if image_key is None:
+        raise DataError(f"{path}: expected the images under one of {', '.join(IMAGE_KEYS)} (or a single array); "
+                        f"found keys {', '.join(keys) or 'none'}")  # fmt: skip
+    return image_key, next((k for k in LABEL_KEYS if k in keys), None)
+
+
+def _check_labels(labels: np.ndarray, n: int, names: list[str] | None, path: Path, key: str) -> None:
+    if labels.ndim != 1 or len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels '{key}' must be integers of shape ({n},), got {labels.dtype} "
+                        f"{labels.shape}")  # fmt: skip
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{path}: labels must be class indices >= 0, got {labels.min()}")
+    if names is not None and len(labels) and labels.max() >= len(names):
+        raise DataError(f"{path}: labels reach {labels.max()} but only {len(names)} class names are given")
 
 
 def read_array_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
@@ -60,14 +96,7 @@ def read_array_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, li
         return loaded, None, None
     with loaded:
         keys = list(loaded.files)
-        image_key = next((k for k in IMAGE_KEYS if k in keys), None)
-        others = [k for k in keys if k not in LABEL_KEYS and k != "class_names"]
-        if image_key is None and len(others) == 1:
-            image_key = others[0]
-        if image_key is None:
-            raise DataError(f"{path}: expected the images under one of {', '.join(IMAGE_KEYS)} (or a single array); "
-                            f"found keys {', '.join(keys) or 'none'}")  # fmt: skip
-        label_key = next((k for k in LABEL_KEYS if k in keys), None)
+        image_key, label_key = _keys(keys, path)
         try:
             array = loaded[image_key]
             labels = None if label_key is None else loaded[label_key]
@@ -75,31 +104,37 @@ def read_array_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, li
         except ValueError as e:  # an object array needs pickle
             raise DataError(f"{path}: cannot read it without unpickling ({e})") from None
     if labels is not None:
-        if labels.ndim != 1 or len(labels) != len(array) or not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(f"{path}: labels '{label_key}' must be integers of shape ({len(array)},), got "
-                            f"{labels.dtype} {labels.shape}")  # fmt: skip
-        if len(labels) and labels.min() < 0:
-            raise DataError(f"{path}: labels must be class indices >= 0, got {labels.min()}")
-        if names is not None and len(labels) and labels.max() >= len(names):
-            raise DataError(f"{path}: labels reach {labels.max()} but only {len(names)} class names are given")
+        _check_labels(labels, len(array), names, path, label_key)
     return array, labels, names
 
 
-def load_array(data_dir: Path | None, split: str, download: bool, seed: int) -> Dataset:
-    """The ``split`` of the images in ``data_dir`` (a ``.npy`` / ``.npz`` file): a deterministic 90/10 split
-    seeded by ``seed``; 256 levels per channel."""
-    if data_dir is None:
-        raise ValueError("the 'array' data set needs data_dir: a .npy or .npz file of images")
-    if data_dir.suffix.lower() not in (".npy", ".npz"):
-        raise DataError(f"{data_dir}: the 'array' data set reads a .npy or .npz file")
-    array, labels, names = read_array_file(data_dir)
-    images = as_image_array(array, str(data_dir))
-    keep = split_indices(len(images), split, seed, f"array file {data_dir}")
-    return Dataset(
-        "array",
-        split,
-        torch.from_numpy(np.ascontiguousarray(images[keep])),
-        None if labels is None else labels_tensor(labels[keep]),
-        256,
-        names,
-    )
+def array_source(path: Path) -> BatchSource:
+    """The images of a ``.npy`` / ``.npz`` file (keys and layouts as in the module docstring) as a batch source,
+    256 levels: uint8 images in C order that can be read at random (a ``.npy`` file, a stored ``.npz`` member)
+    are an :class:`~glowflow.data.arrays.ArraySource`, which reads only the rows a batch needs; others (a
+    compressed member, another integer dtype) are read whole and checked into a
+    :class:`~glowflow.data.sources.TensorSource`. Labels and class names are read whole."""
+    if path.suffix.lower() not in (".npy", ".npz"):
+        raise DataError(f"{path}: the 'array' data set reads a .npy or .npz file")
+    if not path.is_file():
+        raise DataError(f"array file {path} not found")
+    if zipfile.is_zipfile(path):
+        members = npz_members(path)
+        image_key, label_key = _keys(list(members), path)
+        info = members[image_key]
+    else:
+        members, image_key, label_key = {}, None, None
+        info = locate_array(path)
+    if info.stored and info.dtype == np.uint8 and not info.fortran_order:
+        layout = image_layout(info.shape, str(path))
+        if info.shape[0] == 0:
+            raise DataError(f"{path}: no images (shape {info.shape})")
+        names = [str(n) for n in load_member(path, "class_names")] if "class_names" in members else None
+        labels = None if label_key is None else load_member(path, label_key)
+        if labels is not None:
+            _check_labels(labels, info.shape[0], names, path, label_key)
+        return ArraySource(path, image_key, layout=None if layout == "hw" else layout, labels=labels,
+                           class_names=names, name=path.name)  # fmt: skip
+    array, labels, names = read_array_file(path)
+    images = torch.from_numpy(as_image_array(array, str(path)))
+    return TensorSource(images, None if labels is None else labels_tensor(labels), 256, names, path.name)

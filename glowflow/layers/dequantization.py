@@ -23,12 +23,15 @@ dimension of discrete data are
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glowflow.checks import POSITIVE
 from glowflow.layers.actnorm import ActNorm
 from glowflow.layers.base import Flow
 from glowflow.layers.coupling import AffineCoupling
@@ -39,8 +42,9 @@ from glowflow.registry import Registry
 
 
 def _check_num_bins(num_bins: int) -> None:
-    if int(num_bins) != num_bins or not 2 <= num_bins <= 2**16:
-        raise ValueError(f"num_bins must be an integer between 2 and 65536, got {num_bins}")
+    whole = not isinstance(num_bins, bool) and isinstance(num_bins, numbers.Real) and float(num_bins).is_integer()
+    if not (whole and 2 <= num_bins <= 2**16):
+        raise ValueError(f"num_bins must be an integer between 2 and 65536, got {num_bins!r}")
 
 
 def check_discrete(k: Tensor, num_bins: int, validate: bool = True) -> Tensor:
@@ -84,9 +88,22 @@ def to_continuous(k: Tensor, u: Tensor | float, num_bins: int) -> Tensor:
     Rounding can carry ``k + u`` with ``u`` just below 1 onto the next bin's start; such values are moved to
     the largest float below it, so that :func:`quantize` recovers ``k`` exactly.
     """
+    _check_num_bins(num_bins)
     x = (k + u) / num_bins - 0.5
+    return torch.minimum(x, _bin_top(k, num_bins))
+
+
+def _bin_top(k: Tensor, num_bins: int) -> Tensor:
+    """The largest float in the bin of (integer-valued) ``k``: the one just below the next bin's start."""
+    if torch.compiler.is_exporting():
+        # ONNX has no nextafter, nor a bit cast to build one from: gather from the N bin tops instead, computed
+        # here by numpy with the same float arithmetic as below, so that the exported graph holds them as a constant.
+        np_dtype = np.dtype(str(k.dtype).removeprefix("torch."))
+        starts = (np.arange(num_bins, dtype=np_dtype) + 1.0) / num_bins - 0.5
+        tops = torch.from_numpy(np.nextafter(starts, np_dtype.type(-1.0))).to(k.device)
+        return tops[k.long().clamp(0, num_bins - 1)]
     upper = _bin_start(k + 1.0, num_bins)
-    return torch.minimum(x, torch.nextafter(upper, torch.full_like(upper, -1.0)))
+    return torch.nextafter(upper, torch.full_like(upper, -1.0))
 
 
 def quantize(x: Tensor, num_bins: int) -> Tensor:
@@ -95,6 +112,7 @@ def quantize(x: Tensor, num_bins: int) -> Tensor:
     Bin starts are compared in ``x``'s own precision with the same arithmetic as :func:`to_continuous`, so
     ``quantize(to_continuous(k, u, N), N) == k`` exactly for every ``u`` in [0, 1].
     """
+    _check_num_bins(num_bins)
     k = torch.floor((x.double() + 0.5) * num_bins).to(x.dtype)
     k = k - (_bin_start(k, num_bins) > x).to(x.dtype)
     k = k + (_bin_start(k + 1.0, num_bins) <= x).to(x.dtype)
@@ -112,19 +130,26 @@ def to_uint8(x: Tensor, num_bins: int = 256) -> Tensor:
 
 def levels_to_uint8(k: Tensor, num_bins: int) -> Tensor:
     """Discrete levels ``0..N-1`` -> displayable grey levels ``round(255 k / (N - 1))`` (uint8)."""
+    _check_num_bins(num_bins)
     return torch.round(k.float() * (255.0 / (num_bins - 1))).clamp(0, 255).to(torch.uint8)
 
 
 def uint8_to_levels(images: Tensor, num_bins: int) -> Tensor:
     """Inverse of :func:`levels_to_uint8`: displayable grey levels back to levels ``0..N-1`` (uint8, or int32 for
     ``N > 256``)."""
+    _check_num_bins(num_bins)
     k = torch.round(images.float() * ((num_bins - 1) / 255.0)).long()
     return k.to(torch.uint8) if num_bins <= 256 else k.to(torch.int32)
 
 
 def bits_per_dim(log_prob: Tensor, num_dims: int) -> Tensor:
     """Convert a log-probability (nats) of discrete data with ``num_dims`` dimensions to bits per dimension."""
+    POSITIVE.check("num_dims", num_dims)
     return -log_prob / (num_dims * math.log(2.0))
+
+
+def _as_float(k: Tensor) -> Tensor:
+    return k if k.is_floating_point() else k.to(torch.float32)
 
 
 class Dequantization(Flow):
@@ -160,8 +185,13 @@ class UniformDequantization(Dequantization):
     """
 
     def forward(self, k: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        k = k if k.is_floating_point() else k.to(torch.float32)
-        return to_continuous(k, torch.rand_like(k), self.num_bins), self._scale_logdet(k)
+        k = _as_float(k)
+        return self.dequantize(k, torch.rand_like(k))
+
+    def dequantize(self, k: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward`` with a given noise draw ``u`` in [0, 1), shaped like ``k``: ``(x, logdet)``."""
+        k = _as_float(k)
+        return to_continuous(k, u, self.num_bins), self._scale_logdet(k)
 
 
 class VariationalDequantization(Dequantization):
@@ -202,8 +232,12 @@ class VariationalDequantization(Dequantization):
         return torch.sigmoid(v), logdet
 
     def forward(self, k: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        k = k.to(torch.float32) if not k.is_floating_point() else k
-        eps = torch.randn_like(k)
+        k = _as_float(k)
+        return self.dequantize(k, torch.randn_like(k))
+
+    def dequantize(self, k: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward`` with a given noise draw ``eps ~ N(0, I)``, shaped like ``k``: ``(x, logdet)``."""
+        k = _as_float(k)
         u, logdet_noise = self.noise(k, eps)
         log_q = standard_normal_log_prob(eps) - logdet_noise
         return to_continuous(k, u, self.num_bins), self._scale_logdet(k) - log_q

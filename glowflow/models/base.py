@@ -4,21 +4,30 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glowflow.checks import TEMPERATURE
 from glowflow.errors import NotInitializedError
 from glowflow.layers.actnorm import ActNorm
 from glowflow.layers.coupling import COUPLINGS, PRECISIONS, Coupling
 from glowflow.layers.permutations import PERMUTATIONS
 from glowflow.layers.priors import standard_normal_log_prob
 from glowflow.layers.step import FlowStep
+from glowflow.models import pretrained
+
+if TYPE_CHECKING:
+    from glowflow.models.pretrained import ModelCard
+
+M = TypeVar("M", bound="FlowModel")
 
 
 def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -100,10 +109,14 @@ class FlowModel(nn.Module):
     num_classes: int | None
     class_names: list[str] | None
     latent_shapes: list[tuple[int, ...]]
-    bijection: nn.Module  # the learned layers between data and latents (where ActNorms and couplings live)
     config: dict  # the constructor arguments, enough to rebuild the model: ``type(model)(**model.config)``
 
     # ---- subclass hooks -------------------------------------------------------------------------------------
+    @property
+    def bijection(self) -> nn.Module:
+        """The learned layers between data and latents (where the ActNorms and couplings live)."""
+        raise NotImplementedError
+
     def _encode(self, x: Tensor, cond: Tensor | None) -> tuple[list[Tensor], Tensor]:
         raise NotImplementedError
 
@@ -160,14 +173,12 @@ class FlowModel(nn.Module):
         *,
         exact: bool = False,
     ) -> Tensor:
-        """Draw ``n`` samples with every latent's standard deviation scaled by ``temperature``.
+        """Draw ``n`` samples with every latent's standard deviation scaled by ``temperature`` (a finite number >= 0,
+        NumPy scalars included).
 
         ``exact=True`` decodes with float32 conditioners (only matters for ``precision="bf16"``)."""
         n = check_positive_int("n (the number of samples)", n)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-        if not 0.0 <= temperature < float("inf"):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        temperature = TEMPERATURE.check("temperature", temperature)
         self._check_initialized()
         ref = self._reference_parameter()
         zs = [
@@ -189,6 +200,53 @@ class FlowModel(nn.Module):
         finally:
             for c, b in zip(couplings, before, strict=True):
                 c.exact = b
+
+    # ---- sharing: pretrained-model directories, see glowflow.models.pretrained ---------------------------------
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        *,
+        data: dict[str, Any] | None = None,
+        training: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        card: ModelCard | None = None,
+    ) -> Path:
+        """Write config.json, model.safetensors and a model card README.md to ``directory``; see
+        :func:`glowflow.models.pretrained.save_pretrained`."""
+        return pretrained.save_pretrained(self, directory, data=data, training=training, metrics=metrics, card=card)
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        source: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        revision: str | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+    ) -> M:
+        """Load a model of this class from a pretrained-model directory or a Hugging Face Hub id; see
+        :func:`glowflow.models.pretrained.from_pretrained`."""
+        return pretrained.from_pretrained(
+            source, device=device, model_class=cls, revision=revision, token=token, local_files_only=local_files_only
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        data: dict[str, Any] | None = None,
+        training: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        card: ModelCard | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+    ) -> str:
+        """Upload this model to the Hugging Face Hub repository ``repo_id``; returns the commit's URL. See
+        :func:`glowflow.models.pretrained.push_to_hub`."""
+        return pretrained.push_to_hub(
+            self, repo_id, data=data, training=training, metrics=metrics, card=card, private=private, token=token
+        )
 
     @property
     def is_initialized(self) -> bool:

@@ -18,9 +18,11 @@ from glowflow.layers.priors import GaussianPrior, Split, standard_normal_log_pro
 from glowflow.layers.reshape import Squeeze
 from glowflow.layers.sequence import FlowSequence
 from glowflow.models.base import FlowModel, check_choice, check_class_names, check_positive_int, make_step
+from glowflow.models.registry import MODELS
 from glowflow.preprocessing import ImagePreprocessing
 
 
+@MODELS.register("Glow", help="the multi-scale image Glow")
 class Glow(FlowModel):
     """Multi-scale Glow over images of shape ``in_shape = (C, H, W)``.
 
@@ -148,7 +150,6 @@ class Glow(FlowModel):
                 levels_.append(FlowSequence(Squeeze(), flow_steps, GaussianPrior((c, h, w), cond_features)))
                 self.latent_shapes.append((c, h, w))
         self.levels = torch.nn.ModuleList(levels_)
-        self.bijection = self.levels
 
         self.dequantizer: Dequantization = DEQUANTIZERS.get(dequantization)(self.data_shape[0], num_bins)
 
@@ -167,6 +168,10 @@ class Glow(FlowModel):
     @property
     def num_bins(self) -> int:
         return self.dequantizer.num_bins
+
+    @property
+    def bijection(self) -> torch.nn.Module:
+        return self.levels
 
     def _architecture(self) -> str:
         c = self.config

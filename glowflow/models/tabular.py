@@ -11,8 +11,10 @@ from glowflow.layers.priors import GaussianPrior
 from glowflow.layers.sequence import FlowSequence
 from glowflow.layers.standardize import Standardize
 from glowflow.models.base import FlowModel, check_class_names, check_positive_int, make_step
+from glowflow.models.registry import MODELS
 
 
+@MODELS.register("TabularGlow", help="the 1-D Glow for vectors")
 class TabularGlow(FlowModel):
     """Glow for vectors of dimension ``dim``: a fixed standardisation, then ``steps`` x (ActNorm -> LU linear ->
     coupling with an MLP conditioner), then a learned (optionally class-conditional) diagonal Gaussian.
@@ -82,7 +84,10 @@ class TabularGlow(FlowModel):
             ],
             GaussianPrior((dim,), cond_features),
         )
-        self.bijection = self.flow
+
+    @property
+    def bijection(self) -> FlowSequence:
+        return self.flow
 
     def _architecture(self) -> str:
         c = self.config

@@ -3,27 +3,26 @@ stderr naming the problem, no traceback, and no file left behind."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from train_helpers import TINY_FLAGS  # noqa: E402
-
-from glowflow.cli import main  # noqa: E402
+from glowflow.cli import main
+from tests.helpers import one_thread
+from tests.training.train_helpers import TINY_FLAGS
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, Path]:
     """Runs (digits, conditional digits, moons), latents of each, and bad files, outside the folder checked for
     leftovers."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("bad_inputs")
+    with one_thread():  # module fixtures run before the autouse one-thread fixture
+        return _env(tmp_path_factory.mktemp("bad_inputs"))
+
+
+def _env(root: Path) -> dict[str, Path]:
     e = {"digits": root / "digits", "moons": root / "moons", "cond": root / "cond"}
     assert main(["train", "--out", str(e["digits"]), *TINY_FLAGS, "--iters", "2"]) == 0
     assert main(["train", "--out", str(e["cond"]), *TINY_FLAGS, "--iters", "2", "--conditional"]) == 0
@@ -42,7 +41,6 @@ def env(tmp_path_factory) -> dict[str, Path]:
     (root / "rows.csv").write_text("1,2\n3,4\n")
     (root / "not_latents.npz").write_bytes(b"PK not a zip")
     e["root"] = root
-    torch.set_num_threads(before)
     return e
 
 
@@ -93,7 +91,7 @@ CASES = [
     ("decode jpg", "decode {digits} {latents} --out {out}/d.jpg", "images go to a folder or a .png grid"),
     ("decode rows", "decode {moons} {latents} --out {out}/rows", "rows go to a .csv or .npy file"),
     ("decode scale", "decode {digits} {latents} --scale nan --out {out}/d", "--scale must be a finite number"),
-    ("mutation rate", "train --mutation-rate 1.5 --out {out}/t", "config key 'mutation_rate' must lie in [0, 1)"),
+    ("mutation rate", "train --mutation-rate 1.5 --out {out}/t", "--mutation-rate: must lie in [0, 1], got '1.5'"),
     ("background missing", "train --background-for {root}/norun --out {out}/t", "no such run directory"),
     ("background rows", "train --background-for {moons} --out {out}/t", "'mutation_rate' applies to image data only"),
     ("array csv", "train --data array --data-dir {root}/rows.csv --out {out}/t", "reads a .npy or .npz file"),

@@ -5,31 +5,20 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from train_helpers import TINY_FLAGS  # noqa: E402
-
-import glowflow  # noqa: E402
-from glowflow.cli import main  # noqa: E402
-from glowflow.data import load_dataset  # noqa: E402
-from glowflow.scoring import read_input  # noqa: E402
+import glowflow
+from glowflow.cli import main
+from glowflow.data import load_dataset
+from glowflow.scoring import read_input
+from tests.helpers import one_thread
+from tests.training.train_helpers import TINY_FLAGS
 
 COMMANDS = ("score", "ood", "encode", "decode")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run_cli(capsys, *args) -> tuple[int, str]:
@@ -40,16 +29,17 @@ def run_cli(capsys, *args) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("score_cli")
+    with one_thread():  # module fixtures run before the autouse one-thread fixture
+        return _runs(tmp_path_factory.mktemp("score_cli"))
+
+
+def _runs(root: Path) -> dict[str, Path]:
     out = {"digits": root / "digits", "background": root / "background", "moons": root / "moons"}
     assert main(["train", "--out", str(out["digits"]), *TINY_FLAGS, "--iters", "20", "--lr", "3e-3"]) == 0
     assert main(["train", "--background-for", str(out["digits"]), "--out", str(out["background"]),
                  "--iters", "8", "--steps", "1", "--hidden", "8", "--batch-size", "16", "--init-batch-size", "64",
                  "--warmup", "2", "--eval-every", "0", "--sample-every", "0", "--no-progress"]) == 0  # fmt: skip
     assert main(["train", "--data", "moons", "--out", str(out["moons"]), *TINY_FLAGS, "--iters", "4"]) == 0
-    torch.set_num_threads(before)
     return out
 
 

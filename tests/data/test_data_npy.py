@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from glowflow.data import load_dataset
-from glowflow.data.npy import as_image_array, read_array_file
+from glowflow.data import load_dataset, open_dataset
+from glowflow.data.arrays import ArraySource
+from glowflow.data.npy import array_source, as_image_array, read_array_file
+from glowflow.data.sources import TensorSource, to_memory
 from glowflow.errors import DataError
 
 
@@ -60,7 +62,7 @@ def test_bad_files(tmp_path: Path):
     with pytest.raises(DataError, match=r"C = 1 or 3, got shape \(4, 5, 8, 8\)"):
         load_dataset("array", tmp_path / "shape.npy")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(DataError, match="pickled objects are refused"):
+    with pytest.raises(DataError, match="holds Python objects"):
         load_dataset("array", tmp_path / "obj.npy")
     np.savez(tmp_path / "two.npz", a=_images(4), b=_images(4))
     with pytest.raises(DataError, match="expected the images under one of images, x, data"):
@@ -68,3 +70,24 @@ def test_bad_files(tmp_path: Path):
     np.savez(tmp_path / "lab.npz", x=_images(4), labels=np.zeros(3, np.int64))
     with pytest.raises(DataError, match=r"labels 'labels' must be integers of shape \(4,\)"):
         load_dataset("array", tmp_path / "lab.npz")
+
+
+def test_array_files_are_read_batch_by_batch_when_they_can_be(tmp_path: Path):
+    """A .npy file or a stored .npz member of uint8 images is read row by row; a compressed member or another
+    integer dtype is read whole. Either way both splits hold the examples and labels of load_dataset."""
+    x, y = _images(30), np.arange(30) % 3
+    np.save(tmp_path / "plain.npy", x)
+    np.savez(tmp_path / "stored.npz", images=x, labels=y, class_names=np.array(["a", "b", "c"]))
+    np.savez_compressed(tmp_path / "packed.npz", images=x, labels=y)
+    np.save(tmp_path / "wide.npy", x.astype(np.int64))
+    kinds = {"plain.npy": ArraySource, "stored.npz": ArraySource, "packed.npz": TensorSource, "wide.npy": TensorSource}
+    for name, kind in kinds.items():
+        path = tmp_path / name
+        assert type(array_source(path)) is kind
+        for source, split in zip(open_dataset("array", path), ("train", "test"), strict=True):
+            whole, read = load_dataset("array", path, split), to_memory(source)
+            assert torch.equal(read.x, whole.data) and whole.data.dtype == torch.uint8
+            assert (read.labels is None) == name.endswith(".npy")
+            if read.labels is not None:
+                assert torch.equal(read.labels, whole.labels)
+    assert open_dataset("array", tmp_path / "stored.npz")[0].class_names == ["a", "b", "c"]

@@ -2,39 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from train_helpers import TINY, TINY_TOY  # noqa: E402
-
-from glowflow.training import train  # noqa: E402
-
-# CI has ../shared beside the clone; the library itself never assumes it.
-MNIST_5K = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist-5k"
-needs_mnist_5k = pytest.mark.skipif(not (MNIST_5K / "t10k-images-idx3-ubyte.gz").is_file(),
-                                    reason="needs ../shared/data/mnist-5k (real MNIST digits)")  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The suite shares two cores with other work; the tiny models of these tests run fastest on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from glowflow.training import train
+from tests.helpers import one_thread
+from tests.scoring.scoring_helpers import MNIST_5K
+from tests.training.train_helpers import TINY, TINY_TOY
 
 
 def _train(out: Path, **settings) -> Path:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # session fixtures run before the autouse one-thread fixture
         train(out=str(out), **settings)
-    finally:
-        torch.set_num_threads(before)
     return out
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MNIST_5K, needs_mnist_5k
 
 from glowflow.data import load_dataset
 from glowflow.preprocessing import reduce_bits
 from glowflow.runs import open_run
 from glowflow.scoring import decode, encode, load_latents, save_latents
+from tests.scoring.scoring_helpers import MNIST_5K, needs_mnist_5k
 
 
 @pytest.mark.parametrize("deterministic", [False, True])

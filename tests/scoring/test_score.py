@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MNIST_5K, needs_mnist_5k
-from helpers import randomize_
 from PIL import Image
 
 import glowflow
@@ -27,6 +25,8 @@ from glowflow.scoring import InputSet, read_input, score
 from glowflow.scoring.inputs import convert_levels, fit_images, to_grayscale
 from glowflow.scoring.score import csv_text
 from glowflow.training.evaluate import isolated_rng
+from tests.helpers import randomize_
+from tests.scoring.scoring_helpers import MNIST_5K, needs_mnist_5k
 
 
 def test_level_log_probs_sum_to_log_prob():
