@@ -79,6 +79,10 @@ def _encode(args: argparse.Namespace) -> int:
     how = "mean latent" if args.mean else ("bin centres" if args.deterministic else f"noise seed {args.seed}")
     print(f"encoded {latents.meta['examples']} examples of {latents.meta['input']} ({how}): latents {shapes} "
           f"per example, finest first")  # fmt: skip
+    if latents.meta.get("lost_in_float32"):
+        lost = latents.meta["lost_in_float32"]
+        print(f"float32 did not decode {lost} of {latents.meta['examples']} examples back to their levels (an "
+              "ill-conditioned input): encoded in float64 instead, and decode runs in float64")  # fmt: skip
     print(f"wrote {out}")
     return 0
 

@@ -6,18 +6,25 @@ input ``k``, are dequantized to ``x = (k + u) / N - 0.5`` - ``u`` drawn by the m
 stream, or the bin centres ``u = 0.5`` (``deterministic``) - and mapped to one latent per level, finest first, with
 the float32 conditioners (``FlowModel.encode(exact=True)``). Decoding inverts that map and recovers the levels as
 ``k = round((x + 0.5) N - u)`` with the archived noise (``quantize(x)`` for bin centres and for changed latents:
-scaled, or a mean), then removes the padding. Every level comes back exactly: the float32 round trip is ~1e-6 in
-``x``, far inside the margin of half a bin. n-bit reduction is not undone (it discards the low bits); decoded images
-are in the model's levels.
+scaled, or a mean), then removes the padding. n-bit reduction is not undone (it discards the low bits); decoded
+images are in the model's levels.
 
-The archive (``.npz``, no pickles): ``z0``, ``z1``, ... (float32, finest first), ``noise`` (float32 ``u`` in the
-model's input shape; absent for bin centres and means), ``classes`` (the model's class indices, class-conditional
-models), ``labels`` (the inputs' labels as text, when they had labels), ``sources`` (text) and ``meta`` (JSON: the
-model, the checkpoint, the number of levels, the preprocessing, and how the latents were made).
+Every level comes back exactly, and :func:`encode` checks it: the float32 round trip is usually ~1e-6 in ``x``, far
+inside the margin of half a bin, but a trained model can be ill-conditioned on a rare input (measured: one of 2,000
+MNIST test digits under the MNIST Glow of docs/results.md came back up to 20 levels off in float32, 6e-11 in
+float64). So encode decodes every batch it made and, if any example does not come back, encodes the whole input
+again with a float64 copy of the model; the archive says so (``meta["precision"]``) and decode then runs in float64.
+
+The archive (``.npz``, no pickles): ``z0``, ``z1``, ... (float32, or float64 when ``meta["precision"]`` is
+``"float64"``; finest first), ``noise`` (float32 ``u`` in the model's input shape; absent for bin centres and
+means), ``classes`` (the model's class indices, class-conditional models), ``labels`` (the inputs' labels as text,
+when they had labels), ``sources`` (text) and ``meta`` (JSON: the model, the checkpoint, the number of levels, the
+preprocessing, the precision, and how the latents were made).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -45,8 +52,8 @@ FORMAT = "glowflow-latents"
 
 @dataclass(eq=False)
 class Latents:
-    """Latents of a set of examples (see the module docstring): ``zs`` one float32 array per level, each
-    ``(N, *latent_shape)``; ``noise`` the dequantization noise or None; ``classes`` / ``labels`` / ``sources`` per
+    """Latents of a set of examples (see the module docstring): ``zs`` one float32 (or float64) array per level,
+    each ``(N, *latent_shape)``; ``noise`` the dequantization noise or None; ``classes`` / ``labels`` / ``sources`` per
     example; ``meta`` what made them."""
 
     zs: list[np.ndarray]
@@ -95,7 +102,14 @@ def encode(
         raise ValueError("--mean of a class-conditional model's latents needs inputs of one class (or --label); "
                          f"these hold classes {sorted(set(y.tolist()))}")  # fmt: skip
     zs, noise = _encode_all(model, x, y, deterministic, seed, batch_size, progress)
-    meta = _meta(scorer, inputs[0].name, len(x), deterministic=deterministic, mean=mean, seed=seed)
+    precision, lost = _dtype_name(model), 0
+    if isinstance(model, Glow) and not mean and precision == "float32":
+        lost = _not_recovered(model, zs, noise, x, y, batch_size)
+        if lost:  # an ill-conditioned input: float32 cannot invert it, float64 can
+            zs, noise = _encode_all(copy.deepcopy(model).double(), x, y, deterministic, seed, batch_size, progress)
+            precision = "float64"
+    meta = _meta(scorer, inputs[0].name, len(x), deterministic=deterministic, mean=mean, seed=seed,
+                 precision=precision, lost_in_float32=lost)  # fmt: skip
     if mean:
         return Latents([z.astype(np.float64).mean(0, keepdims=True).astype(np.float32) for z in zs], None,
                        None if y is None else y[:1].numpy(), None, [f"mean of {len(x)}"], meta)  # fmt: skip
@@ -125,9 +139,39 @@ def _encode_all(
                         noise.append(((cont.double() + 0.5) * model.num_bins - k.double()).float().cpu().numpy())
                     xb = cont
                 for i, z in enumerate(model.encode(xb, yb)[0]):
-                    zs[i].append(z.float().cpu().numpy())
+                    zs[i].append((z.double() if dtype == torch.float64 else z.float()).cpu().numpy())
                 bar.update(len(xb))
     return [np.concatenate(z) for z in zs], np.concatenate(noise) if noise else None
+
+
+def _dtype_name(model: FlowModel) -> str:
+    return str(next(p for p in model.parameters() if p.is_floating_point()).dtype).removeprefix("torch.")
+
+
+@torch.no_grad()
+def _not_recovered(
+    model: Glow, zs: list[np.ndarray], noise: np.ndarray | None, x: Tensor, y: Tensor | None, batch_size: int
+) -> int:
+    """How many examples of ``x`` (the model's discrete input) the latents ``zs`` (with ``noise``) do not decode
+    back to exactly."""
+    device = next(model.parameters()).device
+    lost = 0
+    for s in range(0, len(x), batch_size):
+        zb = [torch.from_numpy(z[s : s + batch_size]).to(device) for z in zs]
+        yb = None if y is None else y[s : s + batch_size].to(device)
+        u = None if noise is None else torch.from_numpy(noise[s : s + batch_size]).to(device)
+        k = _levels(model, model.decode(zb, yb), u)
+        lost += int((k != x[s : s + batch_size].to(device).long()).flatten(1).any(1).sum())
+    return lost
+
+
+def _levels(model: Glow, x: Tensor, u: Tensor | None) -> Tensor:
+    """The discrete levels (long) of the decoded ``x``: ``round((x + 0.5) N - u)`` with the archived noise ``u``,
+    else the bin ``x`` lies in."""
+    if u is None:
+        return quantize(x, model.num_bins)
+    k = torch.round((x.double() + 0.5) * model.num_bins - u.double()).long()
+    return k.clamp(0, model.num_bins - 1)
 
 
 def _meta(scorer: Scorer, input_name: str, n: int, **how: Any) -> dict[str, Any]:
@@ -167,6 +211,8 @@ def decode(
     model = scorer.model
     check_latents(latents, model)
     device_ = scorer.device
+    if latents.meta.get("precision") == "float64" and _dtype_name(model) != "float64":
+        model = copy.deepcopy(model).double()  # encode found float32 could not invert these inputs
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
     exact = scale == 1.0 and latents.noise is not None
     out = []
@@ -176,13 +222,8 @@ def decode(
             y = None if latents.classes is None else torch.from_numpy(latents.classes[s : s + batch_size])
             x = model.decode(zs, None if y is None else y.to(device_))
             if isinstance(model, Glow):
-                if exact:
-                    u = torch.from_numpy(latents.noise[s : s + batch_size]).to(device_)
-                    k = torch.round((x.double() + 0.5) * model.num_bins - u.double()).long()
-                    k = k.clamp(0, model.num_bins - 1)
-                else:
-                    k = quantize(x, model.num_bins)
-                x = _crop(k, model.preprocessing.raw_shape[1:])
+                u = torch.from_numpy(latents.noise[s : s + batch_size]).to(device_) if exact else None
+                x = _crop(_levels(model, x, u), model.preprocessing.raw_shape[1:])
                 x = x.to(torch.uint8) if model.num_bins <= 256 else x.to(torch.int32)
             out.append(x.cpu())
             bar.update(len(zs[0]))
@@ -250,8 +291,9 @@ def load_latents(path: str | os.PathLike) -> Latents:
     count = len([k for k in arrays if k[:1] == "z" and k[1:].isdigit()])
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or count == 0:
         raise ValueError(f"{path} is not a glowflow latents archive (one written by glowflow encode)")
+    z_dtype = np.float64 if meta.get("precision") == "float64" else np.float32
     latents = Latents(
-        [arrays[f"z{i}"].astype(np.float32) for i in range(count)],
+        [arrays[f"z{i}"].astype(z_dtype) for i in range(count)],
         arrays["noise"].astype(np.float32) if "noise" in arrays else None,
         arrays["classes"].astype(np.int64) if "classes" in arrays else None,
         [str(v) for v in arrays["labels"]] if "labels" in arrays else None,

@@ -12,7 +12,7 @@ import torch
 from glowflow.data import load_dataset
 from glowflow.preprocessing import reduce_bits
 from glowflow.runs import open_run
-from glowflow.scoring import decode, encode, load_latents, save_latents
+from glowflow.scoring import codec, decode, encode, load_latents, save_latents
 from tests.scoring.scoring_helpers import MNIST_5K, needs_mnist_5k
 
 
@@ -46,6 +46,36 @@ def test_noise_is_what_makes_random_dequantization_exact(digits_run: Path):
     assert torch.equal(decode(run, latents), k)
     latents.noise = None  # plain quantisation of the same latents
     assert (decode(run, latents) != k).float().mean() > 0.1  # measured: 0.25 of the pixels a level off
+
+
+def test_encode_counts_the_examples_float32_does_not_bring_back(digits_run: Path):
+    """The check behind the float64 fallback: exact latents lose nothing; a latent moved far enough to change the
+    decoded image is counted once per example."""
+    run = open_run(digits_run, "cpu")
+    k = run.model.preprocess(load_dataset("digits", split="test").data[:12])
+    latents = encode(run, k.numpy())
+    assert latents.meta["precision"] == "float32" and latents.meta["lost_in_float32"] == 0
+    assert codec._not_recovered(run.model, latents.zs, latents.noise, k, None, 5) == 0
+    moved = [z.copy() for z in latents.zs]
+    moved[1][[2, 7]] += 5.0  # two examples' coarse latents, five standard deviations off
+    assert codec._not_recovered(run.model, moved, latents.noise, k, None, 5) == 2
+
+
+def test_ill_conditioned_inputs_are_encoded_and_decoded_in_float64(
+    digits_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Where float32 cannot invert an input (one of 2,000 MNIST test digits under the MNIST Glow), encode redoes
+    the set in float64 and decode follows the archive: the levels come back either way."""
+    k = load_dataset("digits", split="test").data[:40]
+    monkeypatch.setattr(codec, "_not_recovered", lambda *args: 1)
+    latents = encode(digits_run, "digits:test[:40]", batch_size=16)
+    assert latents.meta["precision"] == "float64" and latents.meta["lost_in_float32"] == 1
+    assert all(z.dtype == np.float64 for z in latents.zs)
+    back = load_latents(save_latents(latents, tmp_path / "z.npz"))
+    assert all(z.dtype == np.float64 for z in back.zs)
+    assert torch.equal(decode(digits_run, back), k)
+    run = open_run(digits_run, "cpu")
+    assert next(run.model.parameters()).dtype == torch.float32  # decode used a float64 copy
 
 
 def test_mean_and_scale(digits_run: Path):
