@@ -76,8 +76,9 @@ def load_dataset(
 
     - ``data_dir``: where the files are. MNIST / Fashion-MNIST are looked for in ``data_dir/<name>/`` first, then
       in ``data_dir`` (``.gz`` or gunzipped); CIFAR-10 in ``data_dir/cifar-10-batches-py/``, then ``data_dir``.
-      None means :func:`default_data_dir`. For ``"folder"`` it is the image folder, for ``"tabular"`` the
-      ``.csv``/``.npy`` file or its folder (both required). Ignored for ``"digits"`` and the toy densities.
+      None means :func:`default_data_dir`. For ``"folder"`` it is the image folder, for ``"array"`` the ``.npy`` /
+      ``.npz`` file, for ``"tabular"`` the ``.csv``/``.npy`` file or its folder (all required). Ignored for
+      ``"digits"`` and the toy densities.
     - ``download``: fetch missing MNIST / Fashion-MNIST / CIFAR-10 files first (see :func:`download`); ignored
       for data sets that have nothing to download.
     - ``seed`` (0..2**31-1): seeds the 90/10 split of a folder or single tabular file, and the toy samples (train:

@@ -75,7 +75,7 @@ class TrainConfig:
         None,
         "where the data files are (default $GLOWFLOW_DATA or ~/.cache/glowflow); the image folder for 'folder', "
         "the .tar shard, folder or glob for 'shards', the folder of the .npz / .tar files for 'imagenet32' / "
-        "'imagenet64', the .csv/.npy file or folder for 'tabular'",
+        "'imagenet64', the .npy/.npz file for 'array', the .csv/.npy file or folder for 'tabular'",
         "data",
     )
     download: bool = _f(False, "download MNIST / Fashion-MNIST / CIFAR-10 if missing (verified by checksum)", "data")
