@@ -51,14 +51,22 @@ def floats(text: str) -> list[float]:
     return values
 
 
+RUN_HELP = (
+    "a run directory (uses checkpoints/best.pt, else last.pt), a .pt checkpoint file, a pretrained-model directory "
+    "(glowflow export), a shipped model (glowflow/digits, glowflow/moons, glowflow/mnist) or a Hugging Face Hub id "
+    "(owner/name; needs glowflow[hub])"
+)
+PRETRAINED_OUT = "the current directory for a pretrained model, which has no run directory"
+
+
 def run_args(p: argparse.ArgumentParser, data: bool = False) -> None:
     """``RUN`` and the options of every command that uses a trained model."""
-    p.add_argument("run", metavar="RUN", help="a run directory (uses checkpoints/best.pt, else last.pt) or a .pt file")
+    p.add_argument("run", metavar="RUN", help=RUN_HELP)
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run dir")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random choices and noise (default 0)")
     if data:
-        p.add_argument("--data-dir", default=None, help="where the run's data is now, if it moved")
+        p.add_argument("--data-dir", default=None, help="where the model's data set is now, if it moved")
 
 
 def open_run_of(args: argparse.Namespace) -> Any:
@@ -68,5 +76,5 @@ def open_run_of(args: argparse.Namespace) -> Any:
 
 
 def default_out(run: Any, name: str) -> Path:
-    """Where a command writes by default: into the run directory."""
-    return run.run_dir / name
+    """Where a command writes by default: into the run directory (the current directory for a pretrained model)."""
+    return run.output_dir / name

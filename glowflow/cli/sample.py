@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from glowflow.cli.common import Formatter, default_out, floats, open_run_of, run_args
+from glowflow.cli.common import PRETRAINED_OUT, Formatter, default_out, floats, open_run_of, run_args
 
 SAMPLE_EXAMPLES = """\
 examples:
@@ -14,6 +14,7 @@ examples:
   glowflow sample runs/mnist --n 100 --temperature 0.8 --out mnist.png --npy
   glowflow sample runs/mnist-cond --label 7
   glowflow sample runs/fashion-cond --label Sneaker --temperature 0.5
+  glowflow sample glowflow/mnist --n 64 --out mnist.png          # a shipped model
 """
 
 INTERPOLATE_EXAMPLES = """\
@@ -37,7 +38,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--temperature", type=float, default=0.7, help="latent standard deviation (default 0.7)")
     p.add_argument("--label", default=None, help="class index or name (class-conditional models)")
-    p.add_argument("--out", default=None, help="PNG file (default RUN/sample_T<temperature>.png)")
+    p.add_argument("--out", default=None, help=f"PNG file (default RUN/sample_T<temperature>.png; {PRETRAINED_OUT})")
     p.add_argument("--npy", action="store_true", help="also save the samples beside it as .npy")
     p.add_argument("--ncol", type=int, default=None, help="images per row")
     p.set_defaults(func=_sample)
@@ -50,7 +51,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--pairs", type=int, default=4, help="random pairs, one row each (default 4)")
     p.add_argument("--frames", type=int, default=8, help="images per row, ends included (default 8)")
     p.add_argument("--split", choices=("test", "train"), default="test", help="where the images come from")
-    p.add_argument("--out", default=None, help="PNG file (default RUN/interpolate.png)")
+    p.add_argument("--out", default=None, help=f"PNG file (default RUN/interpolate.png; {PRETRAINED_OUT})")
     p.set_defaults(func=_interpolate)
 
     p = sub.add_parser("manipulate", help="latent arithmetic with a class vector", epilog=MANIPULATE_EXAMPLES,
@@ -64,7 +65,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--strengths", type=floats, default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.25],
                    help="multiples of the class vector (default 0,0.25,0.5,0.75,1,1.25)")  # fmt: skip
     p.add_argument("--max-per-class", type=int, default=2000, help="training images per class mean (default 2000)")
-    p.add_argument("--out", default=None, help="PNG file (default RUN/manipulate_<from>_to_<to>.png)")
+    p.add_argument("--out", default=None,
+                   help=f"PNG file (default RUN/manipulate_<from>_to_<to>.png; {PRETRAINED_OUT})")  # fmt: skip
     p.set_defaults(func=_manipulate)
 
 
