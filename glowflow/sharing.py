@@ -54,6 +54,7 @@ def export_run(
     seed: int = 0,
     data_dir: str | None = None,
     command: str | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Write the pretrained-model directory of ``run`` (see the module docstring) and return what it holds:
     ``{"directory", "files", "metrics", "training_command"}``.
@@ -61,9 +62,10 @@ def export_run(
     ``formats``: ``"onnx"`` and / or ``"pt2"`` graphs of ``methods`` (default: every method the model has).
     ``measure_samples``: score the whole test split now, the dequantization noise averaged over that many draws, and
     record that as the test figure (default: the figures the source recorded for these weights). ``check_size``:
-    write a check subset of that many test examples, chosen with ``seed`` (scored with ``measure_samples`` draws,
-    else the run's ``eval_samples``). ``data_dir``: where the data set is, for those two. ``command``: the command
-    that exported, quoted in the card.
+    write a check subset of that many test examples, chosen with ``seed`` (scored as the run's evaluations were:
+    with its ``eval_samples`` dequantization draws). ``data_dir``: where the data set is, for those two.
+    ``command``: the command that exported, quoted in the card; ``note``: a paragraph of your own for the card (the
+    machine it was trained on, say).
     """
     target = Path(directory)
     _check_request(run, target, formats, measure_samples, check_size)
@@ -74,7 +76,7 @@ def export_run(
     try:
         extra: list[tuple[str, str]] = []
         if check_size:
-            metrics.update(_write_check(run, building, check_size, seed, measure_samples, data_dir))
+            metrics.update(_write_check(run, building, check_size, seed, data_dir))
             extra += [(CHECK_FILE, f"the check subset: {check_size} test examples (their indices in the test split), "
                        "their score and how it was computed"), (CHECK_INPUTS, "the check subset's inputs")]  # fmt: skip
         model = run.model.cpu()
@@ -83,7 +85,7 @@ def export_run(
             files = ", ".join(f"`{m['file']}`" for m in written["methods"].values())
             kind = "ONNX graphs" if fmt == "onnx" else "torch.export programs"
             extra.append((f"{fmt}.json", f"describes the {kind} {files}: inputs, outputs, versions"))
-        card = ModelCard(command=_training_command(run), description=_description(run, which, command),
+        card = ModelCard(command=_training_command(run), description=_description(run, which, command, note),
                          repo_id=_load_name(target), files=tuple(extra))  # fmt: skip
         training = None if run.config is None else run.config.to_dict()
         save_pretrained(model, building, data=_data(run), training=training, metrics=metrics or None, card=card)
@@ -176,9 +178,7 @@ def _measure(run: OpenRun, n_samples: int, data_dir: str | None) -> dict[str, An
     return {**figures, "evaluated_on": on}
 
 
-def _write_check(
-    run: OpenRun, folder: Path, size: int, seed: int, measure_samples: int | None, data_dir: str | None
-) -> dict[str, float]:
+def _write_check(run: OpenRun, folder: Path, size: int, seed: int, data_dir: str | None) -> dict[str, float]:
     """``check.json`` and ``check.safetensors`` of ``size`` test examples chosen with ``seed``; returns the metric
     (``check_bpd`` or ``check_nll``) and its value."""
     data = run.load_data(data_dir)
@@ -187,7 +187,7 @@ def _write_check(
     indices = torch.from_numpy(choose_indices(data.test_total, size, seed))
     x = data.test_x[indices].contiguous()
     y = None if data.test_y is None else data.test_y[indices].contiguous()
-    draws = (measure_samples or run.config.eval_samples) if run.is_image else 1
+    draws = run.config.eval_samples if run.is_image else 1
     scored = evaluate(run.model, x, y, draws, seed=EVAL_SEED)
     metric, value = ("check_bpd", scored["bpd"]) if run.is_image else ("check_nll", scored["nll"])
     record = {
@@ -215,11 +215,12 @@ def _write_graphs(model: FlowModel, folder: Path, fmt: str, methods: Sequence[st
     return export.export_pt2(model, folder, methods)
 
 
-def _description(run: OpenRun, which: str, command: str | None) -> str:
+def _description(run: OpenRun, which: str, command: str | None, note: str | None) -> str:
     """Where the weights come from and which evaluation measured the test figures."""
     if run.kind == "checkpoint":
         origin = f"The weights of the run's checkpoint `{run.path.name}` (step {run.step})"
     else:
         origin = f"The weights of the pretrained model `{run.source}`"
     origin += f", exported with `{command}`." if command else "."
-    return f"{origin} Test figures: {which}"
+    generated = f"{origin} Test figures: {which}"
+    return generated if not note else f"{note.strip()}\n\n{generated}"

@@ -22,6 +22,16 @@ from glowflow.training.config import TrainConfig
 from tests.training.train_helpers import TINY_FLAGS
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (on a CPU shared with other work, two threads make them many times
+    slower), and one thread fixes the summation order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A class-conditional digits run and a moons run (4 steps each), and the pretrained directory of each."""

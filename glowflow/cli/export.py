@@ -56,6 +56,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed that chooses the check subset (default 0)")
     p.add_argument("--data-dir", default=None, help="where the model's data set is now (for --measure, --check)")
     p.add_argument("--device", default="auto", help="where --measure and --check compute: cpu, cuda or auto")
+    p.add_argument("--note", default=None, metavar="TEXT", help="a paragraph of your own for the model card")
     p.set_defaults(func=_export)
 
 
@@ -71,6 +72,10 @@ def _command(args: argparse.Namespace) -> str:
         words += ["--measure", str(args.measure)]
     if args.check:
         words += ["--check", str(args.check), "--seed", str(args.seed)]
+    if args.data_dir is not None:
+        words += ["--data-dir", args.data_dir]
+    if args.note is not None:
+        words += ["--note", "..."]  # the note is the card's first paragraph
     return shlex.join(words)
 
 
@@ -83,8 +88,8 @@ def _export(args: argparse.Namespace) -> int:
     run = open_run(args.run, args.device, args.checkpoint)
     formats = [fmt for fmt in ("onnx", "pt2") if getattr(args, fmt)]
     result = export_run(run, args.directory, formats=formats, methods=args.methods, measure_samples=args.measure,
-                        check_size=args.check, seed=args.seed, data_dir=args.data_dir,
-                        command=_command(args))  # fmt: skip
+                        check_size=args.check, seed=args.seed, data_dir=args.data_dir, command=_command(args),
+                        note=args.note)  # fmt: skip
     metrics = result["metrics"]
     key = "test_bpd" if run.is_image else "test_nll"
     unit = "bits/dim" if run.is_image else "nats"

@@ -15,6 +15,16 @@ from glowflow.cli import main
 from tests.training.train_helpers import TINY_FLAGS
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (on a CPU shared with other work, two threads make them many times
+    slower), and one thread fixes the summation order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A class-conditional digits run of 4 steps."""
@@ -60,14 +70,15 @@ def test_help_has_examples(capsys):
 
 def test_export_then_use_it_as_run(run_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, _ = run_cli(capsys, "export", run_dir, "shared", "--check", "8", "--seed", "2")
+    code, out, _ = run_cli(capsys, "export", run_dir, "shared", "--check", "8", "--seed", "2", "--note", "Hi.")
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == "wrote shared: README.md, check.json, check.safetensors, config.json, model.safetensors"
     assert "Glow L=2 K=1 width 8" in lines[1] and "bits/dim on all 297 test images, 1 noise draw each" in lines[1]
     assert lines[2].startswith("  trained with: glowflow train ") and "--conditional" in lines[2]
     card = (tmp_path / "shared" / "README.md").read_text()
-    assert f"exported with `glowflow export {run_dir} shared --check 8 --seed 2`" in card
+    exported = f"exported with `glowflow export {run_dir} shared --check 8 --seed 2 --note ...`"
+    assert f"Hi.\n\nThe weights of the run's checkpoint `best.pt` (step 4), {exported}" in card
 
     code, out, _ = run_cli(capsys, "info", "shared")
     assert code == 0 and out.startswith("pretrained:  shared") and "trained:     4 steps" in out
