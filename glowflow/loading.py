@@ -5,10 +5,9 @@ A source is, in the order it is tried:
 1. a local path: a checkpoint file (``.pt``), a run directory (``checkpoints/best.pt``, else ``last.pt``;
    ``checkpoint="last"`` swaps them) or a pretrained-model directory (``config.json`` of the
    ``glowflow-pretrained`` format + ``model.safetensors``, see :mod:`glowflow.models.pretrained`);
-2. a shipped model, ``glowflow/<name>`` (:func:`shipped_models`: ``glowflow/digits``, ``glowflow/moons``,
-   ``glowflow/mnist``): a pretrained-model directory inside the installed package, ``glowflow/weights/<name>``,
-   read offline. The ``glowflow/`` namespace is reserved for them: another name under it is an error, never a
-   Hub lookup;
+2. a shipped model, ``glowflow/<name>`` (:func:`shipped_models`, e.g. ``glowflow/digits``, ``glowflow/moons``):
+   a pretrained-model directory inside the installed package, ``glowflow/weights/<name>``, read offline. The
+   ``glowflow/`` namespace is reserved for them: another name under it is an error, never a Hub lookup;
 3. a Hugging Face Hub model id ``owner/name`` (needs the ``hub`` extra; downloaded, or from the cache). Offline,
    or without the extra, it is one clear error.
 
@@ -86,7 +85,7 @@ def resolve_source(source: str | os.PathLike, checkpoint: str = "best", *, local
 
 def load(source: str | os.PathLike, device: str | torch.device = "cpu", *, checkpoint: str = "best") -> FlowModel:
     """The trained model of ``source`` (a run directory, checkpoint file, pretrained-model directory, shipped model
-    name such as ``"glowflow/mnist"``, or Hugging Face Hub id; see the module docstring), in eval mode on
+    name such as ``"glowflow/digits"``, or Hugging Face Hub id; see the module docstring), in eval mode on
     ``device``. Its units travel in it: an image model's preprocessing (``model.preprocess``) and class names, a
     tabular model's standardisation. ``checkpoint``: ``"best"`` or ``"last"``, for a run directory."""
     found = resolve_source(source, checkpoint)

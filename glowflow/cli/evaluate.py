@@ -13,7 +13,7 @@ examples:
   glowflow eval runs/digits-20250101-120000
   glowflow eval runs/mnist --split train --n-samples 4 --limit 5000
   glowflow eval runs/cifar/checkpoints/last.pt --importance-weighted
-  glowflow eval glowflow/mnist --data-dir ~/data/mnist --limit 1000     # a shipped model, on its data set
+  glowflow eval glowflow/digits --n-samples 4                # a shipped model, on its data set
 """
 
 INFO_EXAMPLES = """\

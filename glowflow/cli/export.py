@@ -14,7 +14,7 @@ examples:
   glowflow export runs/digits-20250101-120000 digits-glow          # from checkpoints/best.pt
   glowflow export runs/mnist mnist-glow --checkpoint last --onnx   # + log_prob.onnx, bits_per_dim.onnx, ...
   glowflow export runs/mnist mnist-glow --measure 10 --check 32    # score all test images now; a check subset
-  glowflow export glowflow/mnist mnist-onnx --onnx --methods log_prob,bits_per_dim
+  glowflow export glowflow/digits digits-onnx --onnx --methods log_prob,bits_per_dim
 
 Load the directory with glowflow.load(DIR) (or Glow.from_pretrained(DIR)); every command that takes RUN takes DIR.
 """

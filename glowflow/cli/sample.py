@@ -14,7 +14,7 @@ examples:
   glowflow sample runs/mnist --n 100 --temperature 0.8 --out mnist.png --npy
   glowflow sample runs/mnist-cond --label 7
   glowflow sample runs/fashion-cond --label Sneaker --temperature 0.5
-  glowflow sample glowflow/mnist --n 64 --out mnist.png          # a shipped model
+  glowflow sample glowflow/digits --n 40 --out digits.png        # a shipped model
 """
 
 INTERPOLATE_EXAMPLES = """\

@@ -420,7 +420,7 @@ def shipped_models() -> tuple[str, ...]:
 
 
 def shipped_path(name: str) -> Path:
-    """The directory of the shipped model ``name`` (``"mnist"`` or ``"glowflow/mnist"``)."""
+    """The directory of the shipped model ``name`` (``"digits"`` or ``"glowflow/digits"``)."""
     short = name.removeprefix(SHIPPED_PREFIX)
     if short not in shipped_models():
         names = ", ".join(SHIPPED_PREFIX + n for n in shipped_models()) or "none"
@@ -472,7 +472,7 @@ def from_pretrained(
     token: str | bool | None = None,
     local_files_only: bool = False,
 ) -> FlowModel:
-    """Load a pretrained model from a local directory, a shipped model name (``glowflow/mnist``) or a Hugging Face
+    """Load a pretrained model from a local directory, a shipped model name (``glowflow/digits``) or a Hugging Face
     Hub id (``owner/name``; needs the ``hub`` extra). ``model_class`` requires that class; ``revision``, ``token``
     and ``local_files_only`` go to the Hub download. The model is in eval mode on ``device``."""
     directory = resolve_pretrained(source, revision=revision, token=token, local_files_only=local_files_only)

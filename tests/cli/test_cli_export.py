@@ -65,7 +65,7 @@ def test_help_has_examples(capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "the current directory for a pretrained model" in text and "glowflow/mnist" in text
+    assert "the current directory for a pretrained model" in text and "glowflow/digits" in text
 
 
 def test_export_then_use_it_as_run(run_dir, tmp_path, capsys, monkeypatch):
