@@ -342,13 +342,13 @@ def export_onnx(
     """Write ``METHOD.onnx`` (``torch.onnx.export(..., dynamo=True)`` of the ``torch.export`` program; ``opset``:
     the ONNX opset, the exporter's default if None) for each of ``methods`` (all of :func:`available_methods` by
     default) and ``onnx.json`` describing them. Returns that description. Needs the ``onnx`` extra."""
-    if importlib.util.find_spec("onnxscript") is None or importlib.util.find_spec("onnx") is None:
-        raise ImportError("ONNX export needs the onnx and onnxscript packages: pip install 'glowflow[onnx]'")
     if isinstance(model, FlowModel) and model.precision == "bf16":
         raise ValueError(
             "ONNX has no bfloat16 convolutions: set model.precision = 'fp32' before exporting to ONNX (the weights "
             "are float32 either way; only the conditioners' compute precision changes)"
         )
+    if importlib.util.find_spec("onnxscript") is None or importlib.util.find_spec("onnx") is None:
+        raise ImportError("ONNX export needs the onnx and onnxscript packages: pip install 'glowflow[onnx]'")
 
     translations = _onnx_translations()
 

@@ -1,18 +1,36 @@
 """Progress reports that read well everywhere: a tqdm bar on a terminal, plain lines in a log file.
 
 When stderr is a terminal, :class:`Progress` draws a tqdm bar (with its ``\\r`` redraws). When it is not (CI,
-``nohup``, ``2> train.log``), it writes one plain line every ``interval`` seconds and one at the end instead, so a log
-file holds a few readable lines rather than hundreds of carriage-return updates. Messages (:meth:`Progress.write`)
-go to stdout in both cases, above the bar.
+``nohup``, ``2> train.log``), it writes one plain line every ``interval`` seconds (and one at the end) instead, so a log
+file holds a few readable lines rather than hundreds of carriage-return updates (the interval: 30 s, or
+``$GLOWFLOW_PROGRESS_INTERVAL``). Messages (:meth:`Progress.write`) go to stdout in both cases, above the bar.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
 from typing import Any, TextIO
 
 DEFAULT_INTERVAL_S = 30.0
+INTERVAL_ENV = "GLOWFLOW_PROGRESS_INTERVAL"
+
+
+def default_interval() -> float:
+    """Seconds between plain progress lines: ``$GLOWFLOW_PROGRESS_INTERVAL`` if set (a number >= 0; 0 writes a line
+    at every update), else :data:`DEFAULT_INTERVAL_S`."""
+    text = os.environ.get(INTERVAL_ENV, "").strip()
+    if not text:
+        return DEFAULT_INTERVAL_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"${INTERVAL_ENV} must be a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -31,7 +49,7 @@ class Progress:
         unit: what is counted (``"step"``, ``"img"``).
         desc: a short label for the plain lines (``"train"``, ``"score"``).
         enabled: False draws and writes nothing but :meth:`write`'s messages.
-        interval: seconds between plain lines when stderr is not a terminal.
+        interval: seconds between plain lines when stderr is not a terminal (default :func:`default_interval`).
         stream: where the bar or the plain lines go (default ``sys.stderr``).
     """
 
@@ -42,15 +60,15 @@ class Progress:
         unit: str = "step",
         desc: str = "",
         enabled: bool = True,
-        interval: float = DEFAULT_INTERVAL_S,
+        interval: float | None = None,
         stream: TextIO | None = None,
     ) -> None:
         self.total, self.n, self.unit, self.desc = total, initial, unit, desc
         self.enabled = enabled
-        self.interval = interval
+        self.interval = default_interval() if interval is None else interval
         self.stream = stream if stream is not None else sys.stderr
         self.postfix: dict[str, str] = {}
-        self._start_n = initial
+        self._start_n = self._reported = initial
         self._start = self._last = time.perf_counter()
         self._bar: Any = None
         if enabled and is_terminal(self.stream):
@@ -87,12 +105,12 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self.enabled and self.n > self._start_n:
+        elif self.enabled and self.n != self._reported:  # a closing line, unless the last one said it all
             self._line()
 
     def _line(self) -> None:
         now = time.perf_counter()
-        self._last = now
+        self._last, self._reported = now, self.n
         elapsed = now - self._start
         done = f"{self.n}/{self.total}" if self.total else str(self.n)
         if self.total:
@@ -100,7 +118,7 @@ class Progress:
         rate = (self.n - self._start_n) / elapsed if elapsed > 0 else 0.0
         parts = [f"{self.desc}: {self.unit} {done}" if self.desc else f"{self.unit} {done}"]
         parts.append(f"{rate:.3g} {self.unit}/s, {_clock(elapsed)} elapsed")
-        if self.total and rate > 0:
+        if self.total and rate > 0 and self.n < self.total:
             parts.append(f"{_clock((self.total - self.n) / rate)} left")
         parts += [f"{k} {v}" for k, v in self.postfix.items()]
         print(", ".join(parts), file=self.stream, flush=True)

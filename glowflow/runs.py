@@ -19,18 +19,21 @@ import torch
 from torch import Tensor
 
 from glowflow import viz
+from glowflow.checks import FINITE, NON_NEGATIVE, POSITIVE, SEED, TEMPERATURE, IntRange, check_choice
+from glowflow.data.base import SPLITS
 from glowflow.errors import CheckpointError
 from glowflow.io import atomic_write_text
 from glowflow.layers.dequantization import to_continuous, to_uint8, uint8_to_levels
 from glowflow.loading import Source, resolve_source
 from glowflow.models import FlowModel, Glow
 from glowflow.models.pretrained import load_pretrained_dir
+from glowflow.progress import Progress
 from glowflow.training.checkpoint import load_model, run_dir_of
 from glowflow.training.config import TrainConfig
 from glowflow.training.data import TrainingData, prepare_data
 from glowflow.training.devices import resolve_device
 from glowflow.training.distributed import DistContext
-from glowflow.training.evaluate import draw_samples, evaluate, sample_labels
+from glowflow.training.evaluate import draw_samples, evaluate_source, sample_labels
 
 
 @dataclass
@@ -86,7 +89,8 @@ class OpenRun:
         return self.run_dir if self.run_dir is not None else Path(".")
 
     def load_data(self, data_dir: str | None = None, eval_size: int | None = None) -> TrainingData:
-        """Both splits of the model's data, prepared as in training (``data_dir`` overrides where they are)."""
+        """Both splits of the model's data, prepared as in training (``data_dir`` overrides where they are): in
+        memory, or read batch by batch from the files as the training configuration's ``input`` says."""
         if self.config is None:
             raise ValueError(f"{self.source} records no training configuration, so its data set is unknown")
         cfg = replace(self.config, download=False)
@@ -101,9 +105,10 @@ def open_run(run: str | os.PathLike, device: str = "auto", prefer: str = "best")
     """Open a trained model from any source :func:`glowflow.load` takes (a run directory: ``checkpoints/best.pt``,
     else ``last.pt``, ``prefer="last"`` swaps them; a checkpoint file; a pretrained-model directory; a shipped
     model name; a Hub id) on ``device`` (``auto``: CUDA when available)."""
+    target = resolve_device(device, DistContext())  # a bad device name fails before anything loads
     found = resolve_source(run, prefer)
     opened = _open_pretrained(found) if found.kind == "pretrained" else _open_checkpoint(found)
-    opened.model.to(resolve_device(device, DistContext()))
+    opened.model.to(target)
     return opened
 
 
@@ -162,43 +167,60 @@ def evaluate_run(
     data_dir: str | None = None,
     seed: int = 0,
     save: bool = True,
+    progress: bool = False,
+    workers: int = 0,
 ) -> dict[str, Any]:
-    """Score the ``split`` of the run's data. Images: bits/dim with the dequantization noise averaged over
-    ``n_samples`` draws, plus the importance-weighted estimate with ``importance_weighted`` (always for variational
-    dequantization); tabular / toy: NLL in nats (and per-dimension bits). ``limit`` scores a fixed random subset.
-    Saves ``eval_<split>.json`` in ``run.output_dir`` (the run directory; the current directory for a pretrained
-    model) when ``save``; returns what it saves."""
-    if split not in ("train", "test"):
-        raise ValueError(f"--split must be train or test, got {split!r}")
-    if n_samples < 1:
-        raise ValueError(f"--n-samples must be >= 1, got {n_samples}")
+    """Score the ``split`` of the run's data, batch by batch (``workers`` reader processes). Images: bits/dim with
+    the dequantization noise averaged over ``n_samples`` draws, plus the importance-weighted estimate with
+    ``importance_weighted`` (always for variational dequantization); tabular / toy: NLL in nats (and per-dimension
+    bits). ``limit`` (>= 1, or None: all) scores a fixed random subset. ``progress`` reports on stderr
+    (:class:`~glowflow.progress.Progress`). Saves ``eval_<split>.json`` in ``run.output_dir`` (the run directory;
+    the current directory for a pretrained model) when ``save``; returns what it saves. A score that is not finite
+    is an error, never saved."""
+    check_choice("split", split, SPLITS)
+    n_samples = POSITIVE.check("n_samples", n_samples)
+    batch_size = POSITIVE.check("batch_size", batch_size)
+    limit = IntRange(1, optional=True).check("limit", limit)
+    seed = SEED.check("seed", seed)
+    workers = NON_NEGATIVE.check("workers", workers)
     data = run.load_data(data_dir, eval_size=limit if split == "test" else None)
     if split == "test":
-        x, y, total = data.test_x, data.test_y, data.test_total
+        source, indices, total = data.test, data.eval_indices, data.test_total
     else:
-        x, y, total = data.train_x, data.train_y, len(data.train_x)
-        if limit is not None and limit < total:
-            keep = torch.from_numpy(choose_indices(total, limit, 0))
-            x, y = x[keep], None if y is None else y[keep]
+        source, total = data.train, len(data.train)
+        keep = limit is not None and limit < total
+        indices = torch.from_numpy(choose_indices(total, limit, 0)) if keep else torch.arange(total)
     draws = n_samples if run.is_image else 1
     result: dict[str, Any] = {
         "split": split,
-        "examples": len(x),
+        "examples": len(indices),
         "of": total,
         "source": run.source,
         "checkpoint": str(run.path),
         "step": run.step,
     }
-    if run.is_image:
-        result["num_bins"] = data.num_bins
-        result["n_samples"] = draws
-        result["bpd"] = evaluate(run.model, x, y, draws, batch_size, seed=seed)["bpd"]
-        variational = run.model.config.get("dequantization") == "variational"
-        if importance_weighted or variational:
-            iw = evaluate(run.model, x, y, draws, batch_size, importance_weighted=True, seed=seed)
-            result["bpd_importance_weighted"] = iw["bpd"]
-    else:
-        result.update(evaluate(run.model, x, y, 1, batch_size, seed=seed))
+    if source.origin:  # e.g. which ImageNet version the files are
+        result["files"] = source.origin
+    both = run.is_image and (importance_weighted or run.model.config.get("dequantization") == "variational")
+    unit = "img" if run.is_image else "row"
+    with Progress(len(indices) * (2 if both else 1), unit=unit, desc=f"eval {split}", enabled=progress) as bar:
+
+        def score(weighted: bool) -> dict[str, float]:
+            return evaluate_source(run.model, source, indices, draws, batch_size, weighted, seed=seed,
+                                   labels=run.model.num_classes is not None, workers=workers,
+                                   progress=bar.update)  # fmt: skip
+
+        if run.is_image:
+            result["num_bins"] = data.num_bins
+            result["n_samples"] = draws
+            result["bpd"] = score(False)["bpd"]
+            if both:
+                result["bpd_importance_weighted"] = score(True)["bpd"]
+        else:
+            result.update(score(False))
+    if not math.isfinite(result["bpd"]):
+        raise ValueError(f"the score of {run.source} on the {split} split is not finite ({result['bpd']}): the model "
+                         "diverged or does not fit this data; nothing saved")  # fmt: skip
     if save:
         path = atomic_write_text(run.output_dir / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
         result["saved"] = str(path)
@@ -229,8 +251,9 @@ def sample_run(
 ) -> Tensor:
     """``n`` samples: displayable grey levels uint8 ``(n, C, H, W)`` for images, float32 ``(n, D)`` in original
     units for tabular / toy data. ``label`` (index or class name) for a class-conditional model."""
-    if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
+    n = POSITIVE.check("n", n)
+    TEMPERATURE.check("temperature", temperature)
+    seed = SEED.check("seed", seed)
     if label is not None and run.model.num_classes is None:
         raise ValueError(f"--label needs a class-conditional model; {run.source} was trained without --conditional")
     labels = sample_labels(run.model, n, None if label is None else resolve_label(run, label))
@@ -243,6 +266,9 @@ def discrete_levels(images: Tensor, num_bins: int) -> Tensor:
 
 
 def sample_picture_of(run: OpenRun, samples: Tensor, caption: str, ncol: int | None = None) -> np.ndarray:
+    """The picture of ``samples``: an image grid of ``ncol`` per row (>= 1; default one class per column for a
+    class-conditional model, else square-ish) under ``caption``, or a scatter plot of tabular / toy rows."""
+    ncol = IntRange(1, optional=True).check("ncol", ncol)
     if run.is_image:
         if ncol is None and run.model.num_classes is not None and len(samples) >= run.model.num_classes:
             ncol = run.model.num_classes
@@ -280,11 +306,17 @@ def interpolate_run(
     included: they decode to the two images), decode. One row per pair (``indices``, or ``pairs`` random ones,
     within one class for a class-conditional model). Returns the picture and the pairs."""
     model = _require_image(run, "interpolate")
-    if frames < 2:
-        raise ValueError(f"--frames must be >= 2, got {frames}")
+    frames = IntRange(2).check("frames", frames)
+    pairs = POSITIVE.check("pairs", pairs)
+    check_choice("split", split, SPLITS)
+    seed = SEED.check("seed", seed)
+    if indices is not None:
+        if isinstance(indices, (str, bytes)) or len(indices) != 2:
+            raise ValueError(f"indices must be two image indices (A, B), got {indices!r}")
+        indices = tuple(NON_NEGATIVE.check("indices", i) for i in indices)
     data = run.load_data(data_dir)
-    images = data.test_x if split == "test" else data.train_x
-    labels = data.test_labels if split == "test" else data.train_labels
+    images = data.test if split == "test" else data.train
+    labels = images.labels
     conditional = model.num_classes is not None
     n = len(images)
     if indices is not None:
@@ -296,8 +328,6 @@ def interpolate_run(
                              "model interpolates within one class")  # fmt: skip
         chosen = [tuple(indices)]
     else:
-        if pairs < 1:
-            raise ValueError(f"--pairs must be >= 1, got {pairs}")
         rng = np.random.default_rng(seed)
         chosen = []
         for _ in range(pairs):
@@ -310,7 +340,7 @@ def interpolate_run(
     for a, b in chosen:
         y = labels[[a, b]] if conditional else None
         zs = []
-        for z in _encode(model, images[[a, b]], y):  # one latent per level: (2, ...) -> (frames, ...)
+        for z in _encode(model, images.get([a, b])[0], y):  # one latent per level: (2, ...) -> (frames, ...)
             w = t.view(-1, *[1] * (z.dim() - 1))
             zs.append((1 - w) * z[0] + w * z[1])
         ys = None if y is None else y[0].expand(frames).to(run.device)
@@ -353,34 +383,39 @@ def manipulate_run(
     of class ``source``. One row per image, one column per strength. For a class-conditional model the label stays
     ``source``: the picture shows what the latents alone carry. Returns the picture and a summary."""
     model = _require_image(run, "manipulate")
+    n = POSITIVE.check("n", n)
+    max_per_class = POSITIVE.check("max_per_class", max_per_class)
+    seed = SEED.check("seed", seed)
+    strengths = tuple(FINITE.check("strengths", v) for v in strengths)
+    if not strengths:
+        raise ValueError("strengths must hold at least one number")
     if run.num_classes is None:
         raise ValueError(
             f"manipulate needs class labels; {run.source} was trained on {run.data_name!r}, which has none"
         )
     data = run.load_data(data_dir)
-    if data.train_labels is None or data.test_labels is None:
+    train_labels, test_labels = data.train.labels, data.test.labels
+    if train_labels is None or test_labels is None:
         raise ValueError(f"manipulate needs class labels; the {run.data_name!r} data here has none")
     a, b = resolve_label(run, source), resolve_label(run, target)
     if a == b:
         raise ValueError(f"--from and --to name the same class ({a})")
-    if n < 1 or not strengths:
-        raise ValueError("--n must be >= 1 and --strengths non-empty")
     conditional = model.num_classes is not None
     means = []
     for c in (a, b):
-        idx = np.flatnonzero((data.train_labels == c).numpy())
+        idx = np.flatnonzero((train_labels == c).numpy())
         if len(idx) == 0:
             raise ValueError(f"class {c} has no training images")
         idx = idx[choose_indices(len(idx), max_per_class, seed)]
-        y = data.train_labels[idx] if conditional else None
-        means.append(_class_mean_latent(model, data.train_x[idx], y))
+        y = train_labels[idx] if conditional else None
+        means.append(_class_mean_latent(model, data.train.get(idx)[0], y))
     vector = (means[1] - means[0]).float().to(run.device)
-    test_idx = np.flatnonzero((data.test_labels == a).numpy())
+    test_idx = np.flatnonzero((test_labels == a).numpy())
     if len(test_idx) == 0:
         raise ValueError(f"class {a} has no test images")
     test_idx = test_idx[choose_indices(len(test_idx), n, seed)]
-    y = data.test_labels[test_idx] if conditional else None
-    flat = torch.cat([z.flatten(1) for z in _encode(model, data.test_x[test_idx], y)], 1)
+    y = test_labels[test_idx] if conditional else None
+    flat = torch.cat([z.flatten(1) for z in _encode(model, data.test.get(test_idx)[0], y)], 1)
     rows = []
     for i in range(len(test_idx)):
         shifted = torch.stack([flat[i] + s * vector for s in strengths])

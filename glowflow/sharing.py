@@ -185,8 +185,9 @@ def _write_check(run: OpenRun, folder: Path, size: int, seed: int, data_dir: str
     if size > data.test_total:
         raise ValueError(f"the check subset ({size}) is larger than the test split ({data.test_total} examples)")
     indices = torch.from_numpy(choose_indices(data.test_total, size, seed))
-    x = data.test_x[indices].contiguous()
-    y = None if data.test_y is None else data.test_y[indices].contiguous()
+    x, labels = data.test.get(indices)
+    x = x.contiguous()
+    y = None if run.model.num_classes is None or labels is None else labels.contiguous()  # class-conditional only
     draws = run.config.eval_samples if run.is_image else 1
     scored = evaluate(run.model, x, y, draws, seed=EVAL_SEED)
     metric, value = ("check_bpd", scored["bpd"]) if run.is_image else ("check_nll", scored["nll"])

@@ -1,8 +1,14 @@
-"""Ground-truth checks shared by the tests: full-Jacobian log-determinants and parameter randomisation."""
+"""Ground-truth checks shared by the tests: full-Jacobian log-determinants, parameter randomisation, comparisons
+with a stated precision, memory layouts, and a one-thread context for the tiny models."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
@@ -57,3 +63,48 @@ def check_flow(
         f"log-det {logdet.tolist()} != autograd Jacobian {expected.tolist()}"
     )
     return y, logdet
+
+
+def assert_close(actual: Tensor, expected: Tensor, rel: float, what: str) -> None:
+    """Assert ``max|actual - expected| <= rel * max(1, max|expected|)``: a bound relative to the size of the values
+    (not elementwise, so entries near zero do not need their own absolute tolerance). ``what`` names the
+    comparison in the failure message."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    scale = max(1.0, expected.abs().max().item())
+    err = max_abs(actual, expected) / scale
+    assert err <= rel, f"{what}: relative error {err:.3g} > {rel:.3g}"
+
+
+def both_layouts(x: Tensor) -> list[Tensor]:
+    """``x`` (B, C, H, W) in contiguous (NCHW) and in channels-last (NHWC) memory layout, detached."""
+    x, x_cl = x.detach().contiguous(), x.detach().contiguous(memory_format=torch.channels_last)
+    assert not x_cl.is_contiguous(), "a layout test needs C > 1 and H * W > 1"
+    return [x, x_cl]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one intra-op thread, then restore the previous count. The tiny models of the tests run
+    fastest so (the suite shares two cores with other work), and their float results do not depend on how many
+    cores the machine has (a parallel reduction splits its sum by thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(folder: str, name: str) -> ModuleType:
+    """Import ``REPO/folder/NAME.py`` from its file, registered as ``NAME``: the name under which the scripts of
+    benchmarks/ import one another (``budget`` imports ``bench``, both import ``_normflows_glow``)."""
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(REPO / folder / f"{name}.py"):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
+from glowflow.data.arrays import ArraySource
+from glowflow.data.image_files import ImageFolderSource
+from glowflow.data.shards import TarShardSource
+from tests.helpers import load_script
 
-import streaming as sb  # noqa: E402
-
-from glowflow.data.arrays import ArraySource  # noqa: E402
-from glowflow.data.image_files import ImageFolderSource  # noqa: E402
-from glowflow.data.shards import TarShardSource  # noqa: E402
+sb = load_script("benchmarks", "streaming")
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_measurements_and_report(tmp_path: Path, one_thread):
+def test_measurements_and_report(tmp_path: Path):
     x, what = sb.images_for(3, 8, 40, tmp_path / "no-mnist")
     assert x.shape == (40, 3, 8, 8) and what == "uniform random pixels"
     sb.write_files(x, tmp_path / "d", per_shard=16)
@@ -43,13 +32,20 @@ def test_measurements_and_report(tmp_path: Path, one_thread):
     assert training["batch"] == 4 and training["threads"] == 1 and training["img_per_s"] > 0
     memory = [sb.rss_case(case, str(tmp_path / "big.npy"), 3) for case in ("memory", "pread-large", "memmap")]
     assert all(m["peak_rss_mib"] >= m["rss_before_mib"] > 0 for m in memory)
+    np.save(tmp_path / "test.npy", x[:8])
+    runs = [sb.run_case(case, str(tmp_path / "big.npy"), str(tmp_path / "test.npy"), 2, str(tmp_path / case))
+            for case in ("run-memory", "run-stream-large")]  # fmt: skip
+    assert [r["steps"] for r in runs] == [2, 2] and all(r["peak_rss_mib"] >= r["rss_before_mib"] > 0 for r in runs)
+    assert runs[0]["test_bpd"] == pytest.approx(runs[1]["test_bpd"], rel=1e-12)  # the same run, in memory or streamed
     res = {
         "environment": {"cpu": "test", "cpu_count": 2, "torch": "x", "python": "y", "git": None,
                         "load_average_start": 1.0, "load_average_end": 2.0},
         "readers": [{"data": "CIFAR-size 3x32x32", "reader": ".npy", "examples": 40,
                      "img_per_s": {"0": 10.0, "1": 20.0, "2": 30.0}}],  # fmt: skip
         "notes": ["a note"], "training": [training], "memory": memory, "rss_batches": 3, "tar_index_members_per_s": 5.0,
+        "runs": runs,
     }  # fmt: skip
     text = sb.report(res)
     assert "| CIFAR-size 3x32x32 | .npy | 40 | 10 | 20 | 30 |" in text and "load average 1.0 at the start" in text
     assert "slowest reader case / fastest preset" in text and "the large .npy (ArraySource): peak RSS" in text
+    assert "the large .npy, read batch by batch: peak RSS" in text and "| 2 |" in text

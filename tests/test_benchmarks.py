@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from glowflow import Glow
+from glowflow.layers.conditioners import ZeroConv2d
+from glowflow.layers.dequantization import bits_per_dim, to_continuous
+from glowflow.layers.priors import Split
+from tests.helpers import load_script
+
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
 
-import _normflows_glow as nfg  # noqa: E402
-import bench  # noqa: E402
-import budget  # noqa: E402
 
-from glowflow import Glow  # noqa: E402
-from glowflow.layers.conditioners import ZeroConv2d  # noqa: E402
-from glowflow.layers.dequantization import bits_per_dim, to_continuous  # noqa: E402
-from glowflow.layers.priors import Split  # noqa: E402
+nfg = load_script("benchmarks", "_normflows_glow")
+bench = load_script("benchmarks", "bench")
+budget = load_script("benchmarks", "budget")
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*torch.lu is deprecated:UserWarning"),  # inside normflows
@@ -34,14 +34,6 @@ pytestmark = [
 needs_normflows = pytest.mark.skipif(
     nfg.nf is None, reason="normflows is not installed (the optional 'bench' extra: pip install -e '.[bench]')"
 )
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds synchronisation cost
-    yield
-    torch.set_num_threads(before)
 
 
 def test_objective_matches_glowflow_convention():
@@ -59,7 +51,7 @@ def split_convs(model: Glow) -> list[torch.nn.Module]:
 
 @needs_normflows
 @pytest.mark.parametrize(("shape", "levels"), [((3, 16, 16), 3), ((1, 32, 32), 2), ((1, 28, 28), 2)])
-def test_normflows_glow_matches_architecture(shape, levels, one_thread):
+def test_normflows_glow_matches_architecture(shape, levels):
     steps, hidden = 2, 16
     g = Glow(shape, levels, steps, hidden)
     n = nfg.build_normflows_glow(shape, levels, steps, hidden)
@@ -84,7 +76,7 @@ def test_normflows_glow_matches_architecture(shape, levels, one_thread):
     assert sorted(tuple(z.shape[1:]) for z in zs) == sorted(g.latent_shapes)
 
 
-def test_bench_quick_all_sections(tmp_path, one_thread, capsys):
+def test_bench_quick_all_sections(tmp_path, capsys):
     out = tmp_path / "bench.json"
     png = tmp_path / "scaling.png"
     results = bench.main(["--quick", "--in-process", "--threads", "1", "--json", str(out), "--plot", str(png)])
@@ -129,7 +121,7 @@ def test_bench_memory_case_in_fresh_process():
     assert r["peak_mib"] >= 0 and r["baseline_mib"] > 0
 
 
-def test_budget_quick(tmp_path, one_thread, capsys):
+def test_budget_quick(tmp_path, capsys):
     out = tmp_path / "budget.json"
     png = tmp_path / "budget.png"
     results = budget.main(

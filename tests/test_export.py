@@ -11,7 +11,6 @@ import json
 
 import pytest
 import torch
-from helpers import randomize_
 
 from glowflow import Glow, NotInitializedError, TabularGlow
 from glowflow.export import (
@@ -29,6 +28,7 @@ from glowflow.export import (
 )
 from glowflow.layers.conv1x1 import InvertibleMatrix
 from glowflow.layers.dequantization import quantize, to_continuous
+from tests.helpers import randomize_
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # inside torch.onnx 2.13
 EXPORT_TOL = {"rtol": 1e-6, "atol": 1e-6}
@@ -191,6 +191,7 @@ def test_onnx_refusals(tmp_path, monkeypatch):
     model = Glow((1, 4, 4), levels=1, steps=1, hidden=4, precision="bf16")
     with pytest.raises(ValueError, match="model.precision = 'fp32'"):
         export_onnx(model, tmp_path)
+    model.precision = "fp32"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r"pip install 'glowflow\[onnx\]'"):
         export_onnx(model, tmp_path)

@@ -24,14 +24,6 @@ from glowflow.data import load_dataset  # noqa: E402
 from glowflow.lightning import GlowflowModule, SampleCallback  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _trainer(**kwargs) -> pl.Trainer:
     return pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, **kwargs)  # fmt: skip

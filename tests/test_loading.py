@@ -104,7 +104,8 @@ def test_open_run_of_a_pretrained_directory(runs):
     assert run.metrics["test_bpd"] == pytest.approx(from_run.metrics["test_bpd"], rel=0, abs=0)
     assert run.data == from_run.data
     data = run.load_data(eval_size=10)
-    assert data.test_x.shape == (10, 1, 8, 8) and data.test_y is not None  # conditional: labels come along
+    x, y = data.test.get(data.eval_indices)
+    assert x.shape == (10, 1, 8, 8) and data.conditional and y is not None  # conditional: labels come along
 
 
 def test_open_run_of_a_directory_saved_without_training_configuration(tmp_path):

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from helpers import randomize_
 
 from glowflow import CheckpointError, FlowModel, Glow, TabularGlow
 from glowflow.models.pretrained import (
@@ -19,6 +18,7 @@ from glowflow.models.pretrained import (
     read_config,
     save_pretrained,
 )
+from tests.helpers import randomize_
 
 FILES = {"config.json", "model.safetensors", "README.md"}
 

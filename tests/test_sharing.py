@@ -92,8 +92,9 @@ def test_measure_and_check_subset(run_dir, tmp_path):
     assert check["selection_seed"] == 5 and check["n_samples"] == 1 and check["noise_seed"] == EVAL_SEED  # the run's
     inputs = safetensors.torch.load_file(directory / "check.safetensors")
     data = run.load_data()
-    assert torch.equal(inputs["x"], data.test_x[check["indices"]]) and inputs["x"].dtype == torch.uint8
-    assert torch.equal(inputs["y"], data.test_y[check["indices"]])
+    x, y = data.test.get(check["indices"])
+    assert torch.equal(inputs["x"], x) and inputs["x"].dtype == torch.uint8
+    assert torch.equal(inputs["y"], y)
     rescored = evaluate(glowflow.load(directory), inputs["x"], inputs["y"], 1, seed=EVAL_SEED)["bpd"]
     assert rescored == check["check_bpd"] == metrics["check_bpd"]
     card = (directory / "README.md").read_text()

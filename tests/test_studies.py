@@ -13,11 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from studies import (  # noqa: E402
+from studies import (
     common,
     conditioner,
     depth_levels,
@@ -28,6 +24,7 @@ from studies import (  # noqa: E402
     temperature,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 PICTURES = {
     "permutation_coupling": ["curves.png", "final.png"],
     "temperature": ["temperature_grid.png"],
@@ -37,14 +34,6 @@ PICTURES = {
     "latent_manipulation": ["interpolation.png", "manipulation_conditional.png", "label_swap.png",
                             "interpolation_unconditional.png", "manipulation_unconditional.png"],
 }  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

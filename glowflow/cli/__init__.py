@@ -37,8 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:  # "[Errno 13] Permission denied: 'x'" -> "x: Permission denied"
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
     text = " ".join(str(e).split())
     return text or type(e).__name__
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.OutOfMemoryError))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,9 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. head, which closed early: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (GlowflowError, ValueError, FileNotFoundError, OSError, ImportError) as e:
+    except (GlowflowError, ValueError, FileNotFoundError, OSError, ImportError, MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not isinstance(e, GlowflowError) and not _out_of_memory(e):
+            raise  # a bug, not bad input: the traceback is what a report needs
         where = f" [rank {rank}]" if rank != "0" else ""
-        print(f"{prog}{where}: error: {_one_line(e)}", file=sys.stderr)
+        text = _one_line(e)
+        if _out_of_memory(e):
+            text = f"out of memory ({text[:200]}); use a smaller --batch-size (or --n, --sample-n)"
+        print(f"{prog}{where}: error: {text}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -6,14 +6,17 @@ import argparse
 import json
 from typing import Any
 
-from glowflow.cli.common import PRETRAINED_OUT, RUN_HELP, Formatter, open_run_of, run_args
+from glowflow.checks import NON_NEGATIVE, POSITIVE, IntRange
+from glowflow.cli.common import PRETRAINED_OUT, RUN_HELP, Formatter, open_run_of, ranged, run_args
+from glowflow.wording import levels_text, plural
 
 EVAL_EXAMPLES = """\
 examples:
   glowflow eval runs/digits-20250101-120000
   glowflow eval runs/mnist --split train --n-samples 4 --limit 5000
   glowflow eval runs/cifar/checkpoints/last.pt --importance-weighted
-  glowflow eval glowflow/digits --n-samples 4                # a shipped model, on its data set
+  glowflow eval runs/imagenet32 --workers 4        # the whole validation split, read batch by batch
+  glowflow eval glowflow/digits --n-samples 4      # a shipped model, on its data set
 """
 
 INFO_EXAMPLES = """\
@@ -38,10 +41,17 @@ def add_parsers(sub: Any) -> None:
     )
     run_args(p, data=True)
     p.add_argument("--split", choices=("test", "train"), default="test", help="which split (default test)")
-    p.add_argument("--n-samples", type=int, default=10, help="dequantization noise draws per image (default 10)")
+    p.add_argument("--n-samples", type=ranged(POSITIVE), default=10,
+                   help="dequantization noise draws per image, >= 1 (default 10)")  # fmt: skip
     p.add_argument("--importance-weighted", action="store_true", help="also the importance-weighted estimate")
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
-    p.add_argument("--limit", type=int, default=None, help="score a fixed random subset of this many examples")
+    p.add_argument("--batch-size", type=ranged(POSITIVE), default=256, help="images per batch, >= 1 (default 256)")
+    p.add_argument("--limit", type=ranged(IntRange(1, optional=True)), default=None,
+                   help="score a fixed random subset of this many examples, >= 1 (default: all)")  # fmt: skip
+    p.add_argument("--workers", type=ranged(NON_NEGATIVE), default=0,
+                   help="processes reading the batches ahead, >= 0 (default 0)")  # fmt: skip
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="report progress on stderr: a bar on a terminal, else a plain line every "
+                   "$GLOWFLOW_PROGRESS_INTERVAL seconds (default 30)")  # fmt: skip
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("info", help="what a run is and how far it got", epilog=INFO_EXAMPLES, formatter_class=Formatter,
@@ -58,14 +68,17 @@ def _eval(args: argparse.Namespace) -> int:
 
     run = open_run_of(args)
     r = evaluate_run(run, args.split, args.n_samples, args.importance_weighted, args.batch_size, args.limit,
-                     args.data_dir, args.seed)  # fmt: skip
+                     args.data_dir, args.seed, progress=args.progress, workers=args.workers)  # fmt: skip
     where = f"{r['examples']} of {r['of']}" if r["examples"] < r["of"] else f"all {r['examples']}"
+    if "files" in r:
+        print(f"files: {r['files']}")
     if run.is_image:
+        draws = plural(r["n_samples"], "draw")
         print(f"{run.data_name} {args.split} split ({where} images), {run.source}:")
-        print(f"  {r['bpd']:.4f} bits/dim  (dequantization noise averaged over {r['n_samples']} draws; "
-              f"{r['num_bins']} grey levels)")  # fmt: skip
+        print(f"  {r['bpd']:.4f} bits/dim  (dequantization noise averaged over {draws}; "
+              f"{levels_text(r['num_bins'], run.model.data_shape[0])})")  # fmt: skip
         if "bpd_importance_weighted" in r:
-            print(f"  {r['bpd_importance_weighted']:.4f} bits/dim  (importance-weighted over {r['n_samples']} draws)")
+            print(f"  {r['bpd_importance_weighted']:.4f} bits/dim  (importance-weighted over {draws})")
     else:
         print(f"{run.data_name} {args.split} split ({where} points), {run.source}:")
         print(f"  NLL {r['nll']:.4f} nats  ({r['bpd']:.4f} bits/dim)")
@@ -88,7 +101,8 @@ def _info(args: argparse.Namespace) -> int:
         return "-" if not m or m.get(metric) is None else f"{m[metric]:.4f}"
 
     shape = "x".join(map(str, info["shape"]))
-    levels = f", {info['num_bins']} levels" if info["num_bins"] else ""
+    levels = f", {levels_text(info['num_bins'], info['shape'][0])}" if info["num_bins"] else ""
+    wall = "unknown" if info["wall_time_s"] is None else f"{info['wall_time_s']:.0f} s"
     name = "test bpd" if image else "test NLL"
     if info["kind"] == "checkpoint":
         print(f"run:         {info['run_dir']}  ({info['path']}, saved {info['saved_at']})")
@@ -97,16 +111,16 @@ def _info(args: argparse.Namespace) -> int:
     print(f"data:        {info['data']} ({shape}{levels}); evaluated on {info['test_set'] or 'not recorded'}")
     print(f"model:       {info['model']}")
     if info["kind"] == "checkpoint":
-        print(f"trained:     {info['step']} of {info['iters']} steps, {info['wall_time_s']:.0f} s wall time, "
-              f"{info['processes']} process(es); {info['skipped']} skipped, {info['rollbacks']} rollbacks")  # fmt: skip
+        print(f"trained:     {info['step']} of {plural(info['iters'], 'step')}, {wall} wall time, "
+              f"{plural(info['processes'], 'process')}; {info['skipped']} skipped, "
+              f"{plural(info['rollbacks'], 'rollback')}")  # fmt: skip
         best = info["best"]
         best_text = f"best {best.get(metric, best['value']):.4f} at step {best['step']}" if best else "no best yet"
         print(f"{name + ':':<12} {fmt(info['last'])} {unit} at step {info['step']} ({best_text}; "
               f"untrained {fmt(info['untrained'])})")  # fmt: skip
     else:
-        steps = "not recorded" if info["step"] is None else f"{info['step']} steps"
-        wall = "" if info["wall_time_s"] is None else f", {info['wall_time_s']:.0f} s wall time"
-        print(f"trained:     {steps}{wall}")
+        steps = "not recorded" if info["step"] is None else plural(info["step"], "step")
+        print(f"trained:     {steps}, {wall} wall time")
         print(f"{name + ':':<12} {fmt(info['last'])} {unit}")
     if info["config"] is None:
         print("config:      not recorded")

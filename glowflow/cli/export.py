@@ -7,7 +7,8 @@ import argparse
 import shlex
 from typing import Any
 
-from glowflow.cli.common import RUN_HELP, Formatter
+from glowflow.checks import NON_NEGATIVE, POSITIVE, SEED
+from glowflow.cli.common import RUN_HELP, Formatter, device_name, ranged
 
 EXPORT_EXAMPLES = """\
 examples:
@@ -48,14 +49,16 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--onnx", action="store_true", help="also METHOD.onnx + onnx.json (needs glowflow[onnx])")
     p.add_argument("--pt2", action="store_true", help="also METHOD.pt2 (torch.export) + pt2.json")
     p.add_argument("--methods", type=_methods, default=None, help="the graphs' methods (default: all the model has)")
-    p.add_argument("--measure", type=int, default=None, metavar="N",
-                   help="score the whole test split now with N dequantization noise draws per image and record "
-                   "that as the test figure")  # fmt: skip
-    p.add_argument("--check", type=int, default=0, metavar="N",
-                   help="also check.json + check.safetensors: N fixed test examples and their score")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed that chooses the check subset (default 0)")
+    p.add_argument("--measure", type=ranged(POSITIVE), default=None, metavar="N",
+                   help="score the whole test split now with N >= 1 dequantization noise draws per image and "
+                   "record that as the test figure")  # fmt: skip
+    p.add_argument("--check", type=ranged(NON_NEGATIVE), default=0, metavar="N",
+                   help="also check.json + check.safetensors: N >= 0 fixed test examples and their score")  # fmt: skip
+    p.add_argument("--seed", type=ranged(SEED), default=0,
+                   help=f"seed that chooses the check subset, 0..{SEED.high} (default 0)")  # fmt: skip
     p.add_argument("--data-dir", default=None, help="where the model's data set is now (for --measure, --check)")
-    p.add_argument("--device", default="auto", help="where --measure and --check compute: cpu, cuda or auto")
+    p.add_argument("--device", type=device_name, default="auto",
+                   help="where --measure and --check compute: cpu, cuda, cuda:N or auto (default auto)")  # fmt: skip
     p.add_argument("--note", default=None, metavar="TEXT", help="a paragraph of your own for the model card")
     p.set_defaults(func=_export)
 

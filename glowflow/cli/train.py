@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-from glowflow.cli.common import SIGNAL_EXIT, Formatter, floats, optional
+from glowflow.checks import TEMPERATURE
+from glowflow.cli.common import SIGNAL_EXIT, Formatter, device_name, number_list, optional, ranged
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -16,6 +17,9 @@ examples:
   glowflow train --data mnist --data-dir ~/data --download --device cuda     # the mnist preset
   glowflow train --preset cifar10 --data-dir ~/data --precision bf16 --compile
   glowflow train --data folder --data-dir ~/celeba64 --preset celeba64
+  glowflow train --data imagenet32 --data-dir ~/data/imagenet32 --workers 4   # read batch by batch when large
+  glowflow train --data folder --data-dir ~/photos --image-size 64 --fit center-crop --on-error skip --workers 8
+  glowflow train --data shards --data-dir "~/shards/train-*.tar" --image-size 32 --workers 4
   glowflow train --data mnist --data-dir ~/data --conditional --n-bits 5 --levels 2 --steps 8 --hidden 128
   glowflow train --data moons                      # a 2-D toy density (TabularGlow)
   glowflow train --data tabular --data-dir table.csv
@@ -28,7 +32,7 @@ curve.png and checkpoints/last.pt + best.pt. Ctrl-C or SIGTERM finish the curren
 
 
 def add_parsers(sub: Any) -> None:
-    from glowflow.training.config import PRESET_NOTES, PRESETS, TrainConfig, choices_of
+    from glowflow.training.config import PRESET_NOTES, PRESETS, RANGES, TrainConfig, choices_of
 
     presets = "\n".join(f"  {name:<10} {note}" for name, note in PRESET_NOTES.items())
     p = sub.add_parser(
@@ -59,11 +63,15 @@ def add_parsers(sub: Any) -> None:
         if t == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif t == "list[float]":
-            kwargs["type"] = floats
+            kwargs["type"] = number_list(TEMPERATURE)
             kwargs["metavar"] = "T1,T2,..."
         else:
             base = {"int": int, "float": float, "str": str}[t.split("|")[0].strip()]
             kwargs["type"] = optional(base) if "None" in t and f.name != "preset" else base  # preset "none": a name
+            if f.name in RANGES:  # a bad value is a usage error before anything loads
+                kwargs["type"] = ranged(RANGES[f.name])
+            elif f.name == "device":
+                kwargs["type"] = device_name
             if meta.get("choices") and f.name != "data":
                 kwargs["choices"] = choices_of(f)
             if f.name == "data":

@@ -34,6 +34,7 @@ from typing import Any
 from glowflow.data.base import default_data_dir
 from glowflow.data.registry import DATASETS, DownloadEntry
 from glowflow.errors import DataError
+from glowflow.progress import Progress, is_terminal
 
 MIRROR_ENV = "GLOWFLOW_MIRROR"
 TIMEOUT_S = 60.0
@@ -121,7 +122,10 @@ class _BadChecksum(Exception):
 
 
 def _progress_bar(total: int | None, desc: str, enabled: bool) -> Any:
-    """A tqdm byte counter on stderr (disabled, i.e. silent, when ``enabled`` is false)."""
+    """A tqdm byte counter on stderr when it is a terminal, else plain lines (:class:`~glowflow.progress.Progress`);
+    silent when ``enabled`` is false."""
+    if not is_terminal(sys.stderr):
+        return Progress(total, unit="B", desc=desc, enabled=enabled)
     from tqdm import tqdm
 
     return tqdm(

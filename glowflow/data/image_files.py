@@ -212,16 +212,27 @@ class EncodedImages(BatchSource):
 
 def _visible_images(folder: str) -> list[str]:
     with os.scandir(folder) as it:
-        return sorted(
-            e.name
-            for e in it
-            if not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()
-        )
+        return sorted(e.name for e in it if _is_visible_image(e))
 
 
 def _visible_folders(folder: str) -> list[str]:
     with os.scandir(folder) as it:
         return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+
+
+def _is_visible_image(entry: os.DirEntry) -> bool:
+    return not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file()
+
+
+def class_folder_names(root: str | os.PathLike) -> list[str]:
+    """The sorted names of ``root``'s class sub-folders: the visible ones holding at least one image (each is read
+    only up to its first image, so that a train and a test folder can agree on the classes cheaply)."""
+    names = []
+    for name in _visible_folders(str(root)):
+        with os.scandir(os.path.join(root, name)) as it:
+            if any(_is_visible_image(e) for e in it):
+                names.append(name)
+    return names
 
 
 class ImageFolderSource(EncodedImages):

@@ -260,7 +260,8 @@ def open_imagenet(
     path: str | os.PathLike, split: str = "train", version: str | None = None, on_error: str = "raise"
 ) -> BatchSource:
     """The batch source of one ImageNet split under ``path`` (see :func:`find_imagenet`), named with its version
-    (e.g. ``ImageNet 32x32 train (oord2016)``). ``on_error`` applies to PNG files (``glowflow/data/image_files.py``)."""
+    (e.g. ``ImageNet 32x32 train (oord2016)``; its ``origin`` is :meth:`ImagenetFiles.describe`, the files and the
+    evidence). ``on_error`` applies to PNG files (``glowflow/data/image_files.py``)."""
     _check_args(split, version)
     path = Path(path).expanduser()
     kind, files = _locate(path, split)
@@ -281,4 +282,5 @@ def open_imagenet(
             parts.append(ArraySource(f, "data", image_shape=(3, r, r), layout="chw", labels=labels - 1))
         source = ConcatSource(parts)
     source.name = f"ImageNet {r}x{r} {split} ({found.version})"
+    source.origin = found.describe()
     return source

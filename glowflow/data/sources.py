@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from glowflow.errors import DataError
-from glowflow.preprocessing import pad_images, reduce_bits
+from glowflow.preprocessing import ImagePreprocessing
 
 ON_ERROR = ("raise", "skip")  # what a file reader does with an unreadable example
 
@@ -74,7 +74,8 @@ class BatchSource(ABC):
     """One split of a data set with batched random access (see the module docstring).
 
     Subclasses set ``shape``, ``num_bins``, ``labels``, ``class_names`` and ``name`` and implement ``__len__``
-    and :meth:`read`.
+    and :meth:`read`; ``origin`` says what the files are when a reader knows more than a name (which ImageNet
+    version, and why).
     """
 
     shape: tuple[int, ...]
@@ -82,6 +83,7 @@ class BatchSource(ABC):
     labels: Tensor | None
     class_names: list[str] | None
     name: str
+    origin: str | None = None
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -188,6 +190,7 @@ class SubsetSource(BatchSource):
         self.shape, self.num_bins, self.class_names = source.shape, source.num_bins, source.class_names
         self.labels = None if source.labels is None else source.labels[self.indices.to(source.labels.device)]
         self.name = name or f"{source.name} (subset of {len(self.indices)})"
+        self.origin = source.origin
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -241,37 +244,30 @@ class ConcatSource(BatchSource):
 
 
 class TransformedSource(BatchSource):
-    """Images of ``source`` reduced to ``n_bits`` per channel (``k >> (8 - n_bits)``, for 8-bit data) and/or
-    zero-padded to ``pad x pad`` (centred), batch by batch: the same operations, in the same order, that
-    ``glowflow.training.data.prepare_data`` applies to a whole in-memory split."""
+    """The images of ``source`` through an :class:`~glowflow.preprocessing.ImagePreprocessing` (n-bit reduction,
+    padding), batch by batch: the object a Glow keeps as ``model.preprocessing``, so a streamed split and a split
+    preprocessed whole in memory (``glowflow.training.data.prepare_data``) hold the same levels."""
 
-    def __init__(self, source: BatchSource, n_bits: int | None = None, pad: int | None = None) -> None:
+    def __init__(self, source: BatchSource, preprocessing: ImagePreprocessing) -> None:
         if not source.is_image:
-            raise ValueError(f"n_bits / pad apply to images; {source.name} holds {source.shape} vectors")
-        c, h, w = source.shape
-        if n_bits is not None:
-            if source.num_bins != 256:
-                raise ValueError(f"n_bits reduces 8-bit images (256 levels); {source.name} has {source.num_bins}")
-            reduce_bits(torch.zeros(1, dtype=torch.uint8), n_bits)  # checks 1 <= n_bits <= 8
-        if pad is not None and (h > pad or w > pad):
-            raise ValueError(f"cannot pad {h}x{w} images to {pad}x{pad}: they are larger")
-        self.source, self.n_bits, self.pad = source, n_bits, pad
-        self.shape = (c, pad, pad) if pad is not None else source.shape
-        self.num_bins = 2**n_bits if n_bits is not None else source.num_bins
+            raise ValueError(f"image preprocessing applies to images; {source.name} holds {source.shape} vectors")
+        if preprocessing.raw_shape != source.shape or preprocessing.raw_bins != source.num_bins:
+            raise ValueError(
+                f"the preprocessing takes {'x'.join(map(str, preprocessing.raw_shape))} images with "
+                f"{preprocessing.raw_bins} levels; {source.name} holds {'x'.join(map(str, source.shape))} images "
+                f"with {source.num_bins}"
+            )
+        self.source, self.preprocessing = source, preprocessing
+        self.shape, self.num_bins = preprocessing.model_shape, preprocessing.num_bins
         self.labels, self.class_names = source.labels, source.class_names
-        self.name = source.name
+        self.name, self.origin = source.name, source.origin
 
     def __len__(self) -> int:
         return len(self.source)
 
     def read(self, indices: Tensor) -> SourceBatch:
         batch = self.source.read(indices)
-        x = batch.x
-        if self.n_bits is not None:
-            x = reduce_bits(x, self.n_bits).to(torch.uint8)
-        if self.pad is not None:
-            x = pad_images(x, self.pad)
-        return SourceBatch(x, batch.y, batch.skipped)
+        return SourceBatch(self.preprocessing(batch.x), batch.y, batch.skipped)
 
 
 def to_memory(source: BatchSource, chunk_size: int = 4096) -> TensorSource:
@@ -285,7 +281,9 @@ def to_memory(source: BatchSource, chunk_size: int = 4096) -> TensorSource:
         batch = source.read(torch.arange(start, min(n, start + chunk_size)))
         x[start : start + len(batch.x)] = batch.x
         warn_skipped(batch.skipped)
-    return TensorSource(x, source.labels, source.num_bins, source.class_names, source.name)
+    memory = TensorSource(x, source.labels, source.num_bins, source.class_names, source.name)
+    memory.origin = source.origin
+    return memory
 
 
 INPUT_MODES = ("auto", "memory", "stream")

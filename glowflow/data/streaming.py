@@ -155,9 +155,11 @@ def _check_workers(source: Any, workers: int) -> None:
 
 
 def _loader(source: Any, tasks: Any, labels: bool, workers: int, pin: bool, prefetch: int, timeout: float) -> Any:
+    # A DataLoader iterator draws its workers' base seed from its generator, by default the global one: a generator
+    # of its own keeps the training's random stream (dequantization noise) the same with and without workers.
     loader = torch.utils.data.DataLoader(
         _ReadTasks(source, labels), batch_size=None, sampler=tasks, collate_fn=_as_is, num_workers=workers,
-        pin_memory=pin, prefetch_factor=prefetch, timeout=timeout,
+        pin_memory=pin, prefetch_factor=prefetch, timeout=timeout, generator=torch.Generator(),
     )  # fmt: skip
     return iter(loader)
 

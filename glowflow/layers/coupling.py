@@ -24,7 +24,6 @@ and register it in :data:`COUPLINGS`; the models, the training configuration and
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from collections.abc import Callable
 
@@ -212,7 +211,12 @@ class Coupling(Flow):
 COUPLINGS: Registry[type[Coupling]] = Registry("coupling")
 
 
-_LOGSIGMOID_2 = -math.log1p(math.exp(-2.0))  # bit-identical to torch.logsigmoid(2.0): zero h gives log s == 0
+# log sigmoid(2) as torch's own kernel rounds it in each precision, so that a zero h gives log s == 0 exactly
+# (-math.log1p(math.exp(-2.0)) is an ulp away from the float32 kernel under ATEN_CPU_CAPABILITY=default).
+_LOGSIGMOID_2 = {
+    dtype: F.logsigmoid(torch.tensor(2.0, dtype=dtype)).item()
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+}
 
 
 @COUPLINGS.register("affine", help="y_b = (x_b + t(x_a)) * sigmoid(h(x_a) + 2) / sigmoid(2) (Glow)")
@@ -231,7 +235,7 @@ class AffineCoupling(Coupling):
     @staticmethod
     def _log_scale(raw: Tensor) -> Tensor:
         # Masked positions have raw == 0, hence log s == 0: they pass through unchanged.
-        return F.logsigmoid(raw + 2.0) - _LOGSIGMOID_2
+        return F.logsigmoid(raw + 2.0) - _LOGSIGMOID_2[raw.dtype]
 
     def _transform(self, x_t: Tensor, coeffs: list[Tensor]) -> tuple[Tensor, Tensor]:
         shift, raw = coeffs

@@ -23,6 +23,7 @@ dimension of discrete data are
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import numpy as np
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glowflow.checks import POSITIVE
 from glowflow.layers.actnorm import ActNorm
 from glowflow.layers.base import Flow
 from glowflow.layers.coupling import AffineCoupling
@@ -40,8 +42,9 @@ from glowflow.registry import Registry
 
 
 def _check_num_bins(num_bins: int) -> None:
-    if int(num_bins) != num_bins or not 2 <= num_bins <= 2**16:
-        raise ValueError(f"num_bins must be an integer between 2 and 65536, got {num_bins}")
+    whole = not isinstance(num_bins, bool) and isinstance(num_bins, numbers.Real) and float(num_bins).is_integer()
+    if not (whole and 2 <= num_bins <= 2**16):
+        raise ValueError(f"num_bins must be an integer between 2 and 65536, got {num_bins!r}")
 
 
 def check_discrete(k: Tensor, num_bins: int, validate: bool = True) -> Tensor:
@@ -85,6 +88,7 @@ def to_continuous(k: Tensor, u: Tensor | float, num_bins: int) -> Tensor:
     Rounding can carry ``k + u`` with ``u`` just below 1 onto the next bin's start; such values are moved to
     the largest float below it, so that :func:`quantize` recovers ``k`` exactly.
     """
+    _check_num_bins(num_bins)
     x = (k + u) / num_bins - 0.5
     return torch.minimum(x, _bin_top(k, num_bins))
 
@@ -108,6 +112,7 @@ def quantize(x: Tensor, num_bins: int) -> Tensor:
     Bin starts are compared in ``x``'s own precision with the same arithmetic as :func:`to_continuous`, so
     ``quantize(to_continuous(k, u, N), N) == k`` exactly for every ``u`` in [0, 1].
     """
+    _check_num_bins(num_bins)
     k = torch.floor((x.double() + 0.5) * num_bins).to(x.dtype)
     k = k - (_bin_start(k, num_bins) > x).to(x.dtype)
     k = k + (_bin_start(k + 1.0, num_bins) <= x).to(x.dtype)
@@ -125,18 +130,21 @@ def to_uint8(x: Tensor, num_bins: int = 256) -> Tensor:
 
 def levels_to_uint8(k: Tensor, num_bins: int) -> Tensor:
     """Discrete levels ``0..N-1`` -> displayable grey levels ``round(255 k / (N - 1))`` (uint8)."""
+    _check_num_bins(num_bins)
     return torch.round(k.float() * (255.0 / (num_bins - 1))).clamp(0, 255).to(torch.uint8)
 
 
 def uint8_to_levels(images: Tensor, num_bins: int) -> Tensor:
     """Inverse of :func:`levels_to_uint8`: displayable grey levels back to levels ``0..N-1`` (uint8, or int32 for
     ``N > 256``)."""
+    _check_num_bins(num_bins)
     k = torch.round(images.float() * ((num_bins - 1) / 255.0)).long()
     return k.to(torch.uint8) if num_bins <= 256 else k.to(torch.int32)
 
 
 def bits_per_dim(log_prob: Tensor, num_dims: int) -> Tensor:
     """Convert a log-probability (nats) of discrete data with ``num_dims`` dimensions to bits per dimension."""
+    POSITIVE.check("num_dims", num_dims)
     return -log_prob / (num_dims * math.log(2.0))
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glowflow.checks import TEMPERATURE
 from glowflow.errors import NotInitializedError
 from glowflow.layers.actnorm import ActNorm
 from glowflow.layers.coupling import COUPLINGS, PRECISIONS, Coupling
@@ -172,14 +173,12 @@ class FlowModel(nn.Module):
         *,
         exact: bool = False,
     ) -> Tensor:
-        """Draw ``n`` samples with every latent's standard deviation scaled by ``temperature``.
+        """Draw ``n`` samples with every latent's standard deviation scaled by ``temperature`` (a finite number >= 0,
+        NumPy scalars included).
 
         ``exact=True`` decodes with float32 conditioners (only matters for ``precision="bf16"``)."""
         n = check_positive_int("n (the number of samples)", n)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-        if not 0.0 <= temperature < float("inf"):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        temperature = TEMPERATURE.check("temperature", temperature)
         self._check_initialized()
         ref = self._reference_parameter()
         zs = [

@@ -1,68 +1,37 @@
-"""The batches of a training run: the ActNorm initialisation batch, then one random batch per step.
+"""The batches of a training run: the ActNorm initialisation batch, then one random batch per step, from the
+training split in memory or read from its files (:class:`glowflow.data.streaming.TrainBatches`).
 
-The sequence is a function of the seed alone, so that a resumed run sees exactly the batches an uninterrupted run
-would have seen::
+The sequence is a function of the seed alone, whichever way the split is held, so that a resumed run sees exactly
+the batches an uninterrupted run would have seen::
 
     g = torch.Generator().manual_seed(seed)
     init = torch.randperm(n, generator=g)[: min(n, init_batch_size)]    # the ActNorm initialisation batch
     every step: torch.randint(0, n, (batch_size,), generator=g)         # drawn with replacement
 
-Under torchrun every process draws the same global indices and keeps its own contiguous slice
-(:func:`~glowflow.training.distributed.shard`). The generator's state is the position saved in checkpoints.
+Under torchrun every process draws the same global indices and keeps its own contiguous slice. The position
+saved in checkpoints is :meth:`TrainBatches.state_dict` (the generator after the last consumed batch).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import Tensor
 
-from glowflow.training.distributed import DistContext, shard
+from glowflow.data.sources import TensorSource
+from glowflow.data.streaming import TrainBatches
+from glowflow.training.config import TrainConfig
+from glowflow.training.data import TrainingData
+from glowflow.training.distributed import DistContext
 
-GPU_DATA_LIMIT = 2**31  # keep training data up to 2 GiB on the GPU and gather the batches there
+GPU_DATA_LIMIT = 2**31  # keep a training split of up to 2 GiB on the GPU and gather the batches there
 
 
-class InMemoryBatches:
-    """Batches gathered from tensors in memory (``x`` (N, ...) and optional labels ``y`` (N,))."""
-
-    def __init__(
-        self,
-        x: Tensor,
-        y: Tensor | None,
-        batch_size: int,
-        init_batch_size: int,
-        seed: int,
-        ctx: DistContext,
-        device: torch.device,
-    ) -> None:
-        if device.type == "cuda" and x.numel() * x.element_size() <= GPU_DATA_LIMIT:
-            x = x.to(device)
-        self.x, self.y = x, None if y is None else y.to(x.device)
-        self.batch_size, self.init_batch_size = batch_size, init_batch_size
-        self.ctx, self.device = ctx, device
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def _gather(self, idx: Tensor) -> tuple[Tensor, Tensor | None]:
-        idx = shard(idx, self.ctx).to(self.x.device)
-        x = self.x[idx].to(self.device, non_blocking=True)
-        y = None if self.y is None else self.y[idx].to(self.device, non_blocking=True)
-        return x, y
-
-    def init_batch(self) -> tuple[Tensor, Tensor | None]:
-        """The ActNorm initialisation batch (this process's slice): the first draw of the sequence."""
-        n = len(self.x)
-        return self._gather(torch.randperm(n, generator=self.generator)[: min(n, self.init_batch_size)])
-
-    def next(self) -> tuple[Tensor, Tensor | None]:
-        """The next step's batch (this process's slice)."""
-        return self._gather(torch.randint(0, len(self.x), (self.batch_size,), generator=self.generator))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
+def training_batches(data: TrainingData, cfg: TrainConfig, ctx: DistContext, device: torch.device) -> TrainBatches:
+    """This process's training batches. A split in memory goes to the GPU when it fits in :data:`GPU_DATA_LIMIT`
+    and no worker processes read it (``cfg.workers == 0``); otherwise batches are read on the CPU - by
+    ``cfg.workers`` processes, into pinned memory on CUDA - and copied to ``device``."""
+    source = data.train
+    if device.type == "cuda" and cfg.workers == 0 and isinstance(source, TensorSource):
+        if source.nbytes <= GPU_DATA_LIMIT:
+            source = TensorSource(source.x.to(device), source.labels, source.num_bins, source.class_names, source.name)
+    return TrainBatches(source, cfg.batch_size, cfg.init_batch_size, cfg.seed, ctx.rank, ctx.world_size,
+                        workers=cfg.workers, device=device, labels=cfg.conditional)  # fmt: skip

@@ -13,6 +13,9 @@ A checkpoint is a ``torch.save`` of plain containers and tensors only, so it loa
     step         optimiser steps taken
     rng          {"batch": the batch generator's state,
                   "ranks": [per process {"torch", "cuda", "numpy", "python"}]}
+    batches      the batch position (``TrainBatches.state_dict``: the generator after the last consumed batch, the
+                 batches consumed, the examples replaced over every process, the data set's size and the batch
+                 size); files written before it existed hold only ``rng.batch``, see :func:`batch_position`
     guard        the fault guard's state;  best: {"value", "step"} of the best test metric
     data         {"name", "shape", "num_bins", "class_names", "test_note"}
     progress     {"elapsed", "untrained", "last", "log_sums"}: wall time so far, first/last test metrics, and the
@@ -34,9 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from glowflow.checks import check_choice
 from glowflow.errors import CheckpointError
 from glowflow.io import atomic_write_bytes
 from glowflow.models import MODELS, FlowModel, build_model
+from glowflow.training.devices import resolve_device
 
 FORMAT = "glowflow-checkpoint"
 VERSION = 2
@@ -133,7 +138,8 @@ def _first_line(e: BaseException) -> str:
 
 def find_checkpoint(run: str | os.PathLike, prefer: str = "best") -> Path:
     """The checkpoint of ``run``: the file itself, or in a run directory ``checkpoints/best.pt`` (``prefer="best"``)
-    or ``checkpoints/last.pt``, whichever exists, in that order."""
+    or ``checkpoints/last.pt`` (``prefer="last"``), whichever exists, in that order."""
+    check_choice("prefer", prefer, ("best", "last"))
     run = Path(run)
     if run.is_file():
         return run
@@ -174,7 +180,9 @@ def load_model(
     run: str | os.PathLike, device: str | torch.device = "cpu", prefer: str = "best"
 ) -> tuple[FlowModel, dict[str, Any], Path]:
     """Rebuild the trained model of a run directory or checkpoint file. Returns ``(model, checkpoint, path)``;
-    the model is in eval mode on ``device``."""
+    the model is in eval mode on ``device`` (a ``torch.device``, or ``cpu``, ``cuda``, ``cuda:N``, ``auto``)."""
+    if isinstance(device, str):
+        device = resolve_device(device)
     path = find_checkpoint(run, prefer)
     ckpt = load_checkpoint(path)
     try:
@@ -183,6 +191,16 @@ def load_model(
         raise CheckpointError(f"{path}: cannot rebuild the model from its saved arguments: {e}") from None
     restore_model(model, ckpt["model"], path)
     return model.to(device).eval(), ckpt, path
+
+
+def batch_position(ckpt: dict[str, Any], size: int, batch_size: int) -> dict[str, Any]:
+    """The batch position of ``ckpt`` for ``TrainBatches.load_state_dict``. A checkpoint written before the position
+    was saved holds the generator (``rng.batch``) after ``step`` batches: its position is that, with the data set's
+    ``size`` and ``batch_size`` of the resuming run (not recorded then, so not checked) and no replaced examples."""
+    if "batches" in ckpt:
+        return ckpt["batches"]
+    return {"generator": ckpt["rng"]["batch"], "init_done": True, "batches": ckpt["step"], "skipped": 0, "size": size,
+            "batch_size": batch_size}  # fmt: skip
 
 
 # ---- random number generator states -------------------------------------------------------------------------

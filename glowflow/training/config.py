@@ -5,8 +5,9 @@ Resolution order, later wins::
     TrainConfig defaults  <  preset  <  config file (JSON or TOML) / dict  <  explicit flags / keyword arguments
 
 The preset defaults to the one the data set table names for the data (``digits``, ``mnist`` for MNIST and
-Fashion-MNIST, ``cifar10``, ``toy`` for the 2-D toy densities, ``tabular``; an image ``folder`` starts from the
-``digits`` preset's model; ``celeba64`` is the one for 64x64 face folders). ``preset="none"`` keeps the bare
+Fashion-MNIST, ``cifar10``, ``imagenet32``, ``imagenet64``, ``toy`` for the 2-D toy densities, ``tabular``; an image
+``folder`` or tar ``shards`` start from the ``digits`` preset's model; ``celeba64`` is the one for 64x64 face
+folders). ``preset="none"`` keeps the bare
 defaults. Unknown keys, wrong types and impossible values raise ``ValueError`` naming the key. Every choice list
 (couplings, permutations, conditioners, dequantizers, data sets) is read from its registry.
 """
@@ -16,15 +17,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import os
 import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from glowflow.checks import NON_NEGATIVE, POSITIVE, SEED, TEMPERATURE, IntRange, NumberRange, device_problem
 from glowflow.data import DATASETS
+from glowflow.data.image_files import FITS
 from glowflow.data.memory import NAME as IN_MEMORY
+from glowflow.data.sources import INPUT_MODES, ON_ERROR
 from glowflow.layers.conditioners import conditioner_names
 from glowflow.layers.coupling import COUPLINGS, MASKS, PRECISIONS
 from glowflow.layers.dequantization import DEQUANTIZERS
@@ -72,13 +75,28 @@ class TrainConfig:
     data_dir: str | None = _f(
         None,
         "where the data files are (default $GLOWFLOW_DATA or ~/.cache/glowflow); the image folder for 'folder', "
-        "the .csv/.npy file or folder for 'tabular'",
+        "the .tar shard, folder or glob for 'shards', the folder of the .npz / .tar files for 'imagenet32' / "
+        "'imagenet64', the .csv/.npy file or folder for 'tabular'",
         "data",
     )
     download: bool = _f(False, "download MNIST / Fashion-MNIST / CIFAR-10 if missing (verified by checksum)", "data")
     n_bits: int | None = _f(None, "model 8-bit images at this many bits per channel (e.g. 5)", "data")
     pad: int | None = _f(None, "zero-pad images to PAD x PAD first (e.g. 32 for MNIST with 3 levels)", "data")
     conditional: bool = _f(False, "class-conditional model on the data's labels (sample with --label)", "data")
+    input: str = _f("auto", "the training and test splits: memory (loaded whole; on a GPU when under 2 GiB and "
+                    "--workers is 0), stream (read batch by batch from the files), or auto (memory when the "
+                    "training split takes at most a quarter of this machine's memory per process)", "data",
+                    choices=INPUT_MODES)  # fmt: skip
+    workers: int = _f(0, "processes that read and decode batches ahead of the training step (0: read them in the "
+                      "training process)", "data")  # fmt: skip
+    on_error: str = _f("raise", "an unreadable image in a folder, shards or ImageNet PNGs: raise (stop with an error "
+                       "naming the file) or skip (replace it by the next readable one, warn and count it)", "data",
+                       choices=ON_ERROR)  # fmt: skip
+    image_size: int | None = _f(None, "image folders and tar shards: every image becomes SIZE x SIZE (default: "
+                                "the first image's size), fitted as --fit says", "data")  # fmt: skip
+    fit: str = _f("exact", "image folders and tar shards, an image of another size than --image-size: exact (an "
+                  "error naming it), center-crop (the largest centred square, resized) or resize (the whole image)",
+                  "data", choices=FITS)  # fmt: skip
     # ---- run ----------------------------------------------------------------------------------------------
     out: str | None = _f(None, "run directory (default runs/<data>-<YYYYmmdd-HHMMSS>)", "run")
     preset: str | None = _f(None, "the preset these values started from (recorded; chosen with --preset)", "run")
@@ -152,33 +170,23 @@ class TrainConfig:
             if choices is not None and getattr(self, f.name) not in choices:
                 raise ValueError(f"config key {f.name!r}: unknown value {getattr(self, f.name)!r}; expected one of "
                                  f"{', '.join(choices)}")  # fmt: skip
-        positive = ("levels", "steps", "hidden", "iters", "batch_size", "init_batch_size", "eval_samples",
-                    "eval_batch_size", "sample_n", "log_every", "max_faults")  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"config key {name!r} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "eval_every", "sample_every", "checkpoint_every", "max_rollbacks", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"config key {name!r} must be >= 0, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"config key 'lr' must be a positive number, got {self.lr}")
-        if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
-            raise ValueError(f"config key 'grad_clip' must be a positive number or none, got {self.grad_clip}")
-        if not 0 < self.rollback_lr_factor <= 1:
-            raise ValueError(f"config key 'rollback_lr_factor' must lie in (0, 1], got {self.rollback_lr_factor}")
-        if self.n_bits is not None and not 1 <= self.n_bits <= 8:
-            raise ValueError(f"config key 'n_bits' must lie in 1..8, got {self.n_bits}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"config key 'threads' must be >= 1 or none, got {self.threads}")
-        if self.pad is not None and self.pad < 1:
-            raise ValueError(f"config key 'pad' must be a positive image size, got {self.pad}")
-        if self.eval_size is not None and self.eval_size < 1:
-            raise ValueError(f"config key 'eval_size' must be >= 1 or none, got {self.eval_size}")
-        if not self.temperatures or any(not (0 <= t < math.inf) for t in self.temperatures):
+        for name, allowed in RANGES.items():
+            problem = allowed.problem(getattr(self, name))
+            if problem is not None:
+                raise ValueError(f"config key {name!r} {problem}, got {getattr(self, name)}")
+        spec = DATASETS.get(self.data) if self.data in DATASETS else None
+        if spec is not None and not spec.decodes_images and (self.image_size is not None or self.fit != "exact"):
+            key = "image_size" if self.image_size is not None else "fit"
+            raise ValueError(f"config key {key!r} applies to image folders and tar shards; {self.data!r} images have "
+                             "one size")  # fmt: skip
+        if spec is not None and spec.open is None and self.on_error != "raise":
+            raise ValueError(f"config key 'on_error' applies to data read from image files batch by batch (folder, "
+                             f"shards, imagenet32 / 64); {self.data!r} is loaded whole and checked")  # fmt: skip
+        if not self.temperatures or any(TEMPERATURE.problem(t) for t in self.temperatures):
             raise ValueError(f"config key 'temperatures' must be a non-empty list of numbers >= 0, "
                              f"got {self.temperatures}")  # fmt: skip
-        if self.device != "auto" and not (self.device == "cpu" or self.device.split(":")[0] == "cuda"):
-            raise ValueError(f"config key 'device' must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        if device_problem(self.device) is not None:
+            raise ValueError(f"config key 'device' {device_problem(self.device)}, got {self.device!r}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; presets: {', '.join(PRESETS)}")
         if self.is_image is False:
@@ -222,6 +230,25 @@ def _type_words(base: str) -> str:
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
 
+_AT_LEAST_1 = ("levels", "steps", "hidden", "iters", "batch_size", "init_batch_size", "eval_samples",
+               "eval_batch_size", "sample_n", "log_every", "max_faults")  # fmt: skip
+_AT_LEAST_0 = ("warmup", "eval_every", "sample_every", "checkpoint_every", "max_rollbacks", "workers")
+RANGES: dict[str, IntRange | NumberRange] = {
+    **{name: POSITIVE for name in _AT_LEAST_1},
+    **{name: NON_NEGATIVE for name in _AT_LEAST_0},
+    "seed": SEED,
+    "n_bits": IntRange(1, 8, optional=True),
+    "pad": IntRange(1, optional=True),
+    "threads": IntRange(1, optional=True),
+    "eval_size": IntRange(1, optional=True),
+    "image_size": IntRange(1, optional=True),
+    "lr": NumberRange(0, low_open=True),
+    "grad_clip": NumberRange(0, low_open=True, optional=True),
+    "rollback_lr_factor": NumberRange(0, 1, low_open=True),
+}
+"""The allowed values of the numeric keys, checked by :meth:`TrainConfig.validate` and by ``glowflow train``'s
+argument types."""
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's main command: the sklearn 8x8 digits (17 grey levels) in a few minutes on a 2-core CPU. The
     # 1,500 training images are few: past ~800 steps at lr 2e-3 the test bpd rises again (over-fitting), so the
@@ -236,6 +263,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": dict(data="cifar10", levels=3, steps=32, hidden=512, iters=200_000, batch_size=64, lr=1e-3,
                     warmup=5000, eval_every=5000, sample_every=5000, checkpoint_every=5000, eval_samples=2,
                     sample_n=64),
+    # Downsampled ImageNet as in the paper (openai/glow's commands: L=3 / 4, K=48, width 512, lr 1e-3, 8 bits);
+    # evaluations on a fixed 10,000 of the 50,000 validation images (the final number: glowflow eval RUN).
+    "imagenet32": dict(data="imagenet32", levels=3, steps=48, hidden=512, iters=200_000, batch_size=64, lr=1e-3,
+                       warmup=5000, eval_every=5000, sample_every=5000, checkpoint_every=5000, eval_samples=1,
+                       eval_size=10_000, sample_n=64),
+    "imagenet64": dict(data="imagenet64", levels=4, steps=48, hidden=512, iters=200_000, batch_size=32, lr=1e-3,
+                       warmup=5000, eval_every=5000, sample_every=5000, checkpoint_every=5000, eval_samples=1,
+                       eval_size=10_000, sample_n=36),
     # 64x64 faces (e.g. CelebA at 64x64) from an image folder, 5 bits per channel as in the paper.
     "celeba64": dict(data="folder", levels=4, steps=32, hidden=512, n_bits=5, iters=200_000, batch_size=32,
                      lr=1e-3, warmup=5000, eval_every=5000, sample_every=5000, checkpoint_every=5000,
@@ -253,6 +288,8 @@ PRESET_NOTES: dict[str, str] = {
     "digits": "Glow L=2 K=8 width 64, 800 steps: the sklearn 8x8 digits on a CPU in a few minutes",
     "mnist": "Glow L=2 K=16 width 256, 50k steps (MNIST / Fashion-MNIST)",
     "cifar10": "Glow L=3 K=32 width 512, 200k steps (CIFAR-10)",
+    "imagenet32": "Glow L=3 K=48 width 512, 200k steps (downsampled ImageNet 32x32)",
+    "imagenet64": "Glow L=4 K=48 width 512, 200k steps (downsampled ImageNet 64x64)",
     "celeba64": "Glow L=4 K=32 width 512, 5-bit, 200k steps (a folder of 64x64 faces)",
     "toy": "TabularGlow K=8 width 64, 2000 steps (the 2-D toy densities)",
     "tabular": "TabularGlow K=10 width 128, 10k steps (a .csv/.npy table)",

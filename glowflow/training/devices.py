@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import torch
 
+from glowflow.checks import DEVICE_WORDS, device_problem
 from glowflow.training.distributed import DistContext
 
 
 def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
     """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; under torchrun a CUDA run uses the
-    process's ``cuda:LOCAL_RANK``. ValueError for CUDA where there is none, or another name."""
+    process's ``cuda:LOCAL_RANK``. ValueError for CUDA where there is none, a GPU index past the last GPU, or another
+    name."""
     ctx = ctx or DistContext()
+    if device_problem(name) is not None:
+        raise ValueError(f"unknown device {name!r}; expected {DEVICE_WORDS}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available here (torch.cuda.is_available() is False); "
-                             "use --device cpu")  # fmt: skip
-        return torch.device("cuda", ctx.local_rank) if ctx.enabled else torch.device(name)
-    if name != "cpu":
-        raise ValueError(f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto")
-    return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here (torch.cuda.is_available() is False); "
+                         "use --device cpu")  # fmt: skip
+    if ctx.enabled:
+        return torch.device("cuda", ctx.local_rank)
+    device = torch.device(name)
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"--device {name}: there is no such GPU here ({count} GPU{'s' if count != 1 else ''}: "
+                         f"cuda:0..cuda:{count - 1})")  # fmt: skip
+    return device

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from glowflow.errors import GlowflowError
+from glowflow.wording import plural
 
 
 class TrainingError(GlowflowError, RuntimeError):
@@ -45,7 +46,8 @@ class FaultGuard:
         """Count a rollback and lower the learning rate; TrainingError past ``max_rollbacks``."""
         if self.rollbacks >= self.max_rollbacks:
             raise TrainingError(
-                f"{self.max_faults} non-finite steps in a row again after {self.rollbacks} rollback(s) "
+                f"{plural(self.max_faults, 'non-finite step')} in a row again after "
+                f"{plural(self.rollbacks, 'rollback')} "
                 f"(learning rate already x{self.lr_scale:g}); giving up"
             )
         self.rollbacks += 1

@@ -7,9 +7,10 @@
        at logging steps read the steps back: log, skip or roll back, evaluate, draw samples, checkpoint
     -> final evaluation, samples, curve and checkpoint.
 
-Exact resumption: a checkpoint holds the model, optimiser, learning-rate schedule, step, the batch generator and
-every process's global RNG states; evaluation and sampling draw from isolated random streams, so stopping and
-resuming at step n continues the same sequence of batches and noise as an uninterrupted run.
+Exact resumption: a checkpoint holds the model, optimiser, learning-rate schedule, step, the batch position (the
+batch generator after the last consumed batch, whatever worker processes had read ahead) and every process's global
+RNG states; evaluation and sampling draw from isolated random streams, so stopping and resuming at step n continues
+the same sequence of batches and noise as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -29,27 +30,35 @@ from typing import Any
 import numpy as np
 import torch
 
-from glowflow.errors import CheckpointError
+from glowflow.data.streaming import TrainBatches
+from glowflow.errors import CheckpointError, DataError
 from glowflow.models import FlowModel
 from glowflow.training import distributed
-from glowflow.training.batches import InMemoryBatches
-from glowflow.training.checkpoint import capture_rng_state, load_checkpoint, restore_model, restore_rng_state
+from glowflow.training.batches import training_batches
+from glowflow.training.checkpoint import (
+    batch_position,
+    capture_rng_state,
+    load_checkpoint,
+    restore_model,
+    restore_rng_state,
+)
 from glowflow.training.config import FIELD_NAMES, TrainConfig, check_keys, load_config_file, resolve_config
 from glowflow.training.data import InMemoryData, TrainingData, prepare_data
 from glowflow.training.devices import resolve_device
 from glowflow.training.distributed import DistContext
-from glowflow.training.evaluate import evaluate
+from glowflow.training.evaluate import evaluate_source
 from glowflow.training.guard import FaultGuard, TrainingError
 from glowflow.training.metrics import Metric, metric_for
 from glowflow.training.model import build_model
 from glowflow.training.optim import LearningRate, make_optimizer
 from glowflow.training.outputs import RunOutputs, check_run_dir, default_run_dir
 from glowflow.training.step import LossHook, StepWindow, train_step
+from glowflow.wording import plural
 
 # Settings that may change when a run is resumed; everything else (data, model, optimiser) is fixed by the run.
 RESUMABLE = frozenset({
-    "out", "iters", "device", "threads", "data_dir", "download", "precision", "memory", "compile", "eval_every",
-    "eval_samples", "eval_batch_size", "sample_every", "sample_n", "temperatures", "checkpoint_every",
+    "out", "iters", "device", "threads", "data_dir", "download", "input", "workers", "precision", "memory", "compile",
+    "eval_every", "eval_samples", "eval_batch_size", "sample_every", "sample_n", "temperatures", "checkpoint_every",
     "log_every", "tensorboard", "progress", "max_faults", "max_rollbacks", "rollback_lr_factor",
 })  # fmt: skip
 
@@ -70,6 +79,7 @@ class TrainResult:
     stopped_by: str | None  # "SIGINT" / "SIGTERM" when a signal stopped the run early, else None
     model: FlowModel = field(repr=False)
     checkpoint: Path = field(default=Path())
+    skipped_examples: int = 0  # unreadable examples replaced by substitutes (--on-error skip), over every process
 
 
 @dataclass
@@ -83,6 +93,7 @@ class RunState:
     elapsed_before: float = 0.0  # seconds of training in earlier sessions of the run
     session_start: float = field(default_factory=time.perf_counter)
     events: list[dict[str, Any]] = field(default_factory=list)  # skips and rollbacks since the last metrics line
+    skipped_examples: int = 0  # unreadable examples replaced, over every process, at the last logging step
 
     @property
     def elapsed(self) -> float:
@@ -116,9 +127,10 @@ def train(
     ``data``: a data set name (the ``data`` config key), or data already in memory - a NumPy array or tensor of
     integer images (N, C, H, W) / (N, H, W) with levels ``0..num_bins-1`` (default 256), or of float rows (N, D),
     or a map-style ``torch.utils.data.Dataset`` of ``x`` or ``(x, label)`` items - with optional ``labels``; the
-    test split is ``test_data`` (and ``test_labels``) or a fixed ``test_fraction`` of ``data``. In-memory data go
-    through the same preparation as files (``config.json`` records ``data: "memory"``); resume such a run by
-    passing the same arrays again.
+    test split is ``test_data`` (and ``test_labels``) or a fixed ``test_fraction`` of ``data``. ``data`` may also
+    be a batch source (``glowflow.data.sources``: e.g. ``ArraySource("big.npy")``, ``ImageFolderSource(...)``),
+    read batch by batch as ``input`` says, with a source as ``test_data``. Such data go through the same
+    preparation as files (``config.json`` records ``data: "memory"``); resume such a run by passing them again.
 
     ``resume=True`` continues the run in ``out`` from ``checkpoints/last.pt``: its configuration comes from the
     checkpoint, and only the keys in :data:`RESUMABLE` may be changed. ``loss_hook(step, per_example_loss)``, if
@@ -154,16 +166,16 @@ class Run:
     opt: torch.optim.Optimizer
     lr: LearningRate
     guard: FaultGuard
-    batches: InMemoryBatches
+    batches: TrainBatches
     state: RunState
     out: RunOutputs
     metric: Metric
 
     def evaluate_test(self) -> dict[str, float]:
         """The test split's score (every process its share), as ``{"test_bpd": ...}`` (+ ``test_nll`` for rows)."""
-        cfg = self.cfg
-        m = evaluate(self.model, self.data.test_x, self.data.test_y, cfg.eval_samples, cfg.eval_batch_size,
-                     ctx=self.ctx)  # fmt: skip
+        cfg, data = self.cfg, self.data
+        m = evaluate_source(self.model, data.test, data.eval_indices, cfg.eval_samples, cfg.eval_batch_size,
+                            ctx=self.ctx, labels=data.conditional, workers=cfg.workers)  # fmt: skip
         return {f"test_{k}": v for k, v in m.items()}
 
     def save(self, name: str) -> None:
@@ -187,12 +199,12 @@ def _train(
     np.random.seed(cfg.seed + ctx.rank)
     random.seed(cfg.seed + ctx.rank)
 
-    # 3. data, and the batches every step draws from it
+    # 3. data, and the batches every step draws from it (read by worker processes from the first step on)
     data = prepare_data(cfg, ctx, cfg.eval_size, memory)
-    if cfg.batch_size > len(data.train_x):
-        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(data.train_x)} "
-                         f"examples); use at most {len(data.train_x)}")  # fmt: skip
-    batches = InMemoryBatches(data.train_x, data.train_y, cfg.batch_size, cfg.init_batch_size, cfg.seed, ctx, device)
+    if cfg.batch_size > len(data.train):
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(data.train)} "
+                         f"examples); use at most {len(data.train)}")  # fmt: skip
+    batches = training_batches(data, cfg, ctx, device)
 
     # 4. model: identical on every process; then each process gets its own dequantization-noise stream
     model = build_model(cfg, data).to(device)
@@ -236,6 +248,7 @@ def _train(
                         stopped_by = stop.requested or "a signal on another process"
                         break
     finally:
+        batches.close()  # the worker processes end with the loop, also on an error
         run.out.close()
     if run.state.step == start:
         run.out.say(f"{run_dir} is already at step {start} (--iters {cfg.iters}): nothing to train")
@@ -302,12 +315,12 @@ def _configure(
 
 
 def _memory_kind(memory: InMemoryData) -> str:
-    train, _ = memory.splits()
+    train, _ = memory.sources()
     return "image" if train.is_image else "tabular"
 
 
 @torch.no_grad()
-def _init_actnorm(model: FlowModel, batches: InMemoryBatches, ctx: DistContext) -> float:
+def _init_actnorm(model: FlowModel, batches: TrainBatches, ctx: DistContext) -> float:
     """ActNorm takes its initial statistics from a dedicated larger first batch, all-reduced over processes.
     Returns the objective on that batch (the metrics' step-0 loss)."""
     x, y = batches.init_batch()
@@ -326,7 +339,9 @@ def _start(run: Run) -> None:
     out.open(0, resumed=False)
     procs = f" x {ctx.world_size} processes" if ctx.enabled else ""
     extras = [x for x in (cfg.precision != "fp32" and cfg.precision, cfg.compile and "compiled") if x]
-    out.say(f"data: {data.describe()}")
+    out.say(f"data: {data.describe()}" + (f", {cfg.workers} reader processes" if cfg.workers else ""))
+    for origin in data.origins():
+        out.say(f"files: {origin}")
     out.say(f"model: {model.describe()}, on {ctx.device}{procs}" + (f" ({', '.join(extras)})" if extras else ""))
     out.say(f"run directory: {out.run_dir}")
     note = data.test_note
@@ -335,7 +350,11 @@ def _start(run: Run) -> None:
         levels = f"{data.num_bins} {'grey levels' if data.shape[0] == 1 else 'levels per channel'}"
         note += f", {draws}; bits/dim at {levels}"
     out.say(f"untrained: {run.metric.format(state.untrained)} ({note})")
-    out.log({"step": 0, "loss": init_loss, **state.untrained, "time": 0.0, "skipped": 0}, state.last_eval)
+    record = {"step": 0, "loss": init_loss, **state.untrained, "time": 0.0, "skipped": 0}
+    if cfg.on_error == "skip":  # examples of the ActNorm batch replaced, over every process
+        replaced = torch.tensor([run.batches.skipped], dtype=torch.float64, device=ctx.device)
+        state.skipped_examples = record["skipped_examples"] = int(distributed.all_reduce_sum(replaced, ctx).item())
+    out.log(record, state.last_eval)
     run.save("last.pt")  # the first rollback anchor
 
 
@@ -372,7 +391,7 @@ def _logging_step(run: Run, window: StepWindow, step: int, stop_requested: bool)
         state.best = {"value": results["test_bpd"], "step": step, **results}
         run.save("best.pt")
     if not stop_now and (final or (cfg.sample_every and step % cfg.sample_every == 0)):
-        out.samples(run.model, run.data.test_x, step)
+        out.samples(run.model, None if run.data.is_image else run.data.test_x, step)
     checkpointing = final or stop_now or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
     if checkpointing and run.guard.consecutive == 0:  # never overwrite the rollback anchor mid-fault
         run.save("last.pt")
@@ -388,9 +407,11 @@ def _read_window(run: Run, window: StepWindow, step: int) -> dict[str, Any]:
     the good steps)."""
     ctx, guard = run.ctx, run.guard
     records, sums = window.read()
-    totals = torch.tensor([sums["loss_sum"], sums["good"], sums["grad_sum"]], dtype=torch.float64, device=ctx.device)
+    totals = torch.tensor([sums["loss_sum"], sums["good"], sums["grad_sum"], run.batches.skipped], dtype=torch.float64,
+                          device=ctx.device)  # fmt: skip
     distributed.all_reduce_sum(totals, ctx)  # the loss over every process's slice; gradients are already shared
-    loss_sum, good, grad_sum = totals.tolist()
+    loss_sum, good, grad_sum, skipped_examples = totals.tolist()
+    run.state.skipped_examples = int(skipped_examples)
     for r in records:
         if r.ok:
             guard.ok()
@@ -399,13 +420,16 @@ def _read_window(run: Run, window: StepWindow, step: int) -> dict[str, Any]:
         run.state.events.append({"step": r.step, "kind": "skipped", "reason": r.reason})
         run.out.say(f"step {r.step}: skipped ({r.reason}); {guard.consecutive} in a row")
     seconds = window.seconds()
-    return {
+    record = {
         "step": step,
         "loss": loss_sum / good if good else None,
         "grad_norm": grad_sum / good if good else None,  # every process holds the same (all-reduced) gradients
         "examples_per_s": len(records) * run.cfg.batch_size / seconds if seconds > 0 else None,
         "skipped": guard.skipped,
     }
+    if run.cfg.on_error == "skip":
+        record["skipped_examples"] = run.state.skipped_examples
+    return record
 
 
 def _with_events(run: Run, record: dict[str, Any]) -> dict[str, Any]:
@@ -432,16 +456,18 @@ def _rollback(run: Run, step: int) -> None:
     run.opt.load_state_dict(saved["optimizer"])
     run.lr.rescale(guard.lr_scale)
     run.state.events.append({"step": step, "kind": "rollback", "to_step": saved["step"], "lr_scale": guard.lr_scale})
-    out.say(f"step {step}: {guard.max_faults} faulty steps in a row: rolled back to the checkpoint of step "
+    out.say(f"step {step}: {plural(guard.max_faults, 'faulty step')} in a row: rolled back to the checkpoint of step "
             f"{saved['step']}, learning rate x{guard.lr_scale:g}")  # fmt: skip
 
 
 def _payload(run: Run) -> dict[str, Any] | None:
     """The checkpoint of the run as it stands (rank 0; None elsewhere), see ``glowflow.training.checkpoint``."""
     rng = distributed.gather_objects(capture_rng_state(), run.ctx)  # every process's streams
+    skipped = distributed.gather_objects(run.batches.skipped, run.ctx)
     if not run.ctx.is_main:
         return None
     state, data = run.state, run.data
+    position = {**run.batches.state_dict(), "skipped": sum(skipped)}  # every process's replaced examples
     return {
         "config": run.cfg.to_dict(),
         "model_class": type(run.model).__name__,
@@ -450,7 +476,8 @@ def _payload(run: Run) -> dict[str, Any] | None:
         "optimizer": run.opt.state_dict(),
         "scheduler": run.lr.state_dict(),
         "step": state.step,
-        "rng": {"batch": run.batches.state_dict()["generator"], "ranks": rng},
+        "rng": {"batch": position["generator"], "ranks": rng},
+        "batches": position,
         "guard": run.guard.state_dict(),
         "best": state.best,
         "data": {
@@ -480,13 +507,14 @@ def _restore(run: Run, ckpt: dict[str, Any], path: Path) -> None:
         run.lr.load_state_dict(ckpt["scheduler"])
         run.guard.load_state_dict(ckpt["guard"])
         run.lr.scale = run.guard.lr_scale
-        run.batches.load_state_dict({"generator": ckpt["rng"]["batch"]})
+        position = batch_position(ckpt, len(run.data.train), run.cfg.batch_size)
+        run.batches.load_state_dict(position if ctx.is_main else {**position, "skipped": 0})  # rank 0 holds the count
         ranks = ckpt["rng"]["ranks"]
         if len(ranks) == ctx.world_size:
             restore_rng_state(ranks[ctx.rank])
         else:  # another number of processes: the batches continue exactly, the noise streams are reseeded
             torch.manual_seed(run.cfg.seed + 10_000 * (ctx.rank + 1) + ckpt["step"])
-            out.say(f"resuming with {ctx.world_size} processes instead of {len(ranks)}: the batches continue "
+            out.say(f"resuming with {plural(ctx.world_size, 'process')} instead of {len(ranks)}: the batches continue "
                     "exactly, the dequantization noise is reseeded")  # fmt: skip
         progress = ckpt["progress"]
         state.step = ckpt["step"]
@@ -496,6 +524,8 @@ def _restore(run: Run, ckpt: dict[str, Any], path: Path) -> None:
         state.events = list(progress.get("events", []))
         state.elapsed_before = float(progress["elapsed"])
         state.session_start = time.perf_counter()
+    except DataError:  # a position for another data set: the message says so
+        raise
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot restore the training state ({type(e).__name__}: {e})") from None
     out.open(state.step, resumed=True)
@@ -511,13 +541,19 @@ def _finish(run: Run, stopped_by: str | None) -> TrainResult:
     elif state.last_eval and state.step > 0:
         best = state.best
         best_text = f"; best {best.get(metric.key, best['value']):.3f} at step {best['step']}" if best else ""
-        out.say(f"done: {state.step} steps, {state.elapsed:.0f} s of training: {metric.format(state.last_eval)} "
+        out.say(f"done: {plural(state.step, 'step')}, {state.elapsed:.0f} s of training: "
+                f"{metric.format(state.last_eval)} "
                 f"(untrained {state.untrained[metric.key]:.3f}{best_text})")  # fmt: skip
         out.say(f"outputs: {out.run_dir}/samples.png, curve.png, metrics.jsonl, checkpoints/")
+    if state.skipped_examples:
+        n = state.skipped_examples
+        out.say(f"{n} unreadable example{'s were' if n != 1 else ' was'} replaced by the next readable one "
+                "(--on-error skip; the warnings name the files)")  # fmt: skip
     return TrainResult(
         run_dir=out.run_dir, config=run.cfg, step=state.step, metrics=dict(state.last_eval),
         untrained=dict(state.untrained), best=state.best, elapsed=state.elapsed, skipped=guard.skipped,
         rollbacks=guard.rollbacks, stopped_by=stopped_by, model=run.model, checkpoint=path,
+        skipped_examples=state.skipped_examples,
     )  # fmt: skip
 
 

@@ -63,8 +63,11 @@ def _clean(value: Any) -> Any:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a metrics file; a torn last line (a crash while writing) is ignored."""
+    """The records of a metrics file (or of a run directory's ``metrics.jsonl``); a torn last line (a crash while
+    writing) is ignored. A file not written yet (a run that is starting) has none."""
     path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
     if not path.is_file():
         return []
     records = []

@@ -91,8 +91,9 @@ class RunOutputs:
             postfix[self.metric.rate_unit] = f"{record['examples_per_s']:.0f}"
         self.progress.set_postfix(postfix)
 
-    def samples(self, model: FlowModel, test_x: torch.Tensor, step: int) -> None:
-        """``samples/step_XXXXXX.png`` and ``samples.png`` (the latest)."""
+    def samples(self, model: FlowModel, test_x: torch.Tensor | None, step: int) -> None:
+        """``samples/step_XXXXXX.png`` and ``samples.png`` (the latest); ``test_x``: the test rows that tabular
+        samples are drawn beside (None for images)."""
         if not self.main:
             return
         try:

@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from train_helpers import TINY_FLAGS, python, subprocess_env  # noqa: E402
-
-from glowflow.cli import main  # noqa: E402
-from glowflow.training import read_metrics  # noqa: E402
+from glowflow.cli import main
+from glowflow.training import read_metrics
+from tests.helpers import one_thread
+from tests.training.train_helpers import TINY_FLAGS, python, subprocess_env
 
 COMMANDS = ("train", "eval", "sample", "interpolate", "manipulate", "info")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -53,15 +42,13 @@ def error_line(capsys, *args: str) -> str:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A class-conditional digits run, an unconditional one with variational dequantization, and a moons run,
     trained through the CLI."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cli")
     out = {"digits": root / "digits", "moons": root / "moons", "plain": root / "plain"}
-    assert main(["train", "--out", str(out["digits"]), *TINY_FLAGS, "--iters", "4", "--conditional"]) == 0
-    assert main(["train", "--out", str(out["plain"]), *TINY_FLAGS, "--iters", "2",
-                 "--dequantization", "variational", "--memory", "invertible"]) == 0  # fmt: skip
-    assert main(["train", "--data", "moons", "--out", str(out["moons"]), *TINY_FLAGS, "--iters", "4"]) == 0
-    torch.set_num_threads(before)
+    with one_thread():  # (module fixtures run before the function-level one of conftest.py)
+        assert main(["train", "--out", str(out["digits"]), *TINY_FLAGS, "--iters", "4", "--conditional"]) == 0
+        assert main(["train", "--out", str(out["plain"]), *TINY_FLAGS, "--iters", "2",
+                     "--dequantization", "variational", "--memory", "invertible"]) == 0  # fmt: skip
+        assert main(["train", "--data", "moons", "--out", str(out["moons"]), *TINY_FLAGS, "--iters", "4"]) == 0
     return out
 
 
@@ -192,7 +179,7 @@ def test_errors_are_one_line(runs, tmp_path: Path, capsys):
     line = error_line(capsys, "train", "--out", runs["digits"], "--resume", "--hidden", "32")
     assert "hidden is 8 there and cannot change to 32" in line
     line = error_line(capsys, "train", "--iters", "0", "--out", tmp_path / "z")
-    assert line == "glowflow train: error: config key 'iters' must be >= 1, got 0"
+    assert line == "glowflow train: error: argument --iters: must be >= 1, got '0' (see glowflow train --help)"
     line = error_line(capsys)
     assert "the following arguments are required: COMMAND" in line
 

@@ -3,29 +3,16 @@ the test; the checksum tables are pointed at them), and the error without --down
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from data_helpers import http_server, md5, write_mnist  # noqa: E402
-from train_helpers import TINY_FLAGS  # noqa: E402
-
-import glowflow.data.downloader as dl  # noqa: E402
-from glowflow.cli import main  # noqa: E402
-from glowflow.data.idx import IDX_FILES  # noqa: E402
-from glowflow.training import load_checkpoint, read_metrics  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+import glowflow.data.downloader as dl
+from glowflow.cli import main
+from glowflow.data.idx import IDX_FILES
+from glowflow.training import load_checkpoint, read_metrics
+from tests.data.data_helpers import http_server, md5, write_mnist
+from tests.training.train_helpers import TINY_FLAGS
 
 
 def test_train_downloads_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import CIFAR_NAMES, cifar_batch, dump_py2_style, write_cifar
 
 from glowflow.data import load_dataset
 from glowflow.data.cifar import CLASS_NAMES, safe_load
 from glowflow.errors import DataError
+from tests.data.data_helpers import CIFAR_NAMES, cifar_batch, dump_py2_style, write_cifar
 
 
 @pytest.mark.parametrize("inside", ["cifar-10-batches-py", "."])

@@ -22,15 +22,17 @@ def test_public_api() -> None:
         "Dataset",
         "DatasetSpec",
         "DownloadEntry",
+        "ReadOptions",
         "default_data_dir",
         "download",
         "load_dataset",
+        "open_dataset",
         "pad_images",
         "sample_toy",
     }
     assert TOY_DENSITIES == ("moons", "circles", "checkerboard", "8gaussians", "pinwheel", "2spirals")
     assert list(DATASETS)[:6] == ["digits", "mnist", "fashion-mnist", "cifar10", "folder", "tabular"]
-    assert set(TOY_DENSITIES) <= set(DATASETS) and len(DATASETS) == 12
+    assert set(TOY_DENSITIES) <= set(DATASETS) and len(DATASETS) == 15
     descriptions = [DATASETS.get(name).description for name in DATASETS]
     assert all(isinstance(d, str) and d and "\n" not in d for d in descriptions)
     kinds = {name: DATASETS.get(name).kind for name in DATASETS}

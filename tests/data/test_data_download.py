@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import (
+
+import glowflow.data.downloader as dl
+from glowflow.data import download, load_dataset
+from glowflow.data.cifar import ARCHIVE as CIFAR_ARCHIVE
+from glowflow.data.idx import IDX_FILES
+from glowflow.errors import DataError
+from tests.data.data_helpers import (
     MNIST_5K_DIR,
     MNIST_DIR,
     http_server,
@@ -21,12 +27,6 @@ from data_helpers import (
     write_cifar,
     write_mnist,
 )
-
-import glowflow.data.downloader as dl
-from glowflow.data import download, load_dataset
-from glowflow.data.cifar import ARCHIVE as CIFAR_ARCHIVE
-from glowflow.data.idx import IDX_FILES
-from glowflow.errors import DataError
 
 
 @pytest.fixture(autouse=True)

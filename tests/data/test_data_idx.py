@@ -8,11 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import IDX_NAMES, MNIST_5K_DIR, MNIST_DIR, idx_bytes, make_mnist_like, write_file, write_mnist
 
 from glowflow.data import load_dataset
 from glowflow.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx, read_idx_pair
 from glowflow.errors import DataError
+from tests.data.data_helpers import (
+    IDX_NAMES,
+    MNIST_5K_DIR,
+    MNIST_DIR,
+    idx_bytes,
+    make_mnist_like,
+    write_file,
+    write_mnist,
+)
 
 
 @pytest.mark.parametrize("gz", [True, False])

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from stream_helpers import random_images
 
 from glowflow.data import arrays
 from glowflow.data.arrays import ArraySource, load_member, locate_array, npz_members, uncompress_npz
 from glowflow.errors import DataError
+from tests.data.stream_helpers import random_images
 
 
 @pytest.fixture

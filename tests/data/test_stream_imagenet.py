@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from stream_helpers import chrabaszcz_batch, random_images, write_chrabaszcz, write_png_folder, write_png_tar
 
 from glowflow.data.imagenet import CHRABASZCZ, COUNTS, OORD, find_imagenet, open_imagenet
 from glowflow.errors import DataError
+from tests.data.stream_helpers import chrabaszcz_batch, random_images, write_chrabaszcz, write_png_folder, write_png_tar
 
 PART = "a part of the set"  # the warning for a split smaller than the published one
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from stream_helpers import png_bytes, random_images, write_png_folder, write_shards
 
 from glowflow.data import image_files
 from glowflow.data.image_files import ImageFolderSource, decode_image
 from glowflow.data.shards import TarShardSource
 from glowflow.data.sources import SkippedExampleWarning, TensorSource
 from glowflow.errors import DataError
+from tests.data.stream_helpers import png_bytes, random_images, write_png_folder, write_shards
 
 
 @pytest.fixture

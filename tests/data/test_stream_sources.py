@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stream_helpers import random_images
 
 from glowflow.data import pad_images
 from glowflow.data.sources import (
@@ -19,6 +18,8 @@ from glowflow.data.sources import (
 )
 from glowflow.errors import DataError
 from glowflow.layers.dequantization import reduce_bits
+from glowflow.preprocessing import ImagePreprocessing
+from tests.data.stream_helpers import random_images
 
 
 def images(n: int = 20) -> TensorSource:
@@ -97,19 +98,20 @@ def test_concat_refuses_mixed_parts():
         ConcatSource([a, TensorSource(a.x, num_bins=256)])
 
 
-def test_transform_matches_whole_split_preparation():
+def test_transform_applies_the_models_preprocessing():
     src = images()
-    t = TransformedSource(src, n_bits=5, pad=6)
+    src.origin = "where the files came from"
+    prep = ImagePreprocessing((3, 4, 4), 256, n_bits=5, pad=6)
+    t = TransformedSource(SubsetSource(src, torch.arange(20)), prep)
     idx = torch.tensor([2, 7, 7])
     expected = pad_images(reduce_bits(src.x, 5).to(torch.uint8), 6)[idx]  # what prepare_data does to the split
-    assert torch.equal(t.get(idx)[0], expected)
+    assert torch.equal(t.get(idx)[0], expected) and torch.equal(t.get(idx)[0], prep(src.x)[idx])
     assert t.shape == (3, 6, 6) and t.num_bins == 32 and torch.equal(t.labels, src.labels)
-    with pytest.raises(ValueError, match="larger"):
-        TransformedSource(src, pad=3)
-    with pytest.raises(ValueError, match="n_bits must be between 1 and 8"):
-        TransformedSource(src, n_bits=9)
-    with pytest.raises(ValueError, match="256 levels"):
-        TransformedSource(TransformedSource(src, n_bits=5), n_bits=4)
+    assert t.origin == "where the files came from" and to_memory(t).origin == t.origin
+    with pytest.raises(ValueError, match="takes 3x4x4 images with 17 levels; random holds 3x4x4 images with 256"):
+        TransformedSource(src, ImagePreprocessing((3, 4, 4), 17))
+    with pytest.raises(ValueError, match="applies to images"):
+        TransformedSource(TensorSource(torch.zeros(2, 3)), prep)
 
 
 def test_to_memory_and_choose_input():

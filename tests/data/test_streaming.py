@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from stream_helpers import random_images, reference_batches, write_png_folder, write_shards
 
 from glowflow.data.arrays import ArraySource
 from glowflow.data.image_files import ImageFolderSource
@@ -19,6 +18,7 @@ from glowflow.data.shards import TarShardSource
 from glowflow.data.sources import SkippedExampleWarning, SourceBatch, TensorSource
 from glowflow.data.streaming import TrainBatches, eval_batches, eval_subset
 from glowflow.errors import DataError
+from tests.data.stream_helpers import random_images, reference_batches, write_png_folder, write_shards
 
 N, BATCH, INIT, SEED, STEPS = 30, 8, 12, 7, 6
 
@@ -91,6 +91,19 @@ def test_ranks_take_contiguous_slices_of_the_global_batch(data: dict, workers: i
         r.close()
     with pytest.raises(ValueError, match="must divide by the number of processes"):
         TrainBatches(source, 9, INIT, SEED, 0, 2)
+
+
+def test_workers_leave_the_global_random_stream_alone(data: dict):
+    """The training's dequantization noise comes from torch's global generator: starting the workers (which a
+    resumed run does again) must not draw from it, or runs with workers would see other noise."""
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    with TrainBatches(make_source("npy", data), BATCH, INIT, SEED, workers=1) as batches:
+        batches.init_batch()
+        batches.next()
+        list(eval_batches(make_source("npy", data), torch.arange(8), 4, workers=1))
+    assert torch.equal(torch.rand(4), expected)
 
 
 @pytest.mark.parametrize(("before", "after"), [(2, 2), (2, 0), (0, 2)])

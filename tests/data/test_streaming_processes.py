@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from stream_helpers import random_images, reference_batches, write_shards
 
 from glowflow.data.arrays import ArraySource
 from glowflow.data.streaming import TrainBatches, eval_subset
+from tests.data.stream_helpers import random_images, reference_batches, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
 N, BATCH, INIT, SEED = 200, 8, 12, 7

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import check_flow, max_abs, randomize_
 
 from glowflow.errors import NotInitializedError
 from glowflow.layers import ActNorm
+from tests.helpers import check_flow, max_abs, randomize_
 
 
 @pytest.mark.parametrize("shape", [(16, 3, 5, 4), (64, 6)])
@@ -86,8 +86,10 @@ def test_two_process_gloo_init_gives_identical_parameters(tmp_path):
     world = 2
     mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world))
+    # every rank computes its parameters from the same all-reduced sums: the same computation, bit-identical
     assert torch.equal(r0["bias"], r1["bias"]) and torch.equal(r0["log_scale"], r1["log_scale"])
-    # the synchronised statistics are those of the whole (concatenated) batch
+    # the synchronised statistics are those of the whole (concatenated) batch, summed in another order: float32
+    # round-off only
     torch.manual_seed(0)
     data = torch.randn(2 * world, 3, 4, 4) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1) + 5
     single = ActNorm(3)

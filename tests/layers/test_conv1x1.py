@@ -1,10 +1,10 @@
 import pytest
 import torch
-from helpers import check_flow, max_abs, randomize_
 
 from glowflow.errors import SingularWeightError
 from glowflow.layers import InvertibleConv1x1, InvertibleLinear
 from glowflow.layers.conv1x1 import DenseMatrix, LUMatrix, random_rotation
+from tests.helpers import check_flow, max_abs, randomize_
 
 
 @pytest.mark.parametrize("lu", [True, False])

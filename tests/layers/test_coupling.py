@@ -1,9 +1,12 @@
+import subprocess
+
 import pytest
 import torch
-from helpers import check_flow, max_abs, randomize_
 
 from glowflow.layers import AdditiveCoupling, AffineCoupling
 from glowflow.layers.coupling import build_conditioner
+from tests.helpers import check_flow, max_abs, randomize_
+from tests.training.train_helpers import python, subprocess_env
 
 COUPLINGS = [AffineCoupling, AdditiveCoupling]
 
@@ -61,6 +64,27 @@ def test_starts_as_identity(cls, mask):
     y, logdet = cls(6, hidden=8, mask=mask)(x)
     assert torch.equal(y, x)
     assert torch.equal(logdet, torch.zeros(4))
+
+
+IDENTITY_CHECK = """
+import torch
+from glowflow.layers import AffineCoupling
+x = torch.randn(4, 6, 4, 4)
+exact = []
+for mask in ("channel", "checkerboard"):
+    y, logdet = AffineCoupling(6, hidden=8, mask=mask)(x)
+    exact.append(torch.equal(y, x) and bool((logdet == 0).all()))
+print(torch.backends.cpu.get_cpu_capability(), *exact)
+"""
+
+
+def test_starts_as_identity_on_the_scalar_cpu_kernels():
+    """The scalar ATen kernels (a CPU without AVX2) round logsigmoid(2) differently from the vectorised ones: the
+    zero-initialised coupling must still be exactly the identity there, log-det 0 included."""
+    env = subprocess_env() | {"ATEN_CPU_CAPABILITY": "default"}
+    p = subprocess.run([python(), "-c", IDENTITY_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["DEFAULT", "True", "True"]
 
 
 def test_channel_mask_leaves_conditioning_half_unchanged():

@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-from helpers import jacobian_logdet, max_abs, randomize_
 
 from glowflow.layers import UniformDequantization, VariationalDequantization
 from glowflow.layers.dequantization import (
@@ -13,6 +12,7 @@ from glowflow.layers.dequantization import (
     to_continuous,
     to_uint8,
 )
+from tests.helpers import jacobian_logdet, max_abs, randomize_
 
 
 @pytest.mark.parametrize("num_bins", [2, 17, 32, 256])

@@ -1,10 +1,10 @@
 import pytest
 import torch
-from helpers import randomize_
 
 from glowflow import Glow
 from glowflow.layers import FlowSequence
 from glowflow.layers.memory import leaf_layers
+from tests.helpers import randomize_
 
 
 def _grads(model, loss_fn):

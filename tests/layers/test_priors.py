@@ -1,10 +1,10 @@
 import math
 
 import torch
-from helpers import check_flow, max_abs, randomize_
 
 from glowflow.layers import GaussianPrior, Split
 from glowflow.layers.priors import standard_normal_log_prob
+from tests.helpers import check_flow, max_abs, randomize_
 
 
 def test_standard_normal_log_prob():

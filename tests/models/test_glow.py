@@ -3,11 +3,11 @@ import math
 
 import pytest
 import torch
-from helpers import jacobian_logdet, max_abs, randomize_
 
 from glowflow import Glow, NotInitializedError
 from glowflow.layers.dequantization import to_continuous
 from glowflow.layers.priors import standard_normal_log_prob
+from tests.helpers import assert_close, jacobian_logdet, max_abs, randomize_
 
 
 def _flat_latents(model, x, cond_labels=None):
@@ -140,7 +140,9 @@ def test_sampling_temperature():
         std = torch.cat([z.flatten() for z in zs]).std().item()
         assert abs(std - t) < 0.02 * max(t, 0.5), (t, std)
     a, b = model.sample(3, temperature=0.0), model.sample(3, temperature=0.0)
-    assert torch.equal(a, b) and max_abs(a[0], a[1]) == 0
+    assert torch.equal(a, b)  # the same computation twice
+    # every sample is the mode; rows of one batch may meet differently blocked kernels: float32 round-off only
+    assert max_abs(a[0], a[1]) < 1e-6 and max_abs(a[0], a[2]) < 1e-6
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert torch.equal(model.sample(2, generator=g1), model.sample(2, generator=g2))
 
@@ -210,13 +212,19 @@ def test_state_dict_round_trip_gives_same_model():
     clone = Glow((1, 8, 8), levels=2, steps=2, hidden=8, permutation="shuffle", num_classes=2)
     clone.load_state_dict(model.state_dict())
     assert clone.is_initialized
-    assert torch.equal(clone.log_prob(x, y), model.log_prob(x, y))
+    assert torch.equal(clone.log_prob(x, y), model.log_prob(x, y))  # bit-identical weights, the same computation
 
 
 def test_forward_is_the_training_objective():
     model = Glow((1, 4, 4), levels=2, steps=1, hidden=4, num_bins=32)
     k = torch.randint(0, 32, (3, 1, 4, 4))
     torch.manual_seed(2)
-    a = model(k)
+    first = model(k)  # initialises ActNorm, so its steps of flow run unfused (layer by layer)
     torch.manual_seed(2)
-    assert torch.equal(a, model.bits_per_dim(k)) and a.shape == (3,)
+    a = model(k)  # initialised: the fused ActNorm + 1x1 convolution path
+    torch.manual_seed(2)
+    b = model.bits_per_dim(k)  # the same computation as `a`, same inputs: bitwise equal
+    assert torch.equal(a, b) and a.shape == (3,)
+    # the fused affine map rounds differently from ActNorm then the 1x1 conv: float32 round-off (0 for this draw on
+    # AMD Zen 4, ~1e-6 on an Intel AVX-512 CPU: glowflow issue 11)
+    assert_close(first, a, 1e-5, "first (initialising) call vs a later call")

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import jacobian_logdet, max_abs, randomize_
 
 from glowflow import Glow, TabularGlow
 from glowflow.layers.dequantization import quantize, to_continuous
+from tests.helpers import jacobian_logdet, max_abs, randomize_
 
 MNIST_5K = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist-5k"
 

@@ -2,9 +2,9 @@ import itertools
 
 import pytest
 import torch
-from helpers import jacobian_logdet, max_abs, randomize_
 
 from glowflow import NotInitializedError, TabularGlow
+from tests.helpers import assert_close, jacobian_logdet, max_abs, randomize_
 
 
 def _ready(model, dim, num_classes=None, scale=0.1):
@@ -79,4 +79,9 @@ def test_bad_inputs():
 def test_forward_is_the_negative_log_likelihood():
     model = TabularGlow(3, steps=1, hidden=8)
     x = torch.randn(4, 3)
-    assert torch.equal(model(x), -model.log_prob(x))
+    first = model(x)  # initialises ActNorm, so the step of flow runs unfused (layer by layer)
+    nll = model(x)  # initialised: the fused ActNorm + invertible linear path
+    assert torch.equal(nll, -model.log_prob(x))  # the same computation twice, same inputs: bitwise equal
+    # the fused affine map rounds differently from ActNorm then the linear map: float32 round-off (0 to 5e-7 nats
+    # on AMD Zen 4 depending on the draw, ~1e-6 on an Intel AVX-512 CPU: glowflow issue 11)
+    assert_close(first, nll, 1e-5, "first (initialising) call vs a later call")

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_helpers import TINY
 
 from glowflow import Glow, TabularGlow
 from glowflow.errors import CheckpointError
@@ -22,15 +21,15 @@ from glowflow.training.checkpoint import (
     find_checkpoint,
     restore_rng_state,
 )
+from tests.helpers import one_thread
+from tests.training.train_helpers import TINY
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # (module fixtures run before the function-level one of conftest.py)
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    train(out=str(out), iters=2, **TINY)
-    torch.set_num_threads(before)
+    with one_thread():  # (module fixtures run before the function-level one of conftest.py)
+        train(out=str(out), iters=2, **TINY)
     return out
 
 

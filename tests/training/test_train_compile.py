@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import max_diff, params, tiny
 
 from glowflow.training import train
+from tests.training.train_helpers import max_diff, params, tiny
 
 INDUCTOR = torch.cuda.is_available() or os.environ.get("GLOWFLOW_TEST_INDUCTOR") == "1"
 
@@ -26,7 +26,8 @@ def _compare(tmp_path: Path, **kwargs) -> None:
     eager = train(out=str(tmp_path / "eager"), **settings)
     compiled = train(out=str(tmp_path / "compiled"), compile=True, **settings)
     assert compiled.config.compile
-    # same seed: same batches and noise, so the same losses and parameters up to kernel round-off
+    # same seed: same batches and noise, so the same losses and parameters up to the round-off of the compiled
+    # graph's kernels, amplified by 3 Adam steps (measured with aot_eager on CPU: 0; inductor fuses and reorders)
     assert compiled.metrics["test_bpd"] == pytest.approx(eager.metrics["test_bpd"], abs=1e-4)
     assert max_diff(params(eager.model), params(compiled.model)) < 1e-4
 

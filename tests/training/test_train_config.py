@@ -81,6 +81,13 @@ def test_resolved_config_round_trips_through_json(tmp_path: Path):
         ({"temperatures": []}, "'temperatures' must be a non-empty list"),
         ({"n_bits": 9}, "'n_bits' must lie in 1..8"),
         ({"threads": 0}, "'threads' must be >= 1 or none"),
+        ({"workers": -1}, "'workers' must be >= 0"),
+        ({"input": "disk"}, "'input': unknown value 'disk'; expected one of auto, memory, stream"),
+        ({"data": "folder", "fit": "stretch"}, "'fit': unknown value 'stretch'; expected one of exact, center-crop"),
+        ({"data": "folder", "image_size": 0}, "'image_size' must be >= 1 or none"),
+        ({"image_size": 16}, "'image_size' applies to image folders and tar shards; 'digits' images have one size"),
+        ({"data": "imagenet32", "fit": "resize"}, "'fit' applies to image folders and tar shards; 'imagenet32'"),
+        ({"data": "mnist", "on_error": "skip"}, "'on_error' applies to data read from image files batch by batch"),
     ],
 )
 def test_bad_values(kwargs, message):

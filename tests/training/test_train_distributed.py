@@ -1,5 +1,6 @@
 """Two CPU processes (gloo on 127.0.0.1): both ranks end with identical parameters, the result matches a
-single-process run with the same total batch, and ``torchrun -m glowflow train`` works with rank 0 alone writing."""
+single-process run with the same total batch, ``torchrun -m glowflow train`` works with rank 0 alone writing, and
+two ranks training on tar shards read batch by batch take disjoint halves of every global batch."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from train_helpers import TINY, TINY_TOY, free_port, max_diff, params, python, subprocess_env
 
 from glowflow.training import read_metrics, train
+from tests.data.stream_helpers import random_images, reference_batches, write_shards
+from tests.training.train_helpers import TINY, TINY_TOY, free_port, max_diff, params, python, subprocess_env
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo"
@@ -99,3 +102,47 @@ def test_torchrun_cli(tmp_path: Path):
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 2, 4]
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 4 and len(ckpt["rng"]["ranks"]) == 2 and ckpt["progress"]["world_size"] == 2
+
+
+# One rank of `torchrun script.py SHARDS OUT`: glowflow.train on tar shards read batch by batch by one reader
+# process per rank; a spy records the indices of every batch the loop takes.
+STREAM_SCRIPT = """
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+import glowflow.data.streaming as streaming
+from glowflow.training import train
+shards, out, kwargs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+seen = []
+for name in ("init_batch", "next"):
+    def spy(self, original=getattr(streaming.TrainBatches, name)):
+        batch = original(self)
+        seen.append(self.indices.clone())
+        return batch
+    setattr(streaming.TrainBatches, name, spy)
+result = train(data="shards", data_dir=shards, input="stream", workers=1, out=os.path.join(out, "run"), **kwargs)
+torch.save({"indices": seen, "params": result.model.state_dict()}, os.path.join(out, f"rank{os.environ['RANK']}.pt"))
+"""
+
+
+def test_two_processes_read_disjoint_halves_of_every_streamed_batch(tmp_path: Path):
+    n = 50  # a 45 / 5 split of the shards' samples
+    write_shards(tmp_path / "shards", random_images(n, 1, 8, seed=9), np.arange(n) % 4, per_shard=16)
+    script = tmp_path / "stream_rank.py"
+    script.write_text(STREAM_SCRIPT)
+    kwargs = dict(TINY, iters=4, init_batch_size=24, conditional=True, eval_every=2)
+    cmd = [python(), "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(script), str(tmp_path / "shards"), str(tmp_path),
+           json.dumps(kwargs)]  # fmt: skip
+    p = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    init, steps = reference_batches(45, 16, 24, 0, 4)  # the global batches of the training split, seed 0
+    half = 8
+    assert torch.equal(ranks[0]["indices"][0], init[:12]) and torch.equal(ranks[1]["indices"][0], init[12:])
+    for k, idx in enumerate(steps, 1):
+        assert torch.equal(ranks[0]["indices"][k], idx[:half]) and torch.equal(ranks[1]["indices"][k], idx[half:])
+    assert len(ranks[0]["indices"]) == len(ranks[1]["indices"]) == 5
+    for key, value in ranks[0]["params"].items():
+        assert torch.equal(value, ranks[1]["params"][key]), key  # DDP keeps the ranks bit-identical
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 2, 4]

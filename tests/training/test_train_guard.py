@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import TINY, max_diff, params, tiny
 
 import glowflow.training.loop as loop
 from glowflow.errors import SingularWeightError
 from glowflow.training import FaultGuard, TrainingError, load_checkpoint, read_metrics, train
+from tests.training.train_helpers import TINY, max_diff, params, tiny
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_too_many_rollbacks_stop_with_a_clear_error(tmp_path: Path):
         train(out=str(out), iters=50, loss_hook=lambda s, loss: loss * float("nan") if s >= 3 else loss,
               max_faults=2, max_rollbacks=1, **TINY)  # fmt: skip
     msg = str(e.value)
-    assert "training stopped at step 6" in msg and "after 1 rollback(s)" in msg
+    assert "training stopped at step 6" in msg and "after 1 rollback " in msg
     assert f"last good checkpoint is {out / 'checkpoints' / 'last.pt'}" in msg and "--lr" in msg
     # the last good checkpoint: written at step 4 right after the rollback (the state of step 0, lr halved)
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import TINY, TINY_FLAGS, python, subprocess_env
 
 from glowflow.training import read_metrics, train
+from tests.training.train_helpers import TINY, TINY_FLAGS, python, subprocess_env
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
