@@ -5,9 +5,10 @@ A source is, in the order it is tried:
 1. a local path: a checkpoint file (``.pt``), a run directory (``checkpoints/best.pt``, else ``last.pt``;
    ``checkpoint="last"`` swaps them) or a pretrained-model directory (``config.json`` of the
    ``glowflow-pretrained`` format + ``model.safetensors``, see :mod:`glowflow.models.pretrained`);
-2. a shipped model, ``glowflow/<name>`` (:func:`shipped_models`, e.g. ``glowflow/digits``, ``glowflow/moons``):
-   a pretrained-model directory inside the installed package, ``glowflow/weights/<name>``, read offline. The
-   ``glowflow/`` namespace is reserved for them: another name under it is an error, never a Hub lookup;
+2. a shipped model, ``glowflow/<name>`` (:func:`shipped_models`: ``glowflow/digits``, ``glowflow/moons``,
+   ``glowflow/mnist``): a pretrained-model directory inside the installed package, ``glowflow/weights/<name>``,
+   read offline. The ``glowflow/`` namespace is reserved for them: another name under it is an error, never a Hub
+   lookup;
 3. a Hugging Face Hub model id ``owner/name`` (needs the ``hub`` extra; downloaded, or from the cache). Offline,
    or without the extra, it is one clear error.
 

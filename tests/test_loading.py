@@ -90,7 +90,7 @@ def test_sources_are_told_apart(runs):
     for name in shipped_models():
         found = resolve_source(f"glowflow/{name}")
         assert found.kind == "pretrained" and found.path == Path(glowflow.__file__).parent / "weights" / name
-    assert {"digits", "moons"} <= set(shipped_models())
+    assert {"digits", "moons", "mnist"} <= set(shipped_models())
 
 
 def test_open_run_of_a_pretrained_directory(runs):

@@ -106,7 +106,7 @@ def png_file(text: str) -> Path:
 
 RUN_HELP = (
     "a run directory (uses checkpoints/best.pt, else last.pt), a .pt checkpoint file, a pretrained-model directory "
-    "(glowflow export), a shipped model (glowflow/digits, glowflow/moons) or a Hugging Face Hub id "
+    "(glowflow export), a shipped model (glowflow/digits, glowflow/moons, glowflow/mnist) or a Hugging Face Hub id "
     "(owner/name; needs glowflow[hub])"
 )
 PRETRAINED_OUT = "the current directory for a pretrained model, which has no run directory"
