@@ -20,7 +20,7 @@ from glowflow.training.evaluate import draw_samples, evaluate
 from glowflow.training.guard import FaultGuard, TrainingError
 from glowflow.training.loop import RESUMABLE, TrainResult, train
 from glowflow.training.metrics import read_metrics
-from glowflow.training.model import build_model
+from glowflow.training.model import build_model, model_for_data
 
 __all__ = [
     "PRESETS",
@@ -37,6 +37,7 @@ __all__ = [
     "load_checkpoint",
     "load_config_file",
     "load_model",
+    "model_for_data",
     "prepare_data",
     "read_metrics",
     "resolve_config",

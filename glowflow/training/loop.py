@@ -49,7 +49,7 @@ from glowflow.training.distributed import DistContext
 from glowflow.training.evaluate import evaluate_source
 from glowflow.training.guard import FaultGuard, TrainingError
 from glowflow.training.metrics import Metric, metric_for
-from glowflow.training.model import build_model
+from glowflow.training.model import model_for_data
 from glowflow.training.optim import LearningRate, make_optimizer
 from glowflow.training.outputs import RunOutputs, check_run_dir, default_run_dir
 from glowflow.training.step import LossHook, StepWindow, train_step
@@ -207,7 +207,7 @@ def _train(
     batches = training_batches(data, cfg, ctx, device)
 
     # 4. model: identical on every process; then each process gets its own dequantization-noise stream
-    model = build_model(cfg, data).to(device)
+    model = model_for_data(cfg, data).to(device)
     torch.manual_seed(cfg.seed + 10_000 * (ctx.rank + 1))
 
     # 5. optimiser with linear warm-up, fault guard, run state, outputs

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 from glowflow.models import FlowModel, Glow, TabularGlow
 from glowflow.training.config import TrainConfig
 from glowflow.training.data import TrainingData
 
 
-def build_model(cfg: TrainConfig, data: TrainingData) -> FlowModel:
+def model_for_data(cfg: TrainConfig, data: TrainingData) -> FlowModel:
     """Glow for images, TabularGlow for tabular / toy rows, as ``cfg`` says, owning the data's units: the images'
     preprocessing and class names, or the rows' standardisation (fitted to the training split)."""
     num_classes = data.num_classes if cfg.conditional else None
@@ -25,3 +27,12 @@ def build_model(cfg: TrainConfig, data: TrainingData) -> FlowModel:
     )  # fmt: skip
     model.standardize.fit(data.train_x)
     return model
+
+
+def build_model(cfg: TrainConfig, data: TrainingData) -> FlowModel:
+    """Deprecated name (until glowflow 0.2) of :func:`model_for_data`; :func:`glowflow.models.build_model` is the
+    other function, which builds a model from its class name and constructor arguments."""
+    warnings.warn(
+        "glowflow.training.build_model is now glowflow.training.model_for_data", DeprecationWarning, stacklevel=2
+    )
+    return model_for_data(cfg, data)

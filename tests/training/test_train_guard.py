@@ -22,13 +22,13 @@ from tests.training.train_helpers import TINY, max_diff, params, tiny
 def models(monkeypatch: pytest.MonkeyPatch) -> list:
     """The models train() builds, so that hooks can look at their parameters."""
     built: list = []
-    real = loop.build_model
+    real = loop.model_for_data
 
     def record(cfg, data):
         built.append(real(cfg, data))
         return built[-1]
 
-    monkeypatch.setattr(loop, "build_model", record)
+    monkeypatch.setattr(loop, "model_for_data", record)
     return built
 
 
