@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from glowflow.checks import check_choice
 from glowflow.models.pretrained import (
     CONFIG_FILE,
     SHIPPED_PREFIX,
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     import torch
 
     from glowflow.models.base import FlowModel
+
+
+CHECKPOINTS = ("best", "last")  # which checkpoint of a run directory
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,7 @@ def _local(path: Path, given: str, checkpoint: str) -> Source:
 def resolve_source(source: str | os.PathLike, checkpoint: str = "best", *, local_files_only: bool = False) -> Source:
     """What ``source`` names (see the module docstring), downloading a Hub id's files if needed (``local_files_only``:
     only from the Hub cache). ``checkpoint``: ``"best"`` or ``"last"``, which checkpoint of a run directory."""
-    if checkpoint not in ("best", "last"):
-        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    check_choice("checkpoint", checkpoint, CHECKPOINTS)
     given = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
     if not isinstance(given, str) or not given.strip():
         raise ValueError(f"expected a run directory, checkpoint, pretrained directory or model name, got {source!r}")

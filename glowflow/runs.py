@@ -24,7 +24,7 @@ from glowflow.data.base import SPLITS
 from glowflow.errors import CheckpointError
 from glowflow.io import atomic_write_text
 from glowflow.layers.dequantization import to_continuous, to_uint8, uint8_to_levels
-from glowflow.loading import Source, resolve_source
+from glowflow.loading import CHECKPOINTS, Source, resolve_source
 from glowflow.models import FlowModel, Glow
 from glowflow.models.pretrained import load_pretrained_dir
 from glowflow.progress import Progress
@@ -105,6 +105,7 @@ def open_run(run: str | os.PathLike, device: str = "auto", prefer: str = "best")
     """Open a trained model from any source :func:`glowflow.load` takes (a run directory: ``checkpoints/best.pt``,
     else ``last.pt``, ``prefer="last"`` swaps them; a checkpoint file; a pretrained-model directory; a shipped
     model name; a Hub id) on ``device`` (``auto``: CUDA when available)."""
+    check_choice("prefer", prefer, CHECKPOINTS)
     target = resolve_device(device, DistContext())  # a bad device name fails before anything loads
     found = resolve_source(run, prefer)
     opened = _open_pretrained(found) if found.kind == "pretrained" else _open_checkpoint(found)

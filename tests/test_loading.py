@@ -166,7 +166,7 @@ def test_bad_sources_are_one_clear_error(runs, tmp_path):
     for bad in (None, "", 3):
         with pytest.raises(ValueError, match="expected a run directory"):
             glowflow.load(bad)
-    with pytest.raises(ValueError, match="checkpoint must be 'best' or 'last'"):
+    with pytest.raises(ValueError, match="checkpoint must be one of best, last"):
         glowflow.load(runs["digits"], checkpoint="first")
     edited = tmp_path / "edited"
     edited.mkdir()
