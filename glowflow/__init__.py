@@ -8,10 +8,10 @@ from glowflow.models import MODELS, FlowModel, Glow, TabularGlow
 from glowflow.preprocessing import ImagePreprocessing, reduce_bits
 from glowflow.version import __version__  # noqa: F401  (glowflow.__version__)
 
-# Imported on first use, so that ``import glowflow`` stays light: ``glowflow.training.load_model(...)`` and
-# ``glowflow.train(...)`` work right after ``import glowflow``.
+# Imported on first use, so that ``import glowflow`` stays light: ``glowflow.training.load_model(...)``,
+# ``glowflow.train(...)`` and ``glowflow.load(...)`` work right after ``import glowflow``.
 _SUBMODULES = ("data", "layers", "models", "training", "viz")
-_LAZY = {"train": "glowflow.training"}
+_LAZY = {"train": "glowflow.training", "load": "glowflow.loading"}
 
 
 def __getattr__(name: str):
@@ -34,6 +34,7 @@ __all__ = [
     "SingularWeightError",
     "TabularGlow",
     "bits_per_dim",
+    "load",
     "quantize",
     "reduce_bits",
     "to_continuous",
