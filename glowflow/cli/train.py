@@ -67,7 +67,7 @@ def add_parsers(sub: Any) -> None:
             kwargs["metavar"] = "T1,T2,..."
         else:
             base = {"int": int, "float": float, "str": str}[t.split("|")[0].strip()]
-            kwargs["type"] = optional(base) if "None" in t else base
+            kwargs["type"] = optional(base) if "None" in t and f.name != "preset" else base  # preset "none": a name
             if f.name in RANGES:  # a bad value is a usage error before anything loads
                 kwargs["type"] = ranged(RANGES[f.name])
             elif f.name == "device":

@@ -1,4 +1,4 @@
-"""The model that scores, encodes or decodes, wherever it comes from (a run directory, a checkpoint file, an
+"""The model that scores, encodes or decodes, wherever it comes from (any model source of glowflow.load, an
 :class:`~glowflow.runs.OpenRun` or a model in memory), and its inputs made ready for it."""
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ class Scorer:
 
 def load_scorer(model_or_run: Any, device: str | None = None, checkpoint: str = "best") -> Scorer:
     """A :class:`Scorer` of ``model_or_run``: a :class:`~glowflow.FlowModel` (used where it is; ``device`` must then be
-    None), an :class:`~glowflow.runs.OpenRun`, or the path of a run directory (``checkpoint`` best or last) or a
-    checkpoint file, loaded on ``device`` (default ``auto``: CUDA when available)."""
+    None), an :class:`~glowflow.runs.OpenRun`, or any model source :func:`glowflow.load` takes (a run directory,
+    ``checkpoint`` best or last; a checkpoint file; a pretrained-model directory; a shipped model name; a Hub id),
+    loaded on ``device`` (default ``auto``: CUDA when available)."""
     from glowflow.runs import OpenRun, open_run
     from glowflow.training.devices import resolve_device
     from glowflow.training.distributed import DistContext
@@ -54,11 +55,14 @@ def load_scorer(model_or_run: Any, device: str | None = None, checkpoint: str = 
     if isinstance(model_or_run, (str, os.PathLike)):
         model_or_run = open_run(model_or_run, device or "auto", checkpoint)
     if not isinstance(model_or_run, OpenRun):
-        raise ValueError(f"expected a model, a run directory or a checkpoint path, got {type(model_or_run).__name__}")
+        raise ValueError(f"expected a model or a model source (a run directory, a checkpoint, a pretrained directory, "
+                         f"a shipped name, a Hub id), got {type(model_or_run).__name__}")  # fmt: skip
     run = model_or_run
     if device is not None:
         run.model.to(resolve_device(device, DistContext()))
-    about = {"checkpoint": str(run.path), "step": run.checkpoint.get("step"), "model": run.model.describe()}
+    about = {"checkpoint": str(run.path), "step": run.step, "model": run.model.describe()}
+    if run.config is None:  # a pretrained directory that does not record its training: the data set's name only
+        return Scorer(run.model.eval(), about, run.data.get("name"), None)
     return Scorer(run.model.eval(), about, run.config.data, run.config.data_dir)
 
 

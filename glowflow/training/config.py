@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import json
 import os
+import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,41 @@ PRESET_NOTES: dict[str, str] = {
     "toy": "TabularGlow K=8 width 64, 2000 steps (the 2-D toy densities)",
     "tabular": "TabularGlow K=10 width 128, 10k steps (a .csv/.npy table)",
 }
+
+
+def command_line(cfg: TrainConfig) -> str | None:
+    """The ``glowflow train`` command that resolves to ``cfg`` (but for ``out``, where the run was written): ``--data``
+    and ``--preset`` where they differ from what they default to, then every key whose value differs from what
+    those give, as its flag. None for data given as arrays in memory, which no command line can pass."""
+    if cfg.data == IN_MEMORY:
+        return None
+    named: dict[str, Any] = {}
+    preset = cfg.preset or "none"
+    if preset != default_preset(cfg.data):
+        named["preset"] = preset
+    implied_data = PRESETS[preset]["data"] if "preset" in named and preset in PRESETS else TrainConfig.data
+    if cfg.data != implied_data:
+        named["data"] = cfg.data
+    base = resolve_config(None, **{"data": cfg.data, **named})
+    flags = [_flag(name, value) for name, value in named.items()]
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.name not in ("data", "preset", "out") and value != getattr(base, f.name):
+            flags.append(_flag(f.name, value))
+    return " ".join(["glowflow train", *flags])
+
+
+def _flag(name: str, value: Any) -> str:
+    """``name = value`` as ``glowflow train``'s flag: ``--name VALUE``, ``--name`` / ``--no-name`` for a bool,
+    ``none`` for None, comma-separated numbers for a list."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    if value is None:
+        return f"{flag} none"
+    if isinstance(value, list):
+        return f"{flag} {','.join(map(str, value))}"
+    return f"{flag} {shlex.quote(str(value))}"
 
 
 def default_preset(data: str, kind: str | None = None) -> str:
