@@ -155,3 +155,15 @@ def test_train_on_an_array_file(tmp_path: Path, capsys):
     assert code == 0 and "array: 1350 train / 150 test images, 1x8x8, 256 grey levels" in text
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data"] == "array" and config["conditional"] is True
+
+
+def test_every_model_source_is_a_run(capsys, tmp_path: Path):
+    """RUN may be any model source glowflow.load takes: the shipped glowflow/digits scores as the same model loaded
+    in memory (the same computation on the same weights and noise seed: float round-off at most)."""
+    code, out = run_cli(capsys, "score", "glowflow/digits", "digits:test[:40]", "--out", tmp_path / "s.csv",
+                        "--no-progress")  # fmt: skip
+    assert code == 0 and "(step 800)" in out
+    with open(tmp_path / "s.csv", newline="") as f:
+        bpd = np.array([float(row["bpd"]) for row in csv.DictReader(f)])
+    in_memory = glowflow.score(glowflow.load("glowflow/digits"), "digits:test[:40]")
+    assert len(bpd) == 40 and np.allclose(bpd, np.asarray(in_memory.bpd), rtol=0, atol=1e-5)  # CSV: 6 decimals
