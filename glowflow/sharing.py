@@ -132,7 +132,9 @@ def _training_command(run: OpenRun) -> str | None:
 
 
 def _data(run: OpenRun) -> dict[str, Any]:
-    data = dict(run.data)
+    """The data's description, without the run's own evaluation subset: which examples measured the test figures
+    is the metrics' ``evaluated_on``."""
+    data = {k: v for k, v in run.data.items() if k != "test_note"}
     data.setdefault("name", run.data_name)
     return data
 

@@ -102,7 +102,8 @@ def test_open_run_of_a_pretrained_directory(runs):
     assert run.class_names == from_run.class_names == [str(i) for i in range(10)]
     assert run.is_image and run.num_bins == 17 and run.step == 4
     assert run.metrics["test_bpd"] == pytest.approx(from_run.metrics["test_bpd"], rel=0, abs=0)
-    assert run.data == from_run.data
+    assert run.data == {k: v for k, v in from_run.data.items() if k != "test_note"}  # the run's eval subset
+    assert run.metrics["evaluated_on"] == "all 297 test images, 1 noise draw each"
     data = run.load_data(eval_size=10)
     x, y = data.test.get(data.eval_indices)
     assert x.shape == (10, 1, 8, 8) and data.conditional and y is not None  # conditional: labels come along
