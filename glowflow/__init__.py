@@ -9,9 +9,9 @@ from glowflow.preprocessing import ImagePreprocessing, reduce_bits
 from glowflow.version import __version__  # noqa: F401  (glowflow.__version__)
 
 # Imported on first use, so that ``import glowflow`` stays light: ``glowflow.training.load_model(...)``,
-# ``glowflow.train(...)`` and ``glowflow.load(...)`` work right after ``import glowflow``.
-_SUBMODULES = ("data", "layers", "models", "training", "viz")
-_LAZY = {"train": "glowflow.training", "load": "glowflow.loading"}
+# ``glowflow.train(...)``, ``glowflow.load(...)`` and ``glowflow.score(...)`` work right after ``import glowflow``.
+_SUBMODULES = ("data", "layers", "models", "scoring", "training", "viz")
+_LAZY = {"train": "glowflow.training", "load": "glowflow.loading", "score": "glowflow.scoring"}
 
 
 def __getattr__(name: str):
@@ -37,6 +37,7 @@ __all__ = [
     "load",
     "quantize",
     "reduce_bits",
+    "score",
     "to_continuous",
     "to_uint8",
     "train",

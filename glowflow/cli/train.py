@@ -79,6 +79,8 @@ def add_parsers(sub: Any) -> None:
             kwargs.setdefault("metavar", {"int": "N", "float": "X"}.get(t.split("|")[0].strip()))
             if f.name in ("out", "data_dir"):
                 kwargs["metavar"] = "DIR"
+            if f.name == "background_for":
+                kwargs["metavar"] = "RUN"
             if kwargs["metavar"] is None:
                 del kwargs["metavar"]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
