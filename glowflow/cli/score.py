@@ -96,7 +96,11 @@ def add_parsers(sub: Any) -> None:
     )
     run_args(p)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="what to score (see the description)")
-    p.add_argument("--out", default=None, help="the CSV (default RUN/scores.csv); the .json and PNGs go beside it")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="the CSV (default RUN/scores.csv, ./scores.csv for a pretrained model); the .json and PNGs go beside it",
+    )
     p.add_argument("--n-samples", type=positive_int, default=1,
                    help="dequantization noise draws averaged per image (default 1; >1 adds their spread)")  # fmt: skip
     p.add_argument("--sort", action="store_true", help="least likely examples first")
@@ -137,7 +141,9 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--percentile", type=percentile, default=None, help="threshold percentile (= 100 (1 - fpr))")
     p.add_argument("--detector", default=None, help="the score behind is_outlier (default: the first one)")
     p.add_argument("--n-samples", type=positive_int, default=1, help="dequantization noise draws (default 1)")
-    p.add_argument("--save", default=None, metavar="DIR", help="output folder (default RUN/ood)")
+    p.add_argument(
+        "--save", default=None, metavar="DIR", help="output folder (default RUN/ood, ./ood for a pretrained model)"
+    )
     input_args(p)
     p.set_defaults(func=_ood)
 
@@ -150,7 +156,7 @@ def _score(args: argparse.Namespace) -> int:
     from glowflow.scoring.ood import threshold_of
 
     scorer = load_scorer(args.run, args.device, args.checkpoint)
-    out = Path(args.out) if args.out else _run_dir(args.run) / "scores.csv"
+    out = Path(args.out) if args.out else _output_dir(args) / "scores.csv"
     if out.suffix.lower() != ".csv":
         raise ValueError(f"--out {out}: the per-example table is a .csv file")
     if args.extremes is not None and not scorer.is_image:
@@ -183,10 +189,14 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_dir(run: str) -> Path:
-    from glowflow.training.checkpoint import find_checkpoint, run_dir_of
+def _output_dir(args: argparse.Namespace) -> Path:
+    """Where outputs go by default: the run directory, or the current directory for a pretrained model (a
+    shipped one lives inside the installed package)."""
+    from glowflow.loading import resolve_source
+    from glowflow.training.checkpoint import run_dir_of
 
-    return run_dir_of(find_checkpoint(run))
+    found = resolve_source(args.run, args.checkpoint)
+    return Path(".") if found.kind == "pretrained" else run_dir_of(found.path)
 
 
 def _print_summary(s: Any, summary: dict[str, Any]) -> None:
@@ -244,7 +254,7 @@ def _ood(args: argparse.Namespace) -> int:
                                                    if k != "label"})  # fmt: skip
     detector = report.detector
     outlier = report.is_outlier()
-    folder = Path(args.save) if args.save else _run_dir(args.run) / "ood"
+    folder = Path(args.save) if args.save else _output_dir(args) / "ood"
     extra = {name: report.values[name] for name in report.per_example_scores()}
     extra["is_outlier"] = outlier
     data = report.to_dict()

@@ -167,3 +167,15 @@ def test_every_model_source_is_a_run(capsys, tmp_path: Path):
         bpd = np.array([float(row["bpd"]) for row in csv.DictReader(f)])
     in_memory = glowflow.score(glowflow.load("glowflow/digits"), "digits:test[:40]")
     assert len(bpd) == 40 and np.allclose(bpd, np.asarray(in_memory.bpd), rtol=0, atol=1e-5)  # CSV: 6 decimals
+
+
+def test_a_pretrained_model_writes_into_the_current_directory(capsys, tmp_path: Path, monkeypatch):
+    """A shipped model has no run directory (it lives in the installed package): score's and ood's outputs go to
+    the current directory unless --out / --save say otherwise."""
+    monkeypatch.chdir(tmp_path)
+    code, out = run_cli(capsys, "score", "glowflow/digits", "digits:test[:20]", "--no-progress")
+    assert code == 0 and "wrote scores.csv" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv", "scores.json", "scores_hist.png"]
+    code, out = run_cli(capsys, "ood", "glowflow/digits", "--in", "digits:test[:60]", "--out", "digits:train[:30]",
+                        "--no-progress")  # fmt: skip
+    assert code == 0 and (tmp_path / "ood").is_dir() and any((tmp_path / "ood").iterdir())
