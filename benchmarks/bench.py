@@ -1,30 +1,36 @@
-"""glowflow vs normflows' Glow, side by side, in one run: speed, memory, FLOP rate, and glowflow's own scaling.
+"""glowflow vs normflows' Glow and the original PyTorch ports, side by side, in one run: speed, memory, FLOP rate,
+host synchronisations, and glowflow's own scaling.
 
     python benchmarks/bench.py                       # configs S and M (plus P on a GPU), every section
+    python benchmarks/bench.py --peers /work/peers   # also rosinality/glow-pytorch and y0ast/Glow-PyTorch
     python benchmarks/bench.py --configs S --sections compare,memory
+    python benchmarks/bench.py --threads 1 --clock cpu   # a busy machine: one thread, timed by process CPU time
     python benchmarks/bench.py --full --json results.json   # adds config P (the paper's CIFAR-10 model) on CPU
     python benchmarks/bench.py --quick               # tiny settings: exercises every code path in about a minute
 
-normflows comes with ``pip install -e '.[bench]'``; without it the normflows columns are skipped.
+normflows comes with ``pip install -e '.[bench]'``; without it the normflows columns are skipped. The ports are
+never part of glowflow: ``--peers DIR`` imports unmodified checkouts from ``DIR`` (see ``_peers.py``).
 
 How it measures (see benchmarks/README.md for the definitions):
 
 * Every case runs in a fresh worker process (this script re-executed with ``--worker``) under fixed glibc
   allocator settings, printed with the tables: timing workers get ``TIMING_TUNABLES`` (large buffers stay in the
   heap instead of being unmapped and re-faulted on every no-grad pass), memory workers ``MEMORY_TUNABLES``
-  (buffers >= 64 KiB are mmapped and returned on free, so resident memory follows live memory).
+  (buffers >= 64 KiB are mmapped and returned on free, so resident memory follows live memory) and, in a second
+  process per case, glibc's default settings (what users run).
   A ``GLIBC_TUNABLES`` already set in the environment is kept for the timing workers.
-* Timing: inside one worker the contenders (glowflow, normflows, ...) are built side by side, initialised
-  (ActNorm) on a separate batch, warmed up, and then measured in interleaved rounds (order reversed every round),
-  one fresh batch per round shared by all contenders; the tables give medians over rounds. Interleaving keeps the
-  ratios honest on a machine whose speed drifts.
+* Timing: inside one worker the contenders (glowflow, normflows, the ports, glowflow bf16) are built side by side,
+  initialised (ActNorm) on a separate batch, warmed up, and then measured in interleaved rounds (order reversed
+  every round), one fresh batch per round shared by all contenders; the tables give medians over rounds.
+  Interleaving keeps the ratios honest on a machine whose speed drifts. Ratios are against the best other library.
 * Memory: one fresh process per case. CPU: resident-set high-water (VmHWM) above the post-build baseline,
   split into the persistent training state (gradients + optimiser state, allocated by the first warm-up step)
   and the transient peak of a training step above it (VmHWM reset through /proc/self/clear_refs after
   warm-up). GPU: torch.cuda.memory_allocated / max_memory_allocated with the same split.
-* FLOP rate: FLOPs of one forward + backward from torch.utils.flop_counter.FlopCounterMode, divided by the median
-  training-step time, as a fraction of the machine's float32 matmul rate measured in the same rounds
-  (n x n matmuls, n = 2048, same thread count).
+* FLOP rate: FLOPs of one forward + backward from torch.utils.flop_counter.FlopCounterMode (with formulas for the
+  oneDNN fused kernels glowflow calls), divided by the median training-step time, as a fraction of the machine's
+  float32 matmul rate measured in the same rounds (n x n matmuls, n = 2048, same thread count).
+* Host synchronisations: reads of a tensor back to the host (``aten._local_scalar_dense``) in one training step.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from _normflows_glow import (  # noqa: E402
     normflows_bits_per_dim,
 )
 from _normflows_glow import nf as _nf  # noqa: E402
+from _peers import PEER_MISMATCHES, PEERS, build_peer_glow, peer_commit  # noqa: E402
 
 from glowflow import Glow  # noqa: E402
 
@@ -247,6 +254,10 @@ def load_mnist(mnist_dir: Path, split: str, size: int) -> torch.Tensor | None:
 # ---------------------------------------------------------------------------------------------------------------
 # contenders
 # ---------------------------------------------------------------------------------------------------------------
+LIBS = ("glowflow", "normflows", *PEERS)
+"""Every library the bench can run: glowflow, normflows (the ``bench`` extra), the ports of ``--peers``."""
+
+
 class Contender:
     """One model under test with its training objective, evaluation, sampling and optimiser."""
 
@@ -257,29 +268,32 @@ class Contender:
             from glowflow.training.optim import make_optimizer
 
             self.optimizer = make_optimizer("adam", self.model.parameters(), lr)
-        else:  # what normflows' examples use
+        else:  # what normflows' examples use; plain Adam for the ports too
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.params = count_parameters(self.model)
 
-    # objective: per-example bits/dim of integer images k (dequantized inside, same formula for both libraries)
+    # objective: per-example bits/dim of integer images k (dequantized inside, same formula for every library)
     def objective(self, k: torch.Tensor) -> torch.Tensor:
         if self.lib == "glowflow":
             return self.model(k)
-        return normflows_bits_per_dim(self.model, k, self.cfg.num_bins)
+        if self.lib == "normflows":
+            return normflows_bits_per_dim(self.model, k, self.cfg.num_bins)
+        return self.model.objective(k)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        if self.lib == "glowflow":
-            return self.model.log_prob(x)
-        return self.model.log_prob(x, None)
+        if self.lib == "normflows":
+            return self.model.log_prob(x, None)
+        return self.model.log_prob(x)
 
     def sample(self, n: int, temperature: float) -> torch.Tensor:
-        if self.lib == "glowflow":
-            return self.model.sample(n, temperature)
-        return self.model.sample(n, temperature=temperature)[0]
+        if self.lib == "normflows":
+            return self.model.sample(n, temperature=temperature)[0]
+        return self.model.sample(n, temperature)
 
     @torch.no_grad()
     def initialize(self, k: torch.Tensor) -> None:
         """Data-dependent ActNorm initialisation on a separate batch (excluded from every measurement)."""
+        self.model.train()
         self.objective(k)
 
     def train_step(self, k: torch.Tensor) -> float:
@@ -293,12 +307,58 @@ class Contender:
         """FLOPs of one forward + backward of the training objective (FlopCounterMode)."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping=fused_kernel_flop_formulas())
         with counter:
             loss = self.objective(k).mean()
             loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
         return int(counter.get_total_flops())
+
+    def host_syncs_per_step(self, k: torch.Tensor) -> int:
+        """Reads of a tensor back to the host (``aten._local_scalar_dense``, what ``.item()``, ``bool()``, ``float()``
+        and ``.tolist()`` of a 0-dim tensor dispatch to) in one training step: for glowflow the trainer's own step
+        (``glowflow.training.step.train_step``: objective, backward, gradient norm and clipping, finiteness guard,
+        fused Adam); for the others objective + backward + Adam."""
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Count(TorchDispatchMode):
+            syncs = 0
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+                    Count.syncs += 1
+                return func(*args, **(kwargs or {}))
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        with Count():
+            if self.lib == "glowflow":
+                from glowflow.training.step import train_step
+
+                train_step(self.model, params, self.optimizer, k, None, grad_clip=50.0)
+            else:
+                loss = self.objective(k).mean()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+        return Count.syncs
+
+
+def fused_kernel_flop_formulas() -> dict:
+    """FLOP formulas for the oneDNN fused-activation kernels glowflow calls directly (``mkldnn._convolution_pointwise``,
+    ``mkldnn._linear_pointwise``), which ``FlopCounterMode`` does not know: the FLOPs of the plain convolution /
+    matrix product (the activation is not counted, as for the plain kernels)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    def conv(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+    def linear(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * math.prod(x_shape) * w_shape[0]
+
+    ops = getattr(torch.ops, "mkldnn", None)
+    if ops is None or not hasattr(ops, "_convolution_pointwise"):
+        return {}
+    return {ops._convolution_pointwise: conv, ops._linear_pointwise: linear}  # keyed by overload packet
 
 
 def make_contender(
@@ -309,17 +369,22 @@ def make_contender(
     memory: str = "standard",
     name: str | None = None,
     lr: float = 1e-3,
+    peers: str | None = None,
 ) -> Contender:
     if lib == "glowflow":
         model = Glow(
             cfg.shape, cfg.levels, cfg.steps, cfg.hidden, num_bins=cfg.num_bins, precision=precision, memory=memory
         )
+    elif precision != "fp32" or memory != "standard":
+        raise ValueError(f"{lib} runs in float32 with standard backpropagation only")
     elif lib == "normflows":
-        if precision != "fp32" or memory != "standard":
-            raise ValueError("normflows runs in float32 with standard backpropagation only")
         model = build_normflows_glow(cfg.shape, cfg.levels, cfg.steps, cfg.hidden)
+    elif lib in PEERS:
+        if peers is None:
+            raise ValueError(f"{lib} needs --peers DIR (a directory with its checkout)")
+        model = build_peer_glow(Path(peers), lib, cfg.shape, cfg.levels, cfg.steps, cfg.hidden)
     else:
-        raise ValueError(f"unknown library {lib!r}")
+        raise ValueError(f"unknown library {lib!r}; expected one of {LIBS}")
     return Contender(name or lib, lib, model, cfg, device, lr)
 
 
@@ -332,9 +397,14 @@ def interleaved(
     warmup: int,
     rounds: int,
     device: str,
+    clock: str = "wall",
 ) -> dict[str, list[float]]:
     """Warm each function up, then time ``rounds`` interleaved rounds: every round makes one fresh input
-    (untimed) and runs every function on it once, in an order reversed from round to round. -> seconds per call."""
+    (untimed) and runs every function on it once, in an order reversed from round to round. -> seconds per call.
+
+    ``clock``: ``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.process_time``, this process's CPU time: with
+    one thread on a CPU it leaves out the time spent waiting for a core on a shared machine)."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
     for fn in fns.values():
         for _ in range(warmup):
             fn(make_input())
@@ -345,10 +415,10 @@ def interleaved(
         inp = make_input()
         sync(device)
         for name in names if r % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
+            t0 = now()
             fns[name](inp)
             sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(now() - t0)
     return times
 
 
@@ -379,13 +449,14 @@ def worker_compare(spec: dict) -> dict:
     device = spec["device"]
     torch.manual_seed(0)
     batches = Batches(cfg, device, Path(spec["mnist_dir"]))
-    contenders = [make_contender("glowflow", cfg, device)]
-    if spec.get("normflows", True) and _nf is not None:
-        contenders.append(make_contender("normflows", cfg, device))
+    contenders = [make_contender(lib, cfg, device, peers=spec.get("peers")) for lib in spec.get("libs", ["glowflow"])]
     if spec.get("bf16"):
         contenders.append(make_contender("glowflow", cfg, device, precision="bf16", name="glowflow-bf16"))
     for c in contenders:
         c.initialize(batches.next())
+    # evaluation and sampling run on the initialised weights: their speed does not depend on the values, and a few
+    # steps at lr 1e-3 on random pixels can leave a port's sampler with a non-finite scale
+    initial = {c.name: {k: v.clone() for k, v in c.model.state_dict().items()} for c in contenders}
 
     out: dict = {"config": asdict(cfg), "data": batches.note, "env": environment(device), "contenders": {}}
     for c in contenders:
@@ -395,11 +466,12 @@ def worker_compare(spec: dict) -> dict:
     flop_batch = batches.next()
     for c in contenders:
         out["contenders"][c.name]["train_flops"] = c.train_flops(flop_batch)
+        out["contenders"][c.name]["host_syncs_per_step"] = c.host_syncs_per_step(batches.next())
 
     # training: forward + backward + optimiser step, plus the float32 matmul reference in the same rounds
     fns: dict[str, Callable[[object], object]] = {c.name: c.train_step for c in contenders}
     fns["matmul"] = matmul_fn(st.matmul_n, device)
-    times = interleaved(fns, batches.next, st.warmup, st.rounds, device)
+    times = interleaved(fns, batches.next, st.warmup, st.rounds, device, spec.get("clock", "wall"))
     mm = timing_summary(times.pop("matmul"), 2 * st.matmul_n**3)
     out["matmul"] = {"n": st.matmul_n, "gflops": mm["items_per_s"] / 1e9, **mm}
     for c in contenders:
@@ -410,8 +482,9 @@ def worker_compare(spec: dict) -> dict:
         out["contenders"][c.name]["train"] = r
 
     # evaluation: log-density without autograd, on the same dequantized batch for every contender
-    fp32 = [c for c in contenders if c.name in ("glowflow", "normflows")]
+    fp32 = [c for c in contenders if c.name in LIBS]
     for c in fp32:
+        c.model.load_state_dict(initial[c.name])
         c.model.eval()
 
     def eval_fn(c: Contender) -> Callable[[object], object]:
@@ -424,7 +497,9 @@ def worker_compare(spec: dict) -> dict:
     def make_x() -> torch.Tensor:
         return dequantize(batches.next())
 
-    times = interleaved({c.name: eval_fn(c) for c in fp32}, make_x, st.warmup, st.eval_rounds, device)
+    times = interleaved(
+        {c.name: eval_fn(c) for c in fp32}, make_x, st.warmup, st.eval_rounds, device, spec.get("clock", "wall")
+    )
     for c in fp32:
         out["contenders"][c.name]["eval"] = timing_summary(times[c.name], cfg.batch)
 
@@ -436,7 +511,14 @@ def worker_compare(spec: dict) -> dict:
 
         return run
 
-    times = interleaved({c.name: sample_fn(c) for c in fp32}, lambda: None, st.warmup, st.sample_rounds, device)
+    times = interleaved(
+        {c.name: sample_fn(c) for c in fp32},
+        lambda: None,
+        st.warmup,
+        st.sample_rounds,
+        device,
+        spec.get("clock", "wall"),
+    )
     for c in fp32:
         out["contenders"][c.name]["sample"] = timing_summary(times[c.name], SAMPLE_N)
 
@@ -541,7 +623,9 @@ def worker_memory(spec: dict) -> dict:
     device = spec["device"]
     torch.manual_seed(0)
     batches = Batches(cfg, device, Path(spec["mnist_dir"]))
-    c = make_contender(spec["lib"], cfg, device, spec.get("precision", "fp32"), spec.get("memory", "standard"))
+    c = make_contender(
+        spec["lib"], cfg, device, spec.get("precision", "fp32"), spec.get("memory", "standard"), peers=spec.get("peers")
+    )
     c.initialize(batches.next())
     ks = [batches.next() for _ in range(st.memory_warmup + st.memory_steps + 2)]
     meter = MemoryMeter(device)
@@ -591,7 +675,14 @@ def worker_memmodes(spec: dict) -> dict:
             contenders.append(make_contender("glowflow", cfg, device, memory=mode, name=f"K={k} {mode}"))
     for c in contenders:
         c.initialize(batches.next())
-    times = interleaved({c.name: c.train_step for c in contenders}, batches.next, st.warmup, st.memmode_rounds, device)
+    times = interleaved(
+        {c.name: c.train_step for c in contenders},
+        batches.next,
+        st.warmup,
+        st.memmode_rounds,
+        device,
+        spec.get("clock", "wall"),
+    )
     return {c.name: {"steps": c.cfg.steps, **timing_summary(times[c.name], base.batch)} for c in contenders}
 
 
@@ -650,7 +741,7 @@ def worker_scaling(spec: dict) -> dict:
     def make_input() -> dict[str, torch.Tensor]:  # one fresh batch per contender and round, outside the timer
         return {name: src.next() for name, src in sources.items()}
 
-    times = interleaved(fns, make_input, st.warmup, st.scaling_rounds, device)
+    times = interleaved(fns, make_input, st.warmup, st.scaling_rounds, device, spec.get("clock", "wall"))
     for name in contenders:
         r = timing_summary(times[name], base.batch)
         out[name].update(r)
@@ -669,8 +760,8 @@ def worker_profile(spec: dict) -> dict:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     sort_by = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
     out = {}
-    for lib in ["glowflow"] + (["normflows"] if spec.get("normflows", True) and _nf is not None else []):
-        c = make_contender(lib, cfg, device)
+    for lib in spec.get("libs", ["glowflow"]):
+        c = make_contender(lib, cfg, device, peers=spec.get("peers"))
         c.initialize(batches.next())
         for _ in range(2):
             c.train_step(batches.next())
@@ -697,11 +788,15 @@ WORKERS = {
 # ---------------------------------------------------------------------------------------------------------------
 # orchestration
 # ---------------------------------------------------------------------------------------------------------------
-def run_worker(spec: dict, tunables: str, in_process: bool) -> dict:
-    """Run one case in a fresh process (this script with --worker) under ``GLIBC_TUNABLES=tunables``."""
+def run_worker(spec: dict, tunables: str | None, in_process: bool) -> dict:
+    """Run one case in a fresh process (this script with --worker) under ``GLIBC_TUNABLES=tunables`` (None: glibc's
+    default allocator settings, ``GLIBC_TUNABLES`` removed from the environment)."""
     if in_process:
         return WORKERS[spec["kind"]](spec)
-    env = dict(os.environ, GLIBC_TUNABLES=tunables)
+    env = dict(os.environ)
+    env.pop("GLIBC_TUNABLES", None)
+    if tunables is not None:
+        env["GLIBC_TUNABLES"] = tunables
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -755,8 +850,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--plot", type=Path, default=None, help="scaling plot (default benchmarks/scaling.png)")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler top ops (config S)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in every case")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time with the wall clock or with the process's CPU time (for a busy machine, with --threads 1)",
+    )
     parser.add_argument("--mnist-dir", type=Path, default=DEFAULT_MNIST_DIR)
-    parser.add_argument("--no-normflows", action="store_true", help="glowflow only")
+    parser.add_argument("--no-normflows", action="store_true", help="leave normflows out")
+    parser.add_argument(
+        "--peers",
+        type=Path,
+        default=None,
+        help="directory with checkouts of the original ports (glow-pytorch = rosinality, Glow-PyTorch = y0ast), "
+        "benchmarked beside glowflow and normflows; see benchmarks/_peers.py",
+    )
     parser.add_argument("--in-process", action="store_true", help="run the cases in this process (tests only)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -784,6 +892,10 @@ def main(argv: list[str] | None = None) -> dict:
         if n not in configs_table:
             parser.error(f"unknown config {n!r}; choose from {tuple(configs_table)}")
     with_nf = _nf is not None and not args.no_normflows
+    peers = [p for p in PEERS if args.peers is not None and (args.peers / PEERS[p][0]).is_dir()]
+    if args.peers is not None and not peers:
+        parser.error(f"--peers {args.peers}: no checkout of {', '.join(d for d, _ in PEERS.values())} there")
+    libs = ["glowflow"] + (["normflows"] if with_nf else []) + peers
     timing_tunables = os.environ.get("GLIBC_TUNABLES") or TIMING_TUNABLES
     plot_path = args.plot if args.plot is not None else (None if args.quick else HERE / "scaling.png")
 
@@ -791,10 +903,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)  # the cases run with it; also reported in the header
     common = {"device": device, "settings": asdict(settings), "mnist_dir": str(args.mnist_dir), "threads": args.threads}
+    common["peers"] = None if args.peers is None else str(args.peers)
+    common["clock"] = args.clock
     results: dict = {"env": environment(device), "settings": asdict(settings), "quick": args.quick, "configs": {}}
     results["in_process"] = args.in_process
     results["env"]["timing_tunables"] = timing_tunables
-    results["mismatches"] = list(MISMATCHES)
+    results["libs"] = libs
+    results["clock"] = args.clock
+    results["env"]["peers"] = {p: peer_commit(args.peers, p) for p in peers}
+    results["mismatches"] = list(MISMATCHES) + [m for m in PEER_MISMATCHES if m.split(":")[0] in peers]
     t_start = time.time()
 
     for n in names:
@@ -803,15 +920,19 @@ def main(argv: list[str] | None = None) -> dict:
         results["configs"][n] = res
         if "compare" in sections:
             log(f"[{time.time() - t_start:6.0f}s] compare {n}: {cfg.describe()}")
-            spec = {**common, "kind": "compare", "config": asdict(cfg), "normflows": with_nf, "bf16": n == "S"}
+            spec = {**common, "kind": "compare", "config": asdict(cfg), "libs": libs, "bf16": True}
             res["compare"] = run_worker(spec, timing_tunables, args.in_process)
         if "memory" in sections:
-            res["memory"] = {}
-            for lib in ["glowflow"] + (["normflows"] if with_nf else []):
+            # "memory": allocator settings under which RSS follows live memory (the split into phases is exact);
+            # "memory_default": glibc's default settings, what users run (CPU only)
+            res["memory"], res["memory_default"] = {}, {}
+            for lib in libs:
                 log(f"[{time.time() - t_start:6.0f}s] memory {n} {lib}")
                 spec = {**common, "kind": "memory", "config": asdict(cfg), "lib": lib}
                 tunables = MEMORY_TUNABLES if device == "cpu" else timing_tunables
                 res["memory"][lib] = run_worker(spec, tunables, args.in_process)
+                if device == "cpu":
+                    res["memory_default"][lib] = run_worker(spec, None, args.in_process)
 
     base = configs_table["S"]
     if "memmodes" in sections:
@@ -838,7 +959,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["scaling"] = run_worker(spec, timing_tunables, args.in_process)
     if args.profile:
         log(f"[{time.time() - t_start:6.0f}s] profile (config S)")
-        spec = {**common, "kind": "profile", "config": asdict(base), "normflows": with_nf}
+        spec = {**common, "kind": "profile", "config": asdict(base), "libs": libs}
         results["profile"] = run_worker(spec, timing_tunables, args.in_process)
     results["wall_s"] = time.time() - t_start
     torch.set_num_threads(threads_before)
@@ -861,10 +982,124 @@ def main(argv: list[str] | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------------------
+TARGETS = {
+    "train": (">=", 1.5),  # glowflow / fastest peer, float32
+    "eval": (">=", 1.5),
+    "sample": ("<=", 0.6),  # latency
+    "bf16": (">=", 3.0),  # glowflow bf16 / fastest peer float32, on hardware with native bf16
+    "memory": ("<=", 0.6),  # training peak RSS above the post-build baseline, default allocator, / leanest peer
+    "flop_rate": {"S": 0.45, "M": 0.6},  # training GFLOP/s / float32 matmul GFLOP/s
+    "syncs": ("<=", 0),  # host synchronisations inside glowflow's training step
+}
+"""The targets of glowflow issue 14, checked in the report (ratios against the best of the other libraries)."""
+
+
+def best_peer(values: dict[str, float | None], higher_is_better: bool) -> tuple[str | None, float | None]:
+    """The best library other than glowflow by ``values`` (fastest / leanest) and its value."""
+    peers = {lib: v for lib, v in values.items() if lib != "glowflow" and v is not None}
+    if not peers:
+        return None, None
+    lib = (max if higher_is_better else min)(peers, key=peers.get)
+    return lib, peers[lib]
+
+
+def compare_tables(results: dict, configs_table: dict[str, Config]) -> list[str]:
+    """The comparison table (one column per library, glowflow against the best other library) and its notes."""
+    libs = results.get("libs", ["glowflow"])
+    env = results["env"]
+    header = ["config", "metric", *libs, "glowflow / best other", "target"]
+    rows: list[list[str]] = []
+    notes: list[str] = []
+
+    def row(n: str, label: str, values: dict, higher: bool, target: tuple | None = None, spec: str = ".3g") -> None:
+        peer, pv = best_peer(values, higher)
+        r = ratio(values.get("glowflow"), pv)
+        cells = [fmt(values.get(lib), spec) for lib in libs]
+        rows.append([n, label, *cells, f"{fmt(r)} ({peer})" if peer else "-", check(r, *target) if target else ""])
+
+    for n, res in results["configs"].items():
+        cfg = configs_table[n]
+        cmp_ = res.get("compare")
+        if cmp_:
+            notes.append(f"{n} = {cfg.describe()}; data: {cmp_['data']}")
+            cs = cmp_["contenders"]
+
+            def get(*keys, lib_map=cs):
+                out = {}
+                for lib in libs:
+                    v = lib_map.get(lib)
+                    for k in keys:
+                        v = v.get(k) if isinstance(v, dict) else None
+                    out[lib] = v
+                return out
+
+            params = get("params")
+            rows.append([n, "parameters", *[f"{params[lib]:,}" if params[lib] else "-" for lib in libs], "", ""])
+            flops = {lib: (v / cfg.batch / 1e9 if v else None) for lib, v in get("train_flops").items()}
+            row(n, "GFLOP / image (fwd + bwd)", flops, True)
+            row(n, "train img/s (fp32)", get("train", "items_per_s"), True, TARGETS["train"])
+            if "glowflow-bf16" in cs:
+                bf16 = {**get("train", "items_per_s"), "glowflow": cs["glowflow-bf16"]["train"]["items_per_s"]}
+                native = "native bf16" if env.get("avx512_bf16") or env["device"] == "cuda" else "bf16 EMULATED"
+                row(n, f"train img/s, glowflow bf16 ({native}) vs fp32", bf16, True, TARGETS["bf16"])
+            row(n, "eval img/s (log_prob, no grad)", get("eval", "items_per_s"), True, TARGETS["eval"])
+            ms = {lib: (v * 1e3 if v else None) for lib, v in get("sample", "median_s").items()}
+            row(n, f"sample {SAMPLE_N} at T={TEMPERATURE} (ms)", ms, False, TARGETS["sample"])
+            frac = get("train", "fraction_of_matmul")
+            gflops = get("train", "gflops")
+            target = TARGETS["flop_rate"].get(n)
+            cells = [f"{gflops[lib]:.1f} = {100 * frac[lib]:.0f}%" if frac[lib] else "-" for lib in libs]
+            rows.append(
+                [
+                    n,
+                    f"train GFLOP/s as % of fp32 matmul ({cmp_['matmul']['gflops']:.1f} GFLOP/s)",
+                    *cells,
+                    "",
+                    check(frac["glowflow"], ">=", target) if target else "",
+                ]
+            )
+            syncs = get("host_syncs_per_step")
+            rows.append([n, "host syncs per training step", *[fmt(syncs[lib], "d") for lib in libs], "", ""])
+            rows[-1][-1] = check(syncs["glowflow"], *TARGETS["syncs"])
+        mem_default, mem = res.get("memory_default", {}), res.get("memory", {})
+        if mem_default:
+            values = {lib: mem_default.get(lib, {}).get("peak_mib") for lib in libs}
+            row(n, "train peak RSS above baseline, default allocator (MiB)", values, False, TARGETS["memory"], ".1f")
+        if mem:
+            for key, label in (
+                ("peak_mib", "train peak RSS above baseline, precise allocator (MiB)"),
+                ("runtime_init_mib", "  of which runtime one-time init (MiB)"),
+                ("persistent_mib", "  of which persistent: grads + Adam state (MiB)"),
+                ("transient_mib", "  of which transient peak of a step (MiB)"),
+                ("saved_activations_mib", "  autograd-saved activations, cross-check (MiB)"),
+            ):
+                row(n, label, {lib: mem.get(lib, {}).get(key) for lib in libs}, False, None, ".1f")
+    if not rows:
+        return []
+    out = [table(header, rows), ""]
+    out += [f"- {x}" for x in notes]
+    out.append(
+        "- same objective for all: bits/dim of the integer images, uniform dequantization x = (k + u)/256 - 0.5, "
+        "(-log p(x) + D log 256) / (D log 2); glowflow through model(k), the others through their own log-density "
+        "of the batch dequantized the same way; Adam, lr 1e-3 (glowflow's fused Adam, plain Adam for the others); "
+        "ActNorm initialised on a separate batch; memory rows: one fresh process per case (see benchmarks/README.md)"
+    )
+    out.append(
+        "- ratios: glowflow against the best other library of the row (fastest, or leanest); targets of glowflow "
+        "issue 14; host syncs: reads back to the host (aten._local_scalar_dense) in one training step, glowflow's "
+        "through its trainer's train_step"
+    )
+    out.append("- what cannot be matched:")
+    out += [f"  - {x}" for x in results["mismatches"]]
+    return out
+
+
 def report(results: dict, configs_table: dict[str, Config]) -> str:
     env = results["env"]
     out = []
-    title = "glowflow vs normflows " + (f"{env['normflows']}" if env["normflows"] else "(not installed)")
+    libs = results.get("libs", ["glowflow"])
+    versions = {"normflows": env["normflows"], **env.get("peers", {})}
+    title = "glowflow vs " + (", ".join(f"{lib} {versions.get(lib) or ''}".strip() for lib in libs[1:]) or "nothing")
     out.append(f"## {title}" + ("  [--quick: tiny settings, numbers meaningless]" if results["quick"] else ""))
     out.append("")
     out.append(
@@ -875,96 +1110,20 @@ def report(results: dict, configs_table: dict[str, Config]) -> str:
         + f"(torch.get_num_threads()); python {env['python']}; glowflow at {env['git']}"
     )
     out.append(f"GLIBC_TUNABLES timing cases: {env['timing_tunables']}")
-    out.append(f"GLIBC_TUNABLES memory cases: {env['memory_tunables']}")
+    out.append(
+        f'GLIBC_TUNABLES memory cases: {env["memory_tunables"]} ("precise" rows), and unset (glibc\'s default '
+        'allocator, "default allocator" rows)'
+    )
     st = results["settings"]
     out.append(
         f"medians over {st['rounds']} interleaved training rounds ({st['eval_rounds']} eval, {st['sample_rounds']} "
         f"sampling) after {st['warmup']} warm-up steps per model; one fresh batch per round; "
+        + ("timed by the process's CPU time (--clock cpu); " if results.get("clock") == "cpu" else "wall-clock times; ")
         + ("all cases in this process (--in-process)" if results.get("in_process") else "every case in a fresh process")
     )
     out.append("")
 
-    header = ["config", "metric", "glowflow", "normflows", "glowflow / normflows", "target"]
-    rows: list[list[str]] = []
-    notes: list[str] = []
-    for n, res in results["configs"].items():
-        cfg = configs_table[n]
-        cmp_ = res.get("compare")
-        mem = res.get("memory", {})
-        if cmp_:
-            notes.append(f"{n} = {cfg.describe()}; data: {cmp_['data']}")
-            g = cmp_["contenders"]["glowflow"]
-            nfc = cmp_["contenders"].get("normflows", {})
-            rows.append([n, "parameters", f"{g['params']:,}", f"{nfc['params']:,}" if nfc else "-", "", ""])
-            gf, nff = g["train_flops"] / cfg.batch / 1e9, (nfc.get("train_flops", 0) / cfg.batch / 1e9) or None
-            rows.append([n, "GFLOP / image (fwd + bwd)", fmt(gf), fmt(nff), fmt(ratio(gf, nff)), ""])
-            a, b = g["train"]["items_per_s"], nfc.get("train", {}).get("items_per_s")
-            rows.append([n, "train img/s (fp32)", fmt(a), fmt(b), fmt(ratio(a, b)), check(ratio(a, b), ">=", 1.5)])
-            if "glowflow-bf16" in cmp_["contenders"]:
-                a16 = cmp_["contenders"]["glowflow-bf16"]["train"]["items_per_s"]
-                rows.append(
-                    [
-                        n,
-                        "train img/s, glowflow bf16 vs normflows fp32",
-                        fmt(a16),
-                        fmt(b),
-                        fmt(ratio(a16, b)),
-                        check(ratio(a16, b), ">=", 2.5),
-                    ]
-                )
-            a, b = g["eval"]["items_per_s"], nfc.get("eval", {}).get("items_per_s")
-            rows.append(
-                [n, "eval img/s (log_prob, no grad)", fmt(a), fmt(b), fmt(ratio(a, b)), check(ratio(a, b), ">=", 1.5)]
-            )
-            a, b = g["sample"]["median_s"] * 1e3, nfc.get("sample", {}).get("median_s")
-            b = None if b is None else b * 1e3
-            rows.append(
-                [
-                    n,
-                    f"sample {SAMPLE_N} at T={TEMPERATURE} (ms)",
-                    fmt(a),
-                    fmt(b),
-                    fmt(ratio(a, b)),
-                    check(ratio(a, b), "<=", 0.5),
-                ]
-            )
-            mmg = cmp_["matmul"]["gflops"]
-            a, b = g["train"]["fraction_of_matmul"], nfc.get("train", {}).get("fraction_of_matmul")
-            rows.append(
-                [
-                    n,
-                    f"train GFLOP/s as % of fp32 matmul ({mmg:.1f} GFLOP/s)",
-                    f"{g['train']['gflops']:.1f} = {100 * a:.0f}%",
-                    f"{nfc['train']['gflops']:.1f} = {100 * b:.0f}%" if b is not None else "-",
-                    fmt(ratio(a, b)),
-                    check(a, ">=", 0.6) if n == "S" else "",
-                ]
-            )
-        if mem:
-            g, nfm = mem.get("glowflow"), mem.get("normflows")
-            for key, label in (
-                ("peak_mib", "train peak memory above post-build baseline (MiB)"),
-                ("runtime_init_mib", "  of which runtime one-time init (MiB)"),
-                ("persistent_mib", "  of which persistent: grads + Adam state (MiB)"),
-                ("transient_mib", "  of which transient peak of a step (MiB)"),
-                ("saved_activations_mib", "  autograd-saved activations, cross-check (MiB)"),
-            ):
-                a = g.get(key) if g else None
-                b = nfm.get(key) if nfm else None
-                target = check(ratio(a, b), "<=", 0.5) if key == "peak_mib" and n == "S" else ""
-                rows.append([n, label, fmt(a, ".1f"), fmt(b, ".1f"), fmt(ratio(a, b)), target])
-    if rows:
-        out.append(table(header, rows))
-        out.append("")
-        out += [f"- {x}" for x in notes]
-        out.append(
-            "- same objective for both: bits/dim of the integer images, uniform dequantization "
-            "x = (k + u)/256 - 0.5, (-log p(x) + D log 256) / (D log 2); glowflow through model(k), normflows "
-            "through log_prob of the batch dequantized the same way; Adam, lr 1e-3; ActNorm initialised on a "
-            "separate batch; memory rows: one fresh process per case (see benchmarks/README.md)"
-        )
-        out.append("- what cannot be matched:")
-        out += [f"  - {x}" for x in results["mismatches"]]
+    out += compare_tables(results, configs_table)
 
     if "memmodes" in results:
         mm = results["memmodes"]

@@ -1,51 +1,123 @@
-"""Time and profile glowflow's training step, evaluation and sampling on config S, for before/after comparisons.
+"""Time and profile glowflow's training step, evaluation and sampling on config S or M, for before/after comparisons.
 
-    python benchmarks/profile_step.py                    # medians of train / eval / sample timings
-    python benchmarks/profile_step.py --profile          # plus torch.profiler top ops of a training step
+    python benchmarks/profile_step.py                    # medians of train / eval / sample timings, config S
+    python benchmarks/profile_step.py --config M --profile   # plus the profile split of a training step
+    python benchmarks/profile_step.py --threads 1 --clock cpu # on a busy machine: process CPU time, one thread
     PYTHONPATH=/path/to/other/checkout python benchmarks/profile_step.py   # the same for another version
 
-Config S: 3x32x32, L=3, K=8, width 128, batch 16, random 8-bit pixels, Adam (``--optimizer fused`` for
-``torch.optim.Adam(fused=True)``, what ``glowflow.train`` uses; ``plain`` for the default implementation). Run it
-under the same ``GLIBC_TUNABLES`` as bench.py's timing cases for comparable numbers. The table in
-benchmarks/README.md ("Optimisation log") was made by alternating this script over checkouts of successive commits.
+Configs as in bench.py: S = 3x32x32, L=3, K=8, width 128, batch 16; M = 1x32x32, L=2, K=16, width 256, batch 32;
+random 8-bit pixels, Adam (``--optimizer fused`` for ``torch.optim.Adam(fused=True)``, what ``glowflow.train`` uses;
+``plain`` for the default implementation). Run it under the same ``GLIBC_TUNABLES`` as bench.py's timing cases for
+comparable numbers. ``--clock cpu`` times with ``time.process_time`` (this process's CPU time): with one thread it
+leaves out the time the process waits for a CPU, which on a shared machine is most of the noise.
+
+``--profile`` prints, per training step, the split between the kernels that do the arithmetic (convolutions and
+matrix products: their FLOPs counted by ``FlopCounterMode``, their time by ``torch.profiler``) and everything else,
+each kernel's GFLOP/s as a fraction of this process's float32 matrix-product rate (a 2048 x 2048 ``torch.mm``,
+best of 5) and of a 3x3 convolution's (16 x 128 x 16 x 16, 128 -> 128 channels, channels-last, best of 5), the
+number of aten calls, and the host synchronisations (``aten._local_scalar_dense``) of one training step.
+The table in benchmarks/README.md ("Optimisation log") was made by alternating this script over checkouts of
+successive commits.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import glowflow
 from glowflow import Glow
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import CONFIGS, fused_kernel_flop_formulas  # noqa: E402
 
-def median_ms(fn, rounds: int) -> float:
+# profiler event -> FlopCounterMode op of the same kernel
+KERNELS = {
+    "aten::mkldnn_convolution": "convolution",
+    "aten::convolution_backward": "convolution_backward",
+    "mkldnn::_convolution_pointwise": "_convolution_pointwise",
+    "mkldnn::_linear_pointwise": "_linear_pointwise",
+    "aten::mm": "mm",
+    "aten::addmm": "addmm",
+    "aten::bmm": "bmm",
+}
+
+
+def timer(clock: str):
+    return time.process_time if clock == "cpu" else time.perf_counter
+
+
+def median_ms(fn, rounds: int, clock: str) -> float:
+    now = timer(clock)
     for _ in range(3):
         fn()
     times = []
     for _ in range(rounds):
-        t = time.perf_counter()
+        t = now()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(now() - t)
     return statistics.median(times) * 1e3
+
+
+def best_gflops(fn, flops: float, clock: str, rounds: int = 5) -> float:
+    now = timer(clock)
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t = now()
+        fn()
+        best = min(best, now() - t)
+    return flops / best / 1e9
+
+
+def reference_rates(clock: str) -> tuple[float, float]:
+    """This process's float32 rates (GFLOP/s): a 2048^3 matrix product and a 128 -> 128 3x3 convolution."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    mm = best_gflops(lambda: torch.mm(a, b), 2 * 2048**3, clock)
+    x = torch.randn(16, 128, 16, 16).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(128, 128, 3, 3)
+    conv = best_gflops(lambda: F.conv2d(x, w, padding=1), 2 * 16 * 256 * 128 * 128 * 9, clock)
+    return mm, conv
+
+
+def host_syncs(step) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        step()
+    return Count.n
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=("S", "M"), default="S")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--optimizer", choices=("fused", "plain"), default="fused")
-    parser.add_argument("--profile", action="store_true", help="print torch.profiler top ops of a training step")
+    parser.add_argument("--profile", action="store_true", help="the profile split of a training step")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    cfg = CONFIGS[args.config]
     torch.manual_seed(0)
-    model = Glow((3, 32, 32), levels=3, steps=8, hidden=128)
+    model = Glow(cfg.shape, levels=cfg.levels, steps=cfg.steps, hidden=cfg.hidden)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=args.optimizer == "fused")
-    batch = (16, 3, 32, 32)
+    batch = (cfg.batch, *cfg.shape)
     with torch.no_grad():
         model(torch.randint(0, 256, batch))  # ActNorm initialisation, excluded from the timings
 
@@ -55,33 +127,67 @@ def main() -> None:
         loss.backward()
         opt.step()
 
+    x = torch.rand(batch) - 0.5
+
     @torch.no_grad()
     def evaluate() -> None:
-        model(torch.randint(0, 256, batch))
+        model.log_prob(x)
 
     def sample() -> None:
         model.sample(16, temperature=0.7)
 
     where = glowflow.__file__.rsplit("/glowflow/", 1)[0]
-    print(f"glowflow from {where}; {torch.get_num_threads()} threads; optimiser {args.optimizer}")
-    for name, fn in (("train step", train_step), ("eval (16 images)", evaluate), ("sample 16 at T=0.7", sample)):
-        ms = median_ms(fn, args.rounds)
-        print(f"{name:20s} {ms:7.1f} ms   {16 / ms * 1e3:6.1f} img/s")
+    print(f"glowflow from {where}; config {args.config} ({cfg.describe()}); {torch.get_num_threads()} threads; "
+          f"optimiser {args.optimizer}; {args.clock} clock")  # fmt: skip
+    for name, fn, n in (
+        ("train step", train_step, cfg.batch),
+        ("eval", evaluate, cfg.batch),
+        ("sample 16", sample, 16),
+    ):
+        ms = median_ms(fn, args.rounds, args.clock)
+        print(f"{name:12s} {ms:8.1f} ms   {n / ms * 1e3:7.1f} img/s")
     if args.profile:
-        from torch.profiler import ProfilerActivity, profile
+        profile_split(model, opt, train_step, batch, args.clock)
 
-        steps = 5
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
-                train_step()
-        events = prof.key_averages()
-        heavy = {"aten::convolution_backward", "aten::mkldnn_convolution", "aten::mm", "aten::addmm"}
-        total = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
-        conv = sum(e.self_cpu_time_total for e in events if e.key in heavy) / 1e3 / steps
-        calls = sum(e.count for e in events if e.key.startswith("aten::")) // steps
-        print(f"\nper training step: {total:.1f} ms profiled, convolutions and matrix products {conv:.1f} ms, "
-              f"other {total - conv:.1f} ms; {calls} aten calls")  # fmt: skip
-        print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+
+def profile_split(model, opt, train_step, batch, clock: str) -> None:
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, custom_mapping=fused_kernel_flop_formulas())
+    with counter:
+        model(torch.randint(0, 256, batch)).mean().backward()
+    opt.zero_grad(set_to_none=True)
+    flops = {str(op).split(".")[-1]: n for op, n in counter.get_flop_counts()["Global"].items()}
+    steps = 3
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
+    mm_rate, conv_rate = reference_rates(clock)
+    rows, kernel_ms, kernel_flops = [], 0.0, 0
+    for e in events:
+        op = KERNELS.get(e.key)
+        if op is None:
+            continue
+        ms = e.self_cpu_time_total / 1e3 / steps
+        f = flops.get(op, 0)
+        kernel_ms, kernel_flops = kernel_ms + ms, kernel_flops + f
+        rate = f / ms / 1e6 if ms else 0.0
+        share = f"= {100 * rate / mm_rate:4.0f} % of mm, {100 * rate / conv_rate:4.0f} % of conv"
+        rows.append((ms, f"  {e.key:32s} {ms:8.1f} ms {f / 1e9:8.2f} GFLOP {rate:7.1f} GFLOP/s {share}"))
+    calls = sum(e.count for e in events if e.key.startswith("aten::")) // steps
+    rate = kernel_flops / kernel_ms / 1e6
+    print(f"\nreference rates in this process: fp32 mm {mm_rate:.1f} GFLOP/s, 3x3 conv {conv_rate:.1f} GFLOP/s")
+    print(f"per training step ({clock} clock of the timings; profiler wall time below): {total:.1f} ms profiled, "
+          f"convolutions and matrix products {kernel_ms:.1f} ms ({100 * kernel_ms / total:.0f} %), other "
+          f"{total - kernel_ms:.1f} ms; kernels at {rate:.1f} GFLOP/s ({100 * rate / mm_rate:.0f} % of mm); "
+          f"whole step {kernel_flops / total / 1e6:.1f} GFLOP/s ({100 * kernel_flops / total / 1e6 / mm_rate:.0f} % "
+          f"of mm); {calls} aten calls; {host_syncs(train_step)} host syncs per step")  # fmt: skip
+    for _, line in sorted(rows, reverse=True):
+        print(line)
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,10 @@ from tests.helpers import load_script
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
-
 nfg = load_script("benchmarks", "_normflows_glow")
 bench = load_script("benchmarks", "bench")
 budget = load_script("benchmarks", "budget")
+precision = load_script("benchmarks", "precision")
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*torch.lu is deprecated:UserWarning"),  # inside normflows
@@ -94,11 +95,21 @@ def test_bench_quick_all_sections(tmp_path, capsys):
         if nfg.nf is not None:
             assert cmp_["normflows"]["train"]["items_per_s"] > 0
             assert "normflows" in saved["configs"][name]["memory"]
-    assert "glowflow-bf16" in saved["configs"]["S"]["compare"]["contenders"]
+    for name in ("S", "M"):
+        cmp_ = saved["configs"][name]["compare"]["contenders"]
+        assert "glowflow-bf16" in cmp_
+        assert cmp_["glowflow"]["host_syncs_per_step"] == 0  # the trainer's step never reads back to the host
+        assert saved["configs"][name]["memory_default"]["glowflow"]["peak_mib"] >= 0
+    # the fused kernels' FLOPs are counted: glowflow does normflows' arithmetic plus its conditional split priors
+    # and the recomputed first conv of each step (16 % more at these tiny widths, 7 % on config S)
+    if nfg.nf is not None:
+        g, n = (saved["configs"]["S"]["compare"]["contenders"][lib]["train_flops"] for lib in ("glowflow", "normflows"))
+        assert 1.0 < g / n < 1.3
     assert len(saved["memmodes"]["memory"]) == 6 and len(saved["memmodes"]["speed"]) == 6
     assert saved["pipeline"]["S"]["items_per_s"] > 0
     assert len(saved["scaling"]) == 3
     assert "train img/s (fp32)" in text and "memory modes" in text and "scaling" in text
+    assert "default allocator" in text and "host syncs per training step" in text
     assert results["env"]["threads"] == 1
 
 
@@ -166,3 +177,76 @@ def test_budget_report_counts_a_diverged_run_as_worse(tmp_path):
     assert "| 3 | 12.00 / 1069 / 2.0900 | - | yes (normflows diverged) |" in table
     budget.plot(results, tmp_path / "budget.png")
     assert (tmp_path / "budget.png").stat().st_size > 1000
+
+
+def synthetic_results(libs: list[str]) -> dict:
+    """bench.py's results for config S with made-up numbers, as the report reads them."""
+
+    def contender(train: float, ev: float, sample_s: float, syncs: int) -> dict:
+        return {
+            "params": 1000,
+            "train_flops": 16e9,
+            "host_syncs_per_step": syncs,
+            "train": {"items_per_s": train, "gflops": 100.0, "fraction_of_matmul": 0.5},
+            "eval": {"items_per_s": ev},
+            "sample": {"median_s": sample_s},
+        }
+
+    speeds = {"glowflow": (30.0, 90.0, 0.1, 0), "normflows": (20.0, 60.0, 0.2, 5), "rosinality": (25.0, 50.0, 0.3, 7)}
+    contenders = {lib: contender(*speeds[lib]) for lib in libs}
+    contenders["glowflow-bf16"] = contender(80.0, 0.0, 0.0, 0)
+    memory = {lib: {"peak_mib": 50.0 + 25 * i} for i, lib in enumerate(libs)}
+    return {
+        "env": {"device": "cpu", "avx512_bf16": True, "normflows": "1.7.3", "peers": {"rosinality": "abc"}},
+        "libs": libs,
+        "mismatches": ["a mismatch"],
+        "configs": {
+            "S": {
+                "compare": {"data": "random", "contenders": contenders, "matmul": {"gflops": 200.0}},
+                "memory_default": memory,
+                "memory": memory,
+            }
+        },
+    }
+
+
+def test_report_compares_with_the_best_other_library():
+    results = synthetic_results(["glowflow", "normflows", "rosinality"])
+    text = "\n".join(bench.compare_tables(results, bench.CONFIGS))
+    lines = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| S |")}
+    assert "| 1.2 (rosinality) | >= 1.5: NO |" in lines["train img/s (fp32)"]  # 30 / 25, the fastest other
+    assert "| 1.5 (normflows) | >= 1.5: yes |" in lines["eval img/s (log_prob, no grad)"]  # 90 / 60
+    assert "| 0.5 (normflows) | <= 0.6: yes |" in lines["sample 16 at T=0.7 (ms)"]  # 100 / 200 ms
+    assert "| 3.2 (rosinality) | >= 3: yes |" in lines["train img/s, glowflow bf16 (native bf16) vs fp32"]
+    assert "| 0 | 5 | 7 |" in lines["host syncs per training step"]
+    assert "| 0.667 (normflows) | <= 0.6: NO |" in lines["train peak RSS above baseline, default allocator (MiB)"]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("GLOWFLOW_PEERS"),
+    reason="set GLOWFLOW_PEERS to a directory with checkouts of rosinality/glow-pytorch (glow-pytorch) and "
+    "y0ast/Glow-PyTorch (Glow-PyTorch) to run the ports (no network in the test suite)",
+)
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_peers_build_train_score_and_sample(one_thread):
+    root = Path(os.environ["GLOWFLOW_PEERS"])
+    cfg = bench.QUICK_CONFIGS["S"]
+    for lib in bench.PEERS:
+        c = bench.make_contender(lib, cfg, "cpu", peers=str(root))
+        k = torch.randint(0, 256, (cfg.batch, *cfg.shape))
+        c.initialize(k)
+        assert math.isfinite(c.train_step(k))
+        with torch.no_grad():
+            assert c.log_prob(bench.dequantize(k)).shape == (cfg.batch,)
+            assert c.sample(3, 0.7).shape == (3, *cfg.shape)
+        assert c.train_flops(k) > 0
+
+
+def test_precision_quick(tmp_path, capsys):
+    out = tmp_path / "precision.json"
+    results = precision.main(["--quick", "--runs", "digits", "--json", str(out)])
+    row = json.loads(out.read_text())["runs"]["digits"]
+    assert row["fp32"]["steps"] == row["bf16"]["steps"] == 4
+    assert row["difference"] == pytest.approx(row["bf16"]["test_bpd"] - row["fp32"]["test_bpd"])
+    assert isinstance(results["auto_as_default"], bool)
+    assert "| digits | 4 |" in capsys.readouterr().out

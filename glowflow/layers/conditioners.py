@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowflow.layers.actnorm import ActNorm
-from glowflow.layers.conv1x1 import mix_channels
+from glowflow.layers.fused import conv_same, fold_actnorm, fold_gain, mix_channels
 from glowflow.registry import Registry
 
 
@@ -28,7 +28,8 @@ class ZeroConv2d(nn.Module):
     """Conv2d initialised to output zeros, with a learned per-channel output gain ``g = exp(3 * logs)``
     (the original Glow's ``Conv2dZeros``, which lets the last layer's scale learn quickly).
 
-    Computed as a single convolution with the gain folded in: ``conv(x, w, b) * g = conv(x, w g, b g)``.
+    Computed as a single convolution with the gain folded in (:func:`~glowflow.layers.fused.fold_gain`):
+    ``conv(x, w, b) * g = conv(x, w g, b g)``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
@@ -39,14 +40,13 @@ class ZeroConv2d(nn.Module):
         self.logs = nn.Parameter(torch.zeros(out_channels, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        gain = (3.0 * self.logs).exp().view(-1)
-        weight = self.conv.weight * gain.view(-1, 1, 1, 1)
-        return F.conv2d(x, weight, self.conv.bias * gain, padding=self.conv.padding)
+        return conv_same(x, *fold_gain(self.conv.weight, self.conv.bias, self.logs))
 
 
 class ConvActNorm(nn.Module):
     """A bias-free convolution followed by :class:`ActNorm`, computed as one convolution with the normalisation
-    folded into the weights: ``(conv(x, w) + shift + b) e^s = conv(x, w e^s, b e^s) + shift e^s``.
+    folded into the weights (:func:`~glowflow.layers.fused.fold_actnorm`):
+    ``(conv(x, w) + shift + b) e^s = conv(x, w e^s, b e^s) + shift e^s``.
 
     ``shift`` is an optional (B, C_out, 1, 1) per-example offset added before the normalisation (the projected
     conditioning vector). The ActNorm initialises from the first batch's pre-normalisation statistics.
@@ -61,13 +61,12 @@ class ConvActNorm(nn.Module):
         if not self.norm.is_initialized():
             h = self.conv(x)
             self.norm.initialize(h if shift is None else h + shift)
-        scale = self.norm.log_scale.exp()
-        weight = self.conv.weight * scale.view(-1, 1, 1, 1)
+        weight, bias = fold_actnorm(self.conv.weight, self.norm.bias, self.norm.log_scale)
         if self.conv.kernel_size == (1, 1):  # a matrix product over the channel axis: faster than oneDNN's conv
-            out = mix_channels(x, weight.flatten(1), self.norm.bias * scale)
+            out = mix_channels(x, weight.flatten(1), bias)
         else:
-            out = F.conv2d(x, weight, self.norm.bias * scale, padding=self.conv.padding)
-        return out if shift is None else out + shift * scale.view(1, -1, 1, 1)
+            out = conv_same(x, weight, bias)
+        return out if shift is None else out + shift * self.norm.log_scale.exp().view(1, -1, 1, 1)
 
 
 class ZeroLinear(nn.Linear):

@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowflow.errors import SingularWeightError
 from glowflow.layers.base import Flow
+from glowflow.layers.fused import lu_inverse_weight, lu_weight, mix_channels
 
 
 def random_rotation(n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -83,27 +83,14 @@ class LUMatrix(InvertibleMatrix):
         self.upper = nn.Parameter(torch.triu(upper, 1).to(dtype))
         self.log_s = nn.Parameter(s.abs().log().to(dtype))
 
-    def _factors(self) -> tuple[Tensor, Tensor]:
-        eye = torch.eye(self.log_s.shape[0], dtype=self.log_s.dtype, device=self.log_s.device)
-        lower = torch.tril(self.lower, -1) + eye
-        upper = torch.triu(self.upper, 1) + torch.diag(self.sign_s * self.log_s.exp())
-        return lower, upper
+    def _lu(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return self.perm, self.lower, self.upper, self.sign_s, self.log_s
 
     def weight(self) -> Tensor:
-        def compute() -> Tensor:
-            lower, upper = self._factors()
-            return self.perm @ (lower @ upper)
-
-        return self._cached("weight", compute)
+        return self._cached("weight", lambda: lu_weight(*self._lu()))
 
     def inverse_weight(self) -> Tensor:
-        def compute() -> Tensor:
-            # W^-1 = U^-1 L^-1 P^T, by two triangular solves (no general inverse).
-            lower, upper = self._factors()
-            lp = torch.linalg.solve_triangular(lower, self.perm.t(), upper=False, unitriangular=True)
-            return torch.linalg.solve_triangular(upper, lp, upper=True)
-
-        return self._cached("inverse_weight", compute)
+        return self._cached("inverse_weight", lambda: lu_inverse_weight(*self._lu()))
 
     def log_abs_det(self) -> Tensor:
         return self.log_s.sum()
@@ -170,17 +157,6 @@ class InvertibleConv1x1(Flow):
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = -y.shape[2] * y.shape[3] * self.matrix.log_abs_det()
         return mix_channels(y, self.matrix.inverse_weight()), logdet.expand(y.shape[0])
-
-
-def mix_channels(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``W x (+ bias)`` applied to the channel vector at every position of ``x`` (B, C) or (B, C, H, W).
-
-    Images are multiplied as one matrix product over the channel axis in (B, H, W, C) order, so the result has
-    channels-last memory layout.
-    """
-    if x.dim() == 2:
-        return F.linear(x, w, bias)
-    return F.linear(x.permute(0, 2, 3, 1), w, bias).permute(0, 3, 1, 2)
 
 
 class InvertibleLinear(Flow):

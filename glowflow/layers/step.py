@@ -1,55 +1,194 @@
-"""The step of flow: ActNorm -> invertible channel mixing -> coupling (Glow, Figure 2a)."""
+"""The step of flow: ActNorm -> invertible channel mixing -> coupling (Glow, Figure 2a), and the K steps of a level."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor
 
 from glowflow.layers.actnorm import ActNorm
-from glowflow.layers.base import Flow
-from glowflow.layers.conv1x1 import InvertibleConv1x1, InvertibleLinear, mix_channels
+from glowflow.layers.base import Flow, zero_logdet
+from glowflow.layers.conditioners import GlowConvNet
+from glowflow.layers.conv1x1 import InvertibleConv1x1, InvertibleLinear, LUMatrix
+from glowflow.layers.coupling import PRECISIONS, AdditiveCoupling, AffineCoupling
+from glowflow.layers.fused import (
+    ConditionerWeights,
+    GlowStepWeights,
+    add_affine_shift,
+    channels_last_weights,
+    fold_actnorm,
+    fold_gain,
+    fold_mixing,
+    fold_unmixing,
+    glow_step,
+    glow_step_inverse,
+    lu_inverse_weight,
+    lu_weight,
+    mix_channels,
+)
 from glowflow.layers.sequence import FlowSequence
 
 
 class FlowStep(FlowSequence):
     """``FlowSequence(actnorm, mixer, coupling)``, the repeating unit of Glow. Shapes: (B, C, H, W) or (B, C).
 
-    When the mixer is an :class:`InvertibleConv1x1` / :class:`InvertibleLinear` ``W`` and the ActNorm
-    ``(x + b) e^s`` is initialised, the two are evaluated as one affine map of the channel vector, saving the
-    ActNorm's passes over the data:
+    Two fast paths compute the same map as the plain composition of the three layers, once every ActNorm in the
+    step is initialised:
 
-        forward:  ``W (e^s * (x + b)) = (W diag(e^s)) x + W (e^s * b)``,   log|det| = S (sum(s) + log|det W|)
-        inverse:  ``diag(e^-s) W^-1 y - b``
+    * Glow's own step - an LU :class:`InvertibleConv1x1`, an affine or additive channel coupling (parity 0) with an
+      unconditioned :class:`GlowConvNet` - runs as one fused operation with a hand-derived backward
+      (:func:`~glowflow.layers.fused.glow_step` / :func:`~glowflow.layers.fused.glow_step_inverse`).
+    * Otherwise, with an :class:`InvertibleConv1x1` / :class:`InvertibleLinear` mixer, the ActNorm and the mixer
+      are one affine map of the channel vector (:func:`~glowflow.layers.fused.fold_mixing` /
+      :func:`~glowflow.layers.fused.fold_unmixing`):
+      forward ``W (e^s * (x + b)) = (W diag(e^s)) x + W (e^s * b)``, inverse ``diag(e^-s) W^-1 y - b``,
+      log|det| = S (sum(s) + log|det W|) with S positions per channel.
 
-    (S = positions per channel.) The layers themselves are unchanged: the memory-saving modes, which walk the
-    layers one by one, and every other mixer use the plain composition.
+    The layers themselves are unchanged, and the memory-saving modes, which walk the layers one by one, use them.
     """
 
     def __init__(self, actnorm: ActNorm, mixer: Flow, coupling: Flow) -> None:
         super().__init__(actnorm, mixer, coupling)
-        self._fusable = isinstance(mixer, (InvertibleConv1x1, InvertibleLinear))
+        self._foldable = isinstance(mixer, (InvertibleConv1x1, InvertibleLinear))
+        net = getattr(coupling, "net", None)
+        self._glow_step = (
+            isinstance(mixer, InvertibleConv1x1)
+            and type(coupling) in (AffineCoupling, AdditiveCoupling)
+            and coupling.mask == "channel"
+            and coupling.parity == 0
+            and isinstance(net, GlowConvNet)
+            and net.cond_proj is None
+            and net.cond_channels == 0
+            and net.conv1.conv.kernel_size[0] % 2 == 1
+        )
 
-    def _fused(self) -> bool:
-        return self._fusable and self.layers[0].is_initialized()
+    def fused_step(self) -> bool:
+        """Whether this step runs as one fused operation now (Glow's step with its LU matrix, every ActNorm
+        initialised). The matrix is checked on every call: a copy may replace it (``glowflow.export`` swaps in a
+        fixed matrix to trace), and the step then takes the folded path below."""
+        if not (self._glow_step and isinstance(self.layers[1].matrix, LUMatrix)):
+            return False
+        coupling = self.layers[2]
+        return self.layers[0].is_initialized() and all(c.norm.is_initialized() for c in _conv_actnorms(coupling.net))
+
+    def conditioner_dtype(self) -> torch.dtype | None:
+        """The dtype the coupling's conditioner computes in now (None: the input's)."""
+        coupling = self.layers[2]
+        return None if coupling.exact else PRECISIONS[coupling.precision]
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if not self._fused():
+        if x.dim() == 4 and self.fused_step():
+            w = glow_step_weights([self], inverse=False).unbind()[0]
+            return glow_step(x, w, self.affine, self.conditioner_dtype())
+        if not (self._foldable and self.layers[0].is_initialized()):
             return super().forward(x, cond)
         actnorm, mixer, coupling = self.layers
-        scale = actnorm.log_scale.exp()
-        w = mixer.matrix.weight()
-        h = mix_channels(x, w * scale, w @ (actnorm.bias * scale))
-        positions = x[0, 0].numel()
-        logdet = positions * (actnorm.log_scale.sum() + mixer.matrix.log_abs_det())
-        y, logdet_coupling = coupling(h, cond)
-        return y, logdet_coupling + logdet
+        mix, bias = fold_mixing(mixer.matrix.weight(), actnorm.bias, actnorm.log_scale)
+        y, logdet_coupling = coupling(mix_channels(x, mix, bias), cond)
+        return y, logdet_coupling + self._mix_logdet(x)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if not self._fused():
+        if y.dim() == 4 and self.fused_step():
+            w = glow_step_weights([self], inverse=True).unbind()[0]
+            return glow_step_inverse(y, w, self.affine, self.conditioner_dtype())
+        if not (self._foldable and self.layers[0].is_initialized()):
             return super().inverse(y, cond)
         actnorm, mixer, coupling = self.layers
         h, logdet_coupling = coupling.inverse(y, cond)
-        w_inv = mixer.matrix.inverse_weight()
-        x = mix_channels(h, (-actnorm.log_scale).exp().unsqueeze(1) * w_inv, -actnorm.bias)
-        positions = h[0, 0].numel()
-        logdet = positions * (actnorm.log_scale.sum() + mixer.matrix.log_abs_det())
-        return x, logdet_coupling - logdet
+        mix, bias = fold_unmixing(mixer.matrix.inverse_weight(), actnorm.bias, actnorm.log_scale)
+        return mix_channels(h, mix, bias), logdet_coupling - self._mix_logdet(h)
+
+    @property
+    def affine(self) -> bool:
+        return isinstance(self.layers[2], AffineCoupling)
+
+    def _mix_logdet(self, x: Tensor) -> Tensor:
+        actnorm, mixer = self.layers[0], self.layers[1]
+        return x[0, 0].numel() * (actnorm.log_scale.sum() + mixer.matrix.log_abs_det())
+
+
+def _conv_actnorms(net: GlowConvNet):
+    return (net.conv1, net.conv2)
+
+
+def glow_step_weights(steps: Sequence[FlowStep], inverse: bool) -> GlowStepWeights:
+    """The folded weights of K fused steps (:meth:`FlowStep.fused_step`) as one :class:`GlowStepWeights` with a
+    leading K dimension, computed by one set of batched operations for all of them: the LU weights
+    (:func:`~glowflow.layers.fused.lu_weight`, or its inverse), the ActNorm + 1x1 conv map
+    (:func:`~glowflow.layers.fused.fold_mixing` / :func:`~glowflow.layers.fused.fold_unmixing`), the conditioner's
+    ActNorms (:func:`~glowflow.layers.fused.fold_actnorm`) and gain (:func:`~glowflow.layers.fused.fold_gain`), and
+    Glow's ``+ 2`` for affine couplings (:func:`~glowflow.layers.fused.add_affine_shift`)."""
+
+    def stack(get) -> Tensor:
+        return torch.stack([get(step) for step in steps])
+
+    an_bias, an_log_scale = stack(lambda s: s.layers[0].bias), stack(lambda s: s.layers[0].log_scale)
+    log_s = stack(lambda s: s.layers[1].matrix.log_s)
+    lu = (
+        stack(lambda s: s.layers[1].matrix.perm),
+        stack(lambda s: s.layers[1].matrix.lower),
+        stack(lambda s: s.layers[1].matrix.upper),
+        stack(lambda s: s.layers[1].matrix.sign_s),
+        log_s,
+    )
+    if inverse:
+        mix, mix_bias = fold_unmixing(lu_inverse_weight(*lu), an_bias, an_log_scale)
+    else:
+        mix, mix_bias = fold_mixing(lu_weight(*lu), an_bias, an_log_scale)
+    mix_logdet = an_log_scale.sum(-1) + log_s.sum(-1)
+
+    def listed(get) -> list[Tensor]:
+        return [get(step) for step in steps]
+
+    def conv_actnorm(get) -> tuple[Tensor, Tensor]:
+        weights = listed(lambda s: get(s).conv.weight)
+        return fold_actnorm(weights, stack(lambda s: get(s).norm.bias), stack(lambda s: get(s).norm.log_scale))
+
+    conv1, conv1_bias = conv_actnorm(lambda s: s.layers[2].net.conv1)
+    conv2, conv2_bias = conv_actnorm(lambda s: s.layers[2].net.conv2)
+    out, out_bias = fold_gain(
+        listed(lambda s: s.layers[2].net.out.conv.weight),
+        stack(lambda s: s.layers[2].net.out.conv.bias),
+        stack(lambda s: s.layers[2].net.out.logs),
+    )
+    if steps[0].affine:
+        out_bias = add_affine_shift(out_bias)
+    net = ConditionerWeights(channels_last_weights(conv1), conv1_bias, conv2.flatten(2), conv2_bias,
+                             channels_last_weights(out), out_bias)  # fmt: skip
+    return GlowStepWeights(mix, mix_bias, mix_logdet, net)
+
+
+class FlowSteps(FlowSequence):
+    """The K steps of flow of one level: a :class:`~glowflow.layers.sequence.FlowSequence` of :class:`FlowStep`\\ s
+    that, when every step is Glow's fused step (:meth:`FlowStep.fused_step`) of one coupling kind and precision,
+    computes the folded weights of all K steps at once (:func:`glow_step_weights`) and runs the fused steps with them.
+    Same map, same parameters and ``state_dict`` as the plain sequence; the memory-saving modes use the plain layers.
+    """
+
+    def _fused_setting(self) -> tuple[bool, torch.dtype | None] | None:
+        steps = list(self.layers)
+        if not steps or not all(isinstance(s, FlowStep) and s.fused_step() for s in steps):
+            return None
+        settings = {(s.affine, s.conditioner_dtype()) for s in steps}
+        return settings.pop() if len(settings) == 1 else None
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        setting = self._fused_setting() if x.dim() == 4 else None
+        if setting is None or (self.memory != "standard" and torch.is_grad_enabled()):
+            return super().forward(x, cond)
+        logdet = zero_logdet(x)
+        for w in glow_step_weights(list(self.layers), inverse=False).unbind():
+            x, ld = glow_step(x, w, *setting)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        setting = self._fused_setting() if y.dim() == 4 else None
+        if setting is None:
+            return super().inverse(y, cond)
+        logdet = zero_logdet(y)
+        for w in reversed(glow_step_weights(list(self.layers), inverse=True).unbind()):
+            y, ld = glow_step_inverse(y, w, *setting)
+            logdet = logdet + ld
+        return y, logdet

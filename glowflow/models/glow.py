@@ -17,6 +17,7 @@ from glowflow.layers.memory import MEMORY_MODES
 from glowflow.layers.priors import GaussianPrior, Split, standard_normal_log_prob
 from glowflow.layers.reshape import Squeeze
 from glowflow.layers.sequence import FlowSequence
+from glowflow.layers.step import FlowSteps
 from glowflow.models.base import FlowModel, check_choice, check_class_names, check_positive_int, make_step
 from glowflow.models.registry import MODELS
 from glowflow.preprocessing import ImagePreprocessing
@@ -124,7 +125,7 @@ class Glow(FlowModel):
         levels_: list[FlowSequence] = []
         for level in range(levels):
             c, h, w = 4 * c, h // 2, w // 2
-            flow_steps = FlowSequence(
+            flow_steps = FlowSteps(
                 *[
                     make_step(
                         c,

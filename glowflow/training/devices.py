@@ -1,4 +1,4 @@
-"""Which device a run or a command uses."""
+"""Which device a run or a command uses, and the conditioner precision that suits it."""
 
 from __future__ import annotations
 
@@ -30,3 +30,18 @@ def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
         raise ValueError(f"--device {name}: there is no such GPU here ({count} GPU{'s' if count != 1 else ''}: "
                          f"cuda:0..cuda:{count - 1})")  # fmt: skip
     return device
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA device with bf16 support, or a CPU whose oneDNN has bf16
+    instructions (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``"auto"`` -> ``"bf16"`` where :func:`native_bf16`, else ``"fp32"``; ``"fp32"`` / ``"bf16"`` as given."""
+    if name == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return name

@@ -15,6 +15,7 @@ the same sequence of batches and noise as an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -44,7 +45,7 @@ from glowflow.training.checkpoint import (
 )
 from glowflow.training.config import FIELD_NAMES, TrainConfig, check_keys, load_config_file, resolve_config
 from glowflow.training.data import InMemoryData, TrainingData, prepare_data
-from glowflow.training.devices import resolve_device
+from glowflow.training.devices import resolve_device, resolve_precision
 from glowflow.training.distributed import DistContext
 from glowflow.training.evaluate import evaluate_source
 from glowflow.training.guard import FaultGuard, TrainingError
@@ -207,7 +208,9 @@ def _train(
     batches = training_batches(data, cfg, ctx, device)
 
     # 4. model: identical on every process; then each process gets its own dequantization-noise stream
-    model = model_for_data(cfg, data).to(device)
+    # precision 'auto': bf16 where the device computes it natively (the model records what it resolved to)
+    model = model_for_data(dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device)), data)
+    model = model.to(device)
     torch.manual_seed(cfg.seed + 10_000 * (ctx.rank + 1))
 
     # 5. optimiser with linear warm-up, fault guard, run state, outputs
@@ -338,7 +341,8 @@ def _start(run: Run) -> None:
     state.untrained = state.last_eval = run.evaluate_test()
     out.open(0, resumed=False)
     procs = f" x {ctx.world_size} processes" if ctx.enabled else ""
-    extras = [x for x in (cfg.precision != "fp32" and cfg.precision, cfg.compile and "compiled") if x]
+    precision = model.precision + (" (auto)" if cfg.precision == "auto" else "")
+    extras = [x for x in (precision != "fp32" and precision, cfg.compile and "compiled") if x]
     out.say(f"data: {data.describe()}" + (f", {cfg.workers} reader processes" if cfg.workers else ""))
     if cfg.mutation_rate:
         of = f", the background model for {cfg.background_for}" if cfg.background_for else ""

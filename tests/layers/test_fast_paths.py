@@ -1,0 +1,317 @@
+"""The fused step of flow (glowflow.layers.fused) against the plain composition of its layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glowflow.export import FrozenMatrix
+from glowflow.layers import FlowSequence
+from glowflow.layers.fused import (
+    conv_relu,
+    conv_same,
+    conv_same_backward,
+    fold_actnorm,
+    fold_gain,
+    fold_mixing,
+    fold_unmixing,
+    glow_step,
+    linear_relu,
+    lu_inverse_weight,
+    lu_weight,
+    mix_channels,
+    scale_rows,
+)
+from glowflow.layers.step import FlowStep, FlowSteps, glow_step_weights
+from glowflow.models.base import make_step
+from tests.helpers import check_flow, max_abs, randomize_
+
+CL = torch.channels_last
+
+
+def make_steps(k: int, coupling: str, dtype: torch.dtype, channels: int = 4, hidden: int = 8, seed: int = 0):
+    """K initialised, randomised Glow steps (fused) and the same layers as a plain sequence of sequences."""
+    torch.manual_seed(seed)
+    steps = [
+        make_step(channels, hidden, coupling=coupling, permutation="lu", conditioner="glow").to(dtype) for _ in range(k)
+    ]
+    fused = FlowSteps(*steps)
+    with torch.no_grad():
+        fused(torch.randn(8, channels, 4, 4, dtype=dtype))  # ActNorm initialisation (plain path)
+    for s in steps:
+        randomize_(s, 0.05)
+    plain = FlowSequence(*[FlowSequence(*s.layers) for s in steps])
+    return fused, plain
+
+
+def grads(module, x, out_grads):
+    """Gradients of sum(out_grads . outputs) w.r.t. x and every parameter."""
+    x = x.detach().clone().requires_grad_()
+    module.zero_grad(set_to_none=True)
+    y, logdet = module(x)
+    ((y * out_grads[0]).sum() + (logdet * out_grads[1]).sum()).backward()
+    return y.detach(), logdet.detach(), x.grad, {n: p.grad.clone() for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("coupling", ["affine", "additive"])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("channels", [4, 20])  # 4: im2col / col2im conditioner convs; 20: oneDNN's direct ones
+def test_fused_steps_match_the_plain_layers(coupling, dtype, tol, channels):
+    fused, plain = make_steps(3, coupling, dtype, channels=channels)
+    assert all(s.fused_step() for s in fused)
+    x = torch.randn(3, channels, 4, 4, dtype=dtype).contiguous(memory_format=CL)
+    g = (torch.randn(3, channels, 4, 4, dtype=dtype), torch.randn(3, dtype=dtype))
+    y1, ld1, gx1, gp1 = grads(fused, x, g)
+    y2, ld2, gx2, gp2 = grads(plain, x, g)
+    scale = max(1.0, y2.abs().max().item())
+    assert max_abs(y1, y2) < tol * scale and max_abs(ld1, ld2) < tol * max(1.0, ld2.abs().max().item())
+    assert max_abs(gx1, gx2) < tol * max(1.0, gx2.abs().max().item())
+    for name in gp2:  # parameters are shared: the plain sequence names them layers.i.layers.j...
+        assert max_abs(gp1[name], gp2[name]) < tol * max(1.0, gp2[name].abs().max().item()), name
+    with torch.no_grad():
+        x1, ld_inv1 = fused.inverse(y1)
+        x2, ld_inv2 = plain.inverse(y1)
+        y_eval, ld_eval = fused(x)  # autograd off: the same forward without saving anything
+    assert max_abs(x1, x) < tol * 10 and max_abs(x1, x2) < tol * 10
+    assert max_abs(ld_inv1, -ld1) < tol * max(1.0, ld1.abs().max().item())
+    assert max_abs(y_eval, y1) < tol * scale and max_abs(ld_eval, ld1) < tol * max(1.0, ld1.abs().max().item())
+
+
+@pytest.mark.parametrize("coupling", ["affine", "additive"])
+def test_fused_step_contract_float64(coupling):
+    fused, _ = make_steps(1, coupling, torch.float64)
+    check_flow(fused[0], torch.randn(2, 4, 4, 4, dtype=torch.float64), rt_tol=1e-12, ld_tol=1e-10)
+
+
+@pytest.mark.parametrize("channels", [4, 20])
+def test_fused_step_backward_passes_gradcheck(channels):
+    fused, _ = make_steps(1, "affine", torch.float64, channels=channels, hidden=4)
+    w = glow_step_weights(list(fused), inverse=False)
+    inputs = [
+        torch.randn(2, channels, 2, 3, dtype=torch.float64).contiguous(memory_format=CL),
+        w.mix[0],
+        w.mix_bias[0],
+        *(t[0] for t in w.net.tensors()),
+    ]
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+
+    def fn(x, mix, mix_bias, *net):
+        weights = type(w)(mix, mix_bias, w.mix_logdet[0].detach(), type(w.net)(*net))
+        return glow_step(x, weights, affine=True)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+def test_inverse_with_autograd_matches_plain():
+    fused, plain = make_steps(2, "affine", torch.float64)
+    y = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+    g = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+    results = []
+    for module in (fused, plain):
+        yy = y.clone().requires_grad_()
+        x, logdet = module.inverse(yy)
+        ((x * g).sum() + logdet.sum()).backward()
+        results.append((x.detach(), yy.grad))
+    assert max_abs(results[0][0], results[1][0]) < 1e-12 and max_abs(results[0][1], results[1][1]) < 1e-12
+
+
+def test_fresh_fused_step_is_the_mixing():
+    """A zero-initialised conditioner gives t = 0 and s = sigmoid(2) / sigmoid(2) = 1 (up to one rounding)."""
+    torch.manual_seed(0)
+    step = make_step(4, 8, coupling="affine", permutation="lu", conditioner="glow")
+    x = torch.randn(4, 4, 4, 4)
+    with torch.no_grad():
+        step(x)  # initialise
+        y, logdet = step(x)
+        actnorm, mixer, _ = step.layers
+        h, logdet_mix = mixer(actnorm(x)[0])
+    assert step.fused_step()
+    w = glow_step_weights([step], inverse=False)
+    assert max_abs(y, mix_channels(x, w.mix[0], w.mix_bias[0])) < 1e-6 * y.abs().max().item()
+    assert max_abs(y, h) < 1e-5
+    assert max_abs(logdet, 16 * (actnorm.log_scale.sum() + mixer.matrix.log_abs_det()).expand(4)) < 1e-4
+
+
+def test_bf16_conditioner_fast_path_matches_autocast_and_exact_mode_matches_fp32():
+    fused, plain = make_steps(2, "affine", torch.float32)
+    x = torch.randn(3, 4, 4, 4).contiguous(memory_format=CL)
+    with torch.no_grad():
+        y32, ld32 = fused(x)
+        for s in fused:
+            s.layers[2].precision = "bf16"
+        y16, ld16 = fused(x)
+        y16_plain, ld16_plain = plain(x)
+        for s in fused:
+            s.layers[2].exact = True
+        y_exact, _ = fused(x)
+    assert max_abs(y16, y16_plain) < 2e-2 and max_abs(ld16, ld16_plain) < 2e-1  # bf16 round-off: ~3 digits
+    assert 0 < max_abs(y16, y32) < 5e-2  # the conditioner really ran in bf16
+    assert max_abs(y_exact, y32) < 1e-6
+    y = y16.clone().requires_grad_()
+    for s in fused:
+        s.layers[2].exact = False
+    x_back, _ = fused.inverse(y)  # bf16 inverse: same conditioner input as forward only up to round-off
+    assert max_abs(x_back, x) < 5e-2
+
+
+def test_bf16_training_gradients_as_close_to_fp32_as_autocast():
+    """bf16 conditioners in the fused backward err from float32 no more than the plain layers under autocast."""
+    fused, plain = make_steps(2, "affine", torch.float32)
+    x = torch.randn(3, 4, 4, 4).contiguous(memory_format=CL)
+    g = (torch.randn(3, 4, 4, 4), torch.randn(3))
+    _, _, gx32, gp32 = grads(fused, x, g)
+    for s in fused:
+        s.layers[2].precision = "bf16"
+    _, _, gx16, gp16 = grads(fused, x, g)
+    _, _, gx_ac, gp_ac = grads(plain, x, g)
+    assert max_abs(gx16, gx32) <= 2 * max_abs(gx_ac, gx32) + 1e-3 * gx32.abs().max().item()
+    for name, g32 in gp32.items():
+        assert gp16[name].dtype == torch.float32
+        assert max_abs(gp16[name], g32) <= 2 * max_abs(gp_ac[name], g32) + 1e-3 * g32.abs().max().item(), name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fused"),
+    [
+        (dict(coupling="affine", permutation="lu", conditioner="glow"), True),
+        (dict(coupling="affine", permutation="conv", conditioner="glow"), False),  # dense 1x1 conv
+        (dict(coupling="affine", permutation="lu", conditioner="gated"), False),
+        (dict(coupling="affine", permutation="lu", conditioner="glow", mask="checkerboard"), False),
+        (dict(coupling="affine", permutation="lu", conditioner="glow", cond_features=3), False),
+        (dict(coupling="affine", permutation="shuffle", conditioner="glow"), False),
+    ],
+)
+def test_which_steps_take_the_fused_path(kwargs, fused):
+    step = make_step(4, 8, **kwargs)
+    cond = torch.eye(3)[[0, 1]] if kwargs.get("cond_features") else None
+    with torch.no_grad():
+        step(torch.randn(2, 4, 4, 4), cond)
+    assert step.fused_step() is fused
+
+
+def test_a_step_whose_lu_matrix_is_swapped_leaves_the_fused_path():
+    # glowflow.export traces a copy whose matrices are fixed buffers (FrozenMatrix): no LU factors to fold
+    fused, plain = make_steps(2, "affine", torch.float64)
+    x = torch.randn(3, 4, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        y_ref, ld_ref = plain(x)
+        for step in fused:
+            step.layers[1].matrix = FrozenMatrix(step.layers[1].matrix)
+        y, ld = fused(x)
+        x_back, ld_inv = fused.inverse(y)
+    assert not any(step.fused_step() for step in fused)
+    assert max_abs(y, y_ref) < 1e-12 and max_abs(ld, ld_ref) < 1e-12 * max(1.0, ld_ref.abs().max().item())
+    assert max_abs(x_back, x) < 1e-12 and max_abs(ld_inv, -ld) < 1e-12 * max(1.0, ld.abs().max().item())
+
+
+def test_fused_path_stores_fewer_activations_than_the_plain_layers():
+    fused, plain = make_steps(2, "affine", torch.float32, channels=8, hidden=8)
+    batch, size = 5, 16
+    x = torch.randn(batch, 8, size, size).contiguous(memory_format=CL)
+
+    def saved_activation_bytes(module) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(t):
+            if t.shape[0] in (batch, batch * size * size):  # activations, not (folded) weights
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            module(x)
+        return sum(storages.values())
+
+    # per step: plain ~7.5 tensors of C channels besides the two hidden ones, fused 3 (x and y shared, input, scale)
+    assert saved_activation_bytes(fused) < 0.8 * saved_activation_bytes(plain)
+
+
+# ---- the helpers --------------------------------------------------------------------------------------------------
+def test_fold_actnorm_and_gain_equal_the_unfolded_maps():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    w, b, s = torch.randn(6, 3, 3, 3, dtype=torch.float64), torch.randn(6, dtype=torch.float64), torch.randn(6).double()
+    wf, bf = fold_actnorm(w, b, s)
+    expected = (F.conv2d(x, w, padding=1) + b.view(1, -1, 1, 1)) * s.exp().view(1, -1, 1, 1)
+    assert max_abs(F.conv2d(x, wf, bf, padding=1), expected) < 1e-12
+    logs = torch.randn(6, 1, 1, dtype=torch.float64)
+    wg, bg = fold_gain(w, b, logs)
+    assert max_abs(F.conv2d(x, wg, bg, padding=1), F.conv2d(x, w, b, padding=1) * (3 * logs).exp()) < 1e-12
+    # batched over a leading K dimension, as FlowSteps uses them
+    wk, bk = fold_actnorm(torch.stack([w, 2 * w]), torch.stack([b, b]), torch.stack([s, -s]))
+    assert max_abs(wk[1], fold_actnorm(2 * w, b, -s)[0]) < 1e-12 and max_abs(bk[0], bf) < 1e-12
+
+
+def test_scale_rows_of_a_list_stacks_and_passes_gradcheck():
+    torch.manual_seed(0)
+    weights = [torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    scale = torch.rand(2, 3, dtype=torch.float64, requires_grad=True)
+    stacked = scale_rows(weights, scale)
+    assert max_abs(stacked, torch.stack(weights) * scale.view(2, 3, 1, 1, 1)) < 1e-15
+    assert torch.autograd.gradcheck(lambda s, *w: scale_rows(list(w), s), (scale, *weights), fast_mode=True)
+
+
+def test_lu_weights_and_folded_mixing_invert_each_other_batched():
+    torch.manual_seed(0)
+    k, n = 3, 5
+    perm = torch.stack([torch.eye(n, dtype=torch.float64)[torch.randperm(n)] for _ in range(k)])
+    lower, upper = torch.randn(k, n, n, dtype=torch.float64), torch.randn(k, n, n, dtype=torch.float64)
+    sign, log_s = torch.randn(k, n).sign().double(), torch.randn(k, n, dtype=torch.float64) * 0.3
+    w = lu_weight(perm, lower, upper, sign, log_s)
+    w_inv = lu_inverse_weight(perm, lower, upper, sign, log_s)
+    assert max_abs(w @ w_inv, torch.eye(n, dtype=torch.float64).expand(k, n, n)) < 1e-10
+    assert max_abs(torch.linalg.slogdet(w).logabsdet, log_s.sum(-1)) < 1e-10
+    bias, log_scale = torch.randn(k, n, dtype=torch.float64), torch.randn(k, n, dtype=torch.float64)
+    a, c = fold_mixing(w, bias, log_scale)
+    a_inv, c_inv = fold_unmixing(w_inv, bias, log_scale)
+    x = torch.randn(4, n, dtype=torch.float64)
+    for i in range(k):
+        h = mix_channels(x, a[i], c[i])
+        assert max_abs(h, ((x + bias[i]) * log_scale[i].exp()) @ w[i].T) < 1e-12
+        assert max_abs(mix_channels(h, a_inv[i], c_inv[i]), x) < 1e-10
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_fused_relu_kernels_match_the_plain_composition(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6).to(dtype).contiguous(memory_format=CL)
+    w, b = torch.randn(5, 3, 3, 3).to(dtype), torch.randn(5).to(dtype)
+    tol = 1e-5 if dtype != torch.bfloat16 else 5e-2
+    with torch.no_grad():
+        assert max_abs(conv_relu(x, w, b).float(), F.relu(F.conv2d(x, w, b, padding=1)).float()) < tol
+        rows, w2, b2 = torch.randn(7, 5).to(dtype), torch.randn(4, 5).to(dtype), torch.randn(4).to(dtype)
+        assert max_abs(linear_relu(rows, w2, b2).float(), F.relu(F.linear(rows, w2, b2)).float()) < tol
+    # with autograd recording the helpers fall back to differentiable operations
+    xg = x.detach().float().requires_grad_()
+    conv_relu(xg, w.float(), b.float()).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+@pytest.mark.parametrize(("c_in", "c_out"), [(3, 16), (16, 5), (16, 12)])  # im2col, col2im, direct
+@pytest.mark.parametrize("k", [1, 3])
+def test_conv_same_and_its_backward_equal_conv2d(c_in, c_out, k):
+    torch.manual_seed(0)
+    x = torch.randn(2, c_in, 5, 6, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
+    w = torch.randn(c_out, c_in, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(c_out, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, c_out, 5, 6, dtype=torch.float64)
+    expected = F.conv2d(x, w, b, padding=k // 2)
+    expected_grads = torch.autograd.grad(expected, (x, w, b), g)
+    with torch.no_grad():
+        out = conv_same(x, w, b)
+        grads = conv_same_backward(g.contiguous(memory_format=CL), x, w)
+        out_relu = conv_same(x, w, b, relu=True)
+    assert max_abs(out, expected) < 1e-12 and max_abs(out_relu, expected.relu()) < 1e-12
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert max_abs(got, want) < 1e-12
+    # with autograd recording, the same computation is differentiable
+    auto = torch.autograd.grad(conv_same(x, w, b), (x, w, b), g)
+    assert all(max_abs(a, e) < 1e-12 for a, e in zip(auto, expected_grads, strict=True))
+
+
+def test_a_fused_step_is_a_plain_flowstep_in_its_state_dict():
+    fused, _ = make_steps(2, "affine", torch.float32)
+    keys = set(fused.state_dict())
+    plain = FlowSequence(*[make_step(4, 8, coupling="affine", permutation="lu", conditioner="glow") for _ in range(2)])
+    assert keys == set(plain.state_dict())
+    assert isinstance(fused[0], FlowStep)

@@ -1,0 +1,41 @@
+"""precision="auto": bf16 conditioners where the device computes bf16 natively, float32 elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from glowflow.training import TrainConfig, devices, train
+from tests.training.train_helpers import TINY
+
+pytestmark = pytest.mark.filterwarnings("ignore:precision='bf16' on a CPU:RuntimeWarning")
+
+CPU = torch.device("cpu")
+
+
+def test_native_bf16_on_cpu_is_onednn_s_answer():
+    assert devices.native_bf16(CPU) is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_follows_the_hardware(monkeypatch, native, expected):
+    monkeypatch.setattr(devices, "native_bf16", lambda device: native)
+    assert devices.resolve_precision("auto", CPU) == expected
+    assert devices.resolve_precision("fp32", CPU) == "fp32" and devices.resolve_precision("bf16", CPU) == "bf16"
+
+
+def test_auto_is_a_config_choice_and_bad_names_are_refused():
+    assert TrainConfig(precision="auto").validate().precision == "auto"
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16").validate()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_run_with_auto_builds_the_resolved_model(tmp_path: Path, monkeypatch, native):
+    monkeypatch.setattr(devices, "native_bf16", lambda device: native)
+    result = train(out=str(tmp_path / "run"), iters=2, precision="auto", **TINY)
+    assert result.config.precision == "auto"  # the run keeps asking for auto (a resume re-resolves it)
+    assert result.model.precision == ("bf16" if native else "fp32")
+    assert result.model.config["precision"] == result.model.precision  # what the checkpoint rebuilds
