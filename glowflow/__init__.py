@@ -8,10 +8,10 @@ from glowflow.models import MODELS, FlowModel, Glow, TabularGlow
 from glowflow.preprocessing import ImagePreprocessing, reduce_bits
 from glowflow.version import __version__  # noqa: F401  (glowflow.__version__)
 
-# Imported on first use, so that ``import glowflow`` stays light: ``glowflow.training.load_model(...)`` and
-# ``glowflow.train(...)`` work right after ``import glowflow``.
-_SUBMODULES = ("data", "layers", "models", "training", "viz")
-_LAZY = {"train": "glowflow.training"}
+# Imported on first use, so that ``import glowflow`` stays light: ``glowflow.training.load_model(...)``,
+# ``glowflow.train(...)``, ``glowflow.load(...)`` and ``glowflow.score(...)`` work right after ``import glowflow``.
+_SUBMODULES = ("data", "layers", "models", "scoring", "training", "viz")
+_LAZY = {"train": "glowflow.training", "load": "glowflow.loading", "score": "glowflow.scoring"}
 
 
 def __getattr__(name: str):
@@ -34,8 +34,10 @@ __all__ = [
     "SingularWeightError",
     "TabularGlow",
     "bits_per_dim",
+    "load",
     "quantize",
     "reduce_bits",
+    "score",
     "to_continuous",
     "to_uint8",
     "train",

@@ -24,9 +24,11 @@ from glowflow.data.base import SPLITS
 from glowflow.errors import CheckpointError
 from glowflow.io import atomic_write_text
 from glowflow.layers.dequantization import to_continuous, to_uint8, uint8_to_levels
+from glowflow.loading import CHECKPOINTS, Source, resolve_source
 from glowflow.models import FlowModel, Glow
+from glowflow.models.pretrained import load_pretrained_dir
 from glowflow.progress import Progress
-from glowflow.training.checkpoint import find_checkpoint, load_model, run_dir_of
+from glowflow.training.checkpoint import load_model, run_dir_of
 from glowflow.training.config import TrainConfig
 from glowflow.training.data import TrainingData, prepare_data
 from glowflow.training.devices import resolve_device
@@ -36,14 +38,29 @@ from glowflow.training.evaluate import draw_samples, evaluate_source, sample_lab
 
 @dataclass
 class OpenRun:
-    """A trained model with what its checkpoint says about it."""
+    """A trained model with what is known of its training and data, from either kind of source
+    (:mod:`glowflow.loading`): a run's checkpoint, or a pretrained-model directory (local, shipped or from the Hub).
+
+    ``config``, ``data``, ``step`` and ``metrics`` are what the source records: a checkpoint records all of them; a
+    pretrained directory records what its ``config.json`` holds (``training``: the TrainConfig, ``data``,
+    ``metrics``), which is everything when ``glowflow export`` wrote it and may be less when it was saved by hand.
+    """
 
     model: FlowModel
-    checkpoint: dict[str, Any]
-    path: Path  # the checkpoint file
-    run_dir: Path
-    config: TrainConfig
-    class_names: list[str] | None  # the data set's class names (also for a model that is not conditional)
+    source: str  # as the caller gave it (a path, a shipped name, a Hub id)
+    kind: str  # "checkpoint" or "pretrained"
+    path: Path  # the checkpoint file, or the local pretrained-model directory
+    run_dir: Path | None  # the run directory of a checkpoint; None for a pretrained model
+    config: TrainConfig | None  # the training configuration; None when a pretrained directory does not record it
+    data: dict[str, Any]  # the data: name, shape, num_bins, class_names, test_note (those recorded)
+    step: int | None  # optimiser steps trained
+    metrics: dict[str, Any]  # measured test figures of these weights ({"test_bpd": ...}); {} when unmeasured
+    checkpoint: dict[str, Any]  # the whole checkpoint (optimiser, progress, ...); {} for a pretrained model
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The data set's class names (also for a model that is not conditional)."""
+        return self.data.get("class_names", self.model.class_names)
 
     @property
     def is_image(self) -> bool:
@@ -61,32 +78,82 @@ class OpenRun:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def data_name(self) -> str:
+        """The data set's name (``"unknown data"`` when not recorded)."""
+        return self.data.get("name") or (self.config.data if self.config else "unknown data")
+
+    @property
+    def output_dir(self) -> Path:
+        """Where commands write by default: the run directory, or the current directory for a pretrained model."""
+        return self.run_dir if self.run_dir is not None else Path(".")
+
     def load_data(self, data_dir: str | None = None, eval_size: int | None = None) -> TrainingData:
-        """Both splits of the run's data, prepared as in training (``data_dir`` overrides where they are): in
-        memory, or read batch by batch from the files as the run's ``input`` says."""
+        """Both splits of the model's data, prepared as in training (``data_dir`` overrides where they are): in
+        memory, or read batch by batch from the files as the training configuration's ``input`` says."""
+        if self.config is None:
+            raise ValueError(f"{self.source} records no training configuration, so its data set is unknown")
         cfg = replace(self.config, download=False)
         if data_dir is not None:
             cfg.data_dir = data_dir
         if cfg.data == "memory":
-            raise ValueError(f"{self.run_dir} was trained on arrays in memory; there is no data set to load here")
+            raise ValueError(f"{self.source} was trained on arrays in memory; there is no data set to load here")
         return prepare_data(cfg, DistContext(), eval_size)
 
 
 def open_run(run: str | os.PathLike, device: str = "auto", prefer: str = "best") -> OpenRun:
-    """Load the model of a run directory (``checkpoints/best.pt``, else ``last.pt``; ``prefer="last"`` swaps
-    them) or of a checkpoint file, on ``device`` (``auto``: CUDA when available)."""
-    target = resolve_device(device, DistContext())
-    model, ckpt, path = load_model(run, "cpu", prefer)
-    model.to(target)
+    """Open a trained model from any source :func:`glowflow.load` takes (a run directory: ``checkpoints/best.pt``,
+    else ``last.pt``, ``prefer="last"`` swaps them; a checkpoint file; a pretrained-model directory; a shipped
+    model name; a Hub id) on ``device`` (``auto``: CUDA when available)."""
+    check_choice("prefer", prefer, CHECKPOINTS)
+    target = resolve_device(device, DistContext())  # a bad device name fails before anything loads
+    found = resolve_source(run, prefer)
+    opened = _open_pretrained(found) if found.kind == "pretrained" else _open_checkpoint(found)
+    opened.model.to(target)
+    return opened
+
+
+def _open_checkpoint(found: Source) -> OpenRun:
+    model, ckpt, path = load_model(found.path, "cpu")
     try:
         config = TrainConfig(**ckpt["config"])
-        class_names = ckpt["data"]["class_names"]
+        data = dict(ckpt["data"])
+        if "class_names" not in data:
+            raise KeyError("data.class_names")
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: incomplete run description in the checkpoint ({e})") from None
-    return OpenRun(model, ckpt, path, run_dir_of(path), config, class_names)
+    step = ckpt["step"]
+    return OpenRun(model, found.given, "checkpoint", path, run_dir_of(path), config, data, step,
+                   checkpoint_metrics(ckpt, config), ckpt)  # fmt: skip
 
 
-def _choose(n: int, k: int, seed: int) -> np.ndarray:
+def checkpoint_metrics(ckpt: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """The test figures measured on the weights of checkpoint ``ckpt``: the run's best evaluation for the checkpoint
+    saved at it (``best.pt``), else the last evaluation if it ran at the checkpoint's step; ``{}`` otherwise (a
+    checkpoint saved between evaluations)."""
+    step, best = ckpt["step"], ckpt.get("best")
+    if best and best.get("step") == step:
+        return {k: v for k, v in best.items() if k not in ("value", "step")}
+    evaluated = step == config.iters or (config.eval_every and step % config.eval_every == 0)
+    last = ckpt.get("progress", {}).get("last")
+    return dict(last) if evaluated and last else {}
+
+
+def _open_pretrained(found: Source) -> OpenRun:
+    model, saved = load_pretrained_dir(found.path, "cpu")
+    where = found.path / "config.json"
+    try:
+        config = None if saved.get("training") is None else TrainConfig(**saved["training"]).validate()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: its training section is not a glowflow training configuration ({e})") from None
+    metrics = dict(saved.get("metrics") or {})
+    step = metrics.get("step")
+    return OpenRun(model, found.given, "pretrained", found.path, None, config, dict(saved.get("data") or {}),
+                   step if isinstance(step, int) else None, metrics, {})  # fmt: skip
+
+
+def choose_indices(n: int, k: int, seed: int) -> np.ndarray:
+    """``min(n, k)`` distinct indices of ``range(n)``, drawn with ``seed``, sorted: a fixed random subset."""
     return np.sort(np.random.default_rng(seed).permutation(n)[: min(n, k)])
 
 
@@ -108,8 +175,9 @@ def evaluate_run(
     the dequantization noise averaged over ``n_samples`` draws, plus the importance-weighted estimate with
     ``importance_weighted`` (always for variational dequantization); tabular / toy: NLL in nats (and per-dimension
     bits). ``limit`` (>= 1, or None: all) scores a fixed random subset. ``progress`` reports on stderr
-    (:class:`~glowflow.progress.Progress`). Saves ``RUN/eval_<split>.json`` when ``save``; returns what it saves. A
-    score that is not finite is an error, never saved."""
+    (:class:`~glowflow.progress.Progress`). Saves ``eval_<split>.json`` in ``run.output_dir`` (the run directory;
+    the current directory for a pretrained model) when ``save``; returns what it saves. A score that is not finite
+    is an error, never saved."""
     check_choice("split", split, SPLITS)
     n_samples = POSITIVE.check("n_samples", n_samples)
     batch_size = POSITIVE.check("batch_size", batch_size)
@@ -122,14 +190,15 @@ def evaluate_run(
     else:
         source, total = data.train, len(data.train)
         keep = limit is not None and limit < total
-        indices = torch.from_numpy(_choose(total, limit, 0)) if keep else torch.arange(total)
+        indices = torch.from_numpy(choose_indices(total, limit, 0)) if keep else torch.arange(total)
     draws = n_samples if run.is_image else 1
     result: dict[str, Any] = {
         "split": split,
         "examples": len(indices),
         "of": total,
+        "source": run.source,
         "checkpoint": str(run.path),
-        "step": run.checkpoint["step"],
+        "step": run.step,
     }
     if source.origin:  # e.g. which ImageNet version the files are
         result["files"] = source.origin
@@ -151,10 +220,10 @@ def evaluate_run(
         else:
             result.update(score(False))
     if not math.isfinite(result["bpd"]):
-        raise ValueError(f"the score of {run.path} on the {split} split is not finite ({result['bpd']}): the model "
+        raise ValueError(f"the score of {run.source} on the {split} split is not finite ({result['bpd']}): the model "
                          "diverged or does not fit this data; nothing saved")  # fmt: skip
     if save:
-        path = atomic_write_text(run.run_dir / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
+        path = atomic_write_text(run.output_dir / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
         result["saved"] = str(path)
     return result
 
@@ -187,7 +256,7 @@ def sample_run(
     TEMPERATURE.check("temperature", temperature)
     seed = SEED.check("seed", seed)
     if label is not None and run.model.num_classes is None:
-        raise ValueError(f"--label needs a class-conditional model; {run.path} was trained without --conditional")
+        raise ValueError(f"--label needs a class-conditional model; {run.source} was trained without --conditional")
     labels = sample_labels(run.model, n, None if label is None else resolve_label(run, label))
     return draw_samples(run.model, n, temperature, labels, seed)
 
@@ -211,8 +280,8 @@ def sample_picture_of(run: OpenRun, samples: Tensor, caption: str, ncol: int | N
 # ---- interpolate / manipulate -------------------------------------------------------------------------------
 def _require_image(run: OpenRun, what: str) -> Glow:
     if not isinstance(run.model, Glow):
-        raise ValueError(f"{what} needs an image model; {run.path} holds a {type(run.model).__name__} "
-                         f"trained on {run.config.data!r}")  # fmt: skip
+        raise ValueError(f"{what} needs an image model; {run.source} holds a {type(run.model).__name__} "
+                         f"trained on {run.data_name!r}")  # fmt: skip
     return run.model
 
 
@@ -323,12 +392,12 @@ def manipulate_run(
         raise ValueError("strengths must hold at least one number")
     if run.num_classes is None:
         raise ValueError(
-            f"manipulate needs class labels; {run.path} was trained on {run.config.data!r}, which has none"
+            f"manipulate needs class labels; {run.source} was trained on {run.data_name!r}, which has none"
         )
     data = run.load_data(data_dir)
     train_labels, test_labels = data.train.labels, data.test.labels
     if train_labels is None or test_labels is None:
-        raise ValueError(f"manipulate needs class labels; the {run.config.data!r} data here has none")
+        raise ValueError(f"manipulate needs class labels; the {run.data_name!r} data here has none")
     a, b = resolve_label(run, source), resolve_label(run, target)
     if a == b:
         raise ValueError(f"--from and --to name the same class ({a})")
@@ -338,14 +407,14 @@ def manipulate_run(
         idx = np.flatnonzero((train_labels == c).numpy())
         if len(idx) == 0:
             raise ValueError(f"class {c} has no training images")
-        idx = idx[_choose(len(idx), max_per_class, seed)]
+        idx = idx[choose_indices(len(idx), max_per_class, seed)]
         y = train_labels[idx] if conditional else None
         means.append(_class_mean_latent(model, data.train.get(idx)[0], y))
     vector = (means[1] - means[0]).float().to(run.device)
     test_idx = np.flatnonzero((test_labels == a).numpy())
     if len(test_idx) == 0:
         raise ValueError(f"class {a} has no test images")
-    test_idx = test_idx[_choose(len(test_idx), n, seed)]
+    test_idx = test_idx[choose_indices(len(test_idx), n, seed)]
     y = test_labels[test_idx] if conditional else None
     flat = torch.cat([z.flatten(1) for z in _encode(model, data.test.get(test_idx)[0], y)], 1)
     rows = []
@@ -365,39 +434,50 @@ def manipulate_run(
 
 
 # ---- info ---------------------------------------------------------------------------------------------------
-def run_info(run: str | os.PathLike) -> dict[str, Any]:
-    """What ``glowflow info`` shows, from ``checkpoints/last.pt`` (else ``best.pt``) of a run or a checkpoint."""
-    path = find_checkpoint(run, prefer="last")
-    opened = open_run(path, device="cpu")
-    ckpt = opened.checkpoint
+def run_info(source: str | os.PathLike) -> dict[str, Any]:
+    """What ``glowflow info`` shows: for a run, from ``checkpoints/last.pt`` (else ``best.pt``) or the checkpoint
+    file given; for a pretrained model, what its ``config.json`` records (None where it records nothing)."""
+    run = open_run(source, device="cpu", prefer="last")
+    ckpt = run.checkpoint
     progress = ckpt.get("progress", {})
     guard = ckpt.get("guard", {})
+    metrics = run.metrics
     return {
-        "run_dir": str(opened.run_dir),
-        "checkpoint": str(path),
+        "source": run.source,
+        "kind": run.kind,
+        "path": str(run.path),
+        "run_dir": None if run.run_dir is None else str(run.run_dir),
         "saved_at": progress.get("saved_at"),
-        "data": ckpt["data"]["name"],
-        "shape": list(ckpt["data"]["shape"]),
-        "num_bins": ckpt["data"]["num_bins"],
-        "test_set": ckpt["data"].get("test_note"),
-        "model": opened.model.describe(),
-        "model_class": ckpt["model_class"],
-        "parameters": sum(p.numel() for p in opened.model.parameters()),
-        "step": ckpt["step"],
-        "iters": opened.config.iters,
-        "wall_time_s": progress.get("elapsed"),
-        "processes": progress.get("world_size", 1),
+        "data": run.data_name,
+        "shape": list(run.data.get("shape", run.model.data_shape)),
+        "num_bins": run.data.get("num_bins", run.num_bins),
+        "test_set": metrics.get("evaluated_on", run.data.get("test_note")),
+        "model": run.model.describe(),
+        "model_class": type(run.model).__name__,
+        "parameters": sum(p.numel() for p in run.model.parameters()),
+        "step": run.step,
+        "iters": None if run.config is None else run.config.iters,
+        "wall_time_s": progress.get("elapsed", metrics.get("wall_time_s")),
+        "processes": progress.get("world_size", 1) if ckpt else None,
         "untrained": progress.get("untrained"),
-        "last": progress.get("last"),
+        "last": progress.get("last") if ckpt else _figures(metrics),
         "best": ckpt.get("best"),
-        "skipped": guard.get("skipped", 0),
-        "rollbacks": guard.get("rollbacks", 0),
-        "config": opened.config.to_dict(),
+        "skipped": guard.get("skipped", 0) if ckpt else None,
+        "rollbacks": guard.get("rollbacks", 0) if ckpt else None,
+        "metrics": metrics,
+        "config": None if run.config is None else run.config.to_dict(),
     }
+
+
+def _figures(metrics: dict[str, Any]) -> dict[str, float] | None:
+    figures = {k: metrics[k] for k in ("test_bpd", "test_nll") if isinstance(metrics.get(k), (int, float))}
+    return figures or None
 
 
 __all__ = [
     "OpenRun",
+    "checkpoint_metrics",
+    "choose_indices",
     "discrete_levels",
     "evaluate_run",
     "interpolate_run",

@@ -265,3 +265,56 @@ def points_plot(points: np.ndarray, dims: tuple[int, int] = (0, 1), title: str =
         ax.set_title(title)
     fig.tight_layout()
     return render(fig)
+
+
+def _grid_of(n: int, width: float, height: float, ncol: int | None = None) -> tuple[Any, int, int]:
+    ncol = min(n, ncol or 3)
+    nrow = math.ceil(n / ncol)
+    return figure(width * ncol, height * nrow), nrow, ncol
+
+
+def score_histograms(
+    panels: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], unit: str = "bits/dim", bins: int = 50
+) -> np.ndarray:
+    """One panel per ``(title, [(set name, values), ...])``: the sets' score distributions overlaid as density
+    step histograms on a common range (the 0.5-99.5 % quantiles of all finite values; the rest is left out)."""
+    if not panels:
+        raise ValueError("no histograms to draw")
+    fig, nrow, ncol = _grid_of(len(panels), 4.6, 3.4)
+    for p, (title, groups) in enumerate(panels):
+        ax = fig.add_subplot(nrow, ncol, p + 1)
+        finite = [np.asarray(v, dtype=np.float64)[np.isfinite(v)] for _, v in groups]
+        pooled = np.concatenate(finite) if finite else np.zeros(0)
+        if pooled.size:
+            lo, hi = np.quantile(pooled, [0.005, 0.995])
+            edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, bins + 1)
+            for (name, _), values in zip(groups, finite, strict=True):
+                ax.hist(values, bins=edges, density=True, histtype="step", lw=1.4, label=f"{name} ({len(values)})")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(unit)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return render(fig)
+
+
+def roc_curves(panels: Sequence[tuple[str, Sequence[tuple[str, np.ndarray, np.ndarray]]]]) -> np.ndarray:
+    """One panel per ``(title, [(label, false positive rates, true positive rates), ...])``: ROC curves with the
+    chance diagonal."""
+    if not panels:
+        raise ValueError("no ROC curves to draw")
+    fig, nrow, ncol = _grid_of(len(panels), 3.8, 3.6)
+    for p, (title, curves) in enumerate(panels):
+        ax = fig.add_subplot(nrow, ncol, p + 1)
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+        for label, fpr, tpr in curves:
+            ax.plot(fpr, tpr, lw=1.3, label=label)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("false positive rate (in-distribution flagged)", fontsize=8)
+        ax.set_ylabel("true positive rate (OOD flagged)", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return render(fig)

@@ -1,8 +1,10 @@
-"""The ``glowflow`` command: ``train``, ``eval``, ``sample``, ``interpolate``, ``manipulate``, ``info``.
+"""The ``glowflow`` command: ``train``, ``eval``, ``sample``, ``interpolate``, ``manipulate``, ``info``, ``export``,
+``score``, ``ood``, ``encode``, ``decode``.
 
-One module per command family (``train.py``, ``evaluate.py``, ``sample.py``), each with ``add_parsers(sub)``; this
-module assembles them and runs the command. Errors are one line on stderr (``glowflow <command>: error: ...``) and
-exit code 2, never a traceback. A training stopped by SIGINT / SIGTERM saves a checkpoint and exits with 130 / 143.
+One module per command family (``train.py``, ``evaluate.py``, ``sample.py``, ``export.py``, ``score.py``,
+``codec.py``), each with ``add_parsers(sub)``; this module assembles them and runs the command. Errors are one line
+on stderr (``glowflow <command>: error: ...``) and exit code 2, never a traceback. A training stopped by SIGINT /
+SIGTERM saves a checkpoint and exits with 130 / 143.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from glowflow.cli import evaluate, sample, train
+from glowflow.cli import codec, evaluate, export, sample, score, train
 from glowflow.cli.common import EXIT_ERROR, Parser
 from glowflow.errors import GlowflowError
 
-COMMANDS = (train, evaluate, sample)
+COMMANDS = (train, evaluate, sample, export, score, codec)
 
 
 def build_parser() -> argparse.ArgumentParser:

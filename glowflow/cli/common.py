@@ -104,15 +104,23 @@ def png_file(text: str) -> Path:
     return path
 
 
+RUN_HELP = (
+    "a run directory (uses checkpoints/best.pt, else last.pt), a .pt checkpoint file, a pretrained-model directory "
+    "(glowflow export), a shipped model (glowflow/digits, glowflow/moons, glowflow/mnist) or a Hugging Face Hub id "
+    "(owner/name; needs glowflow[hub])"
+)
+PRETRAINED_OUT = "the current directory for a pretrained model, which has no run directory"
+
+
 def run_args(p: argparse.ArgumentParser, data: bool = False) -> None:
     """``RUN`` and the options of every command that uses a trained model."""
-    p.add_argument("run", metavar="RUN", help="a run directory (uses checkpoints/best.pt, else last.pt) or a .pt file")
+    p.add_argument("run", metavar="RUN", help=RUN_HELP)
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run dir")
     p.add_argument("--device", type=device_name, default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     p.add_argument("--seed", type=ranged(SEED), default=0,
                    help=f"seed of the random choices and noise, 0..{SEED.high} (default 0)")  # fmt: skip
     if data:
-        p.add_argument("--data-dir", default=None, help="where the run's data is now, if it moved")
+        p.add_argument("--data-dir", default=None, help="where the model's data set is now, if it moved")
 
 
 def open_run_of(args: argparse.Namespace) -> Any:
@@ -122,8 +130,8 @@ def open_run_of(args: argparse.Namespace) -> Any:
 
 
 def default_out(run: Any, name: str) -> Path:
-    """Where a command writes by default: into the run directory."""
-    return run.run_dir / name
+    """Where a command writes by default: into the run directory (the current directory for a pretrained model)."""
+    return run.output_dir / name
 
 
 def write_png(picture: Any, out: Path) -> Path:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from glowflow.checks import NON_NEGATIVE, POSITIVE, IntRange
-from glowflow.cli.common import Formatter, open_run_of, ranged, run_args
+from glowflow.cli.common import PRETRAINED_OUT, RUN_HELP, Formatter, open_run_of, ranged, run_args
 from glowflow.wording import levels_text, plural
 
 EVAL_EXAMPLES = """\
@@ -16,12 +16,14 @@ examples:
   glowflow eval runs/mnist --split train --n-samples 4 --limit 5000
   glowflow eval runs/cifar/checkpoints/last.pt --importance-weighted
   glowflow eval runs/imagenet32 --workers 4        # the whole validation split, read batch by batch
+  glowflow eval glowflow/digits --n-samples 4      # a shipped model, on its data set
 """
 
 INFO_EXAMPLES = """\
 examples:
   glowflow info runs/digits-20250101-120000
   glowflow info runs/mnist/checkpoints/best.pt --json
+  glowflow info glowflow/digits
 """
 
 
@@ -33,7 +35,9 @@ def add_parsers(sub: Any) -> None:
         formatter_class=Formatter,
         description="Score a split of the run's data: bits/dim with the dequantization noise averaged over "
         "--n-samples draws (and the importance-weighted estimate with --importance-weighted, always for variational "
-        "dequantization); NLL in nats for tabular / toy data. Printed and saved to RUN/eval_<split>.json.",
+        "dequantization); NLL in nats for tabular / toy data. Printed and saved to RUN/eval_<split>.json (to "
+        f"eval_<split>.json in {PRETRAINED_OUT}). A pretrained model is scored on the data set of its recorded "
+        "training configuration (--data-dir: where those files are here).",
     )
     run_args(p, data=True)
     p.add_argument("--split", choices=("test", "train"), default="test", help="which split (default test)")
@@ -52,8 +56,9 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("info", help="what a run is and how far it got", epilog=INFO_EXAMPLES, formatter_class=Formatter,
                        description="Configuration, parameter count, steps trained, wall time and the test metric "
-                       "(from checkpoints/last.pt, else best.pt).")  # fmt: skip
-    p.add_argument("run", metavar="RUN", help="a run directory or a .pt file")
+                       "(of a run: from checkpoints/last.pt, else best.pt; of a pretrained model: what its "
+                       "config.json records).")  # fmt: skip
+    p.add_argument("run", metavar="RUN", help=RUN_HELP)
     p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(func=_info)
 
@@ -69,13 +74,13 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"files: {r['files']}")
     if run.is_image:
         draws = plural(r["n_samples"], "draw")
-        print(f"{run.config.data} {args.split} split ({where} images), {run.path}:")
+        print(f"{run.data_name} {args.split} split ({where} images), {run.source}:")
         print(f"  {r['bpd']:.4f} bits/dim  (dequantization noise averaged over {draws}; "
               f"{levels_text(r['num_bins'], run.model.data_shape[0])})")  # fmt: skip
         if "bpd_importance_weighted" in r:
             print(f"  {r['bpd_importance_weighted']:.4f} bits/dim  (importance-weighted over {draws})")
     else:
-        print(f"{run.config.data} {args.split} split ({where} points), {run.path}:")
+        print(f"{run.data_name} {args.split} split ({where} points), {run.source}:")
         print(f"  NLL {r['nll']:.4f} nats  ({r['bpd']:.4f} bits/dim)")
     print(f"saved {r['saved']}")
     return 0
@@ -95,20 +100,31 @@ def _info(args: argparse.Namespace) -> int:
     def fmt(m: dict | None) -> str:
         return "-" if not m or m.get(metric) is None else f"{m[metric]:.4f}"
 
-    wall = "unknown" if info["wall_time_s"] is None else f"{info['wall_time_s']:.0f} s"
     shape = "x".join(map(str, info["shape"]))
     levels = f", {levels_text(info['num_bins'], info['shape'][0])}" if info["num_bins"] else ""
-    print(f"run:         {info['run_dir']}  ({info['checkpoint']}, saved {info['saved_at']})")
-    print(f"data:        {info['data']} ({shape}{levels}); evaluated on {info['test_set']}")
-    print(f"model:       {info['model']}")
-    print(f"trained:     {info['step']} of {plural(info['iters'], 'step')}, {wall} wall time, "
-          f"{plural(info['processes'], 'process')}; {info['skipped']} skipped, "
-          f"{plural(info['rollbacks'], 'rollback')}")  # fmt: skip
-    best = info["best"]
-    best_text = f"best {best.get(metric, best['value']):.4f} at step {best['step']}" if best else "no best yet"
+    wall = "unknown" if info["wall_time_s"] is None else f"{info['wall_time_s']:.0f} s"
     name = "test bpd" if image else "test NLL"
-    print(f"{name + ':':<12} {fmt(info['last'])} {unit} at step {info['step']} ({best_text}; "
-          f"untrained {fmt(info['untrained'])})")  # fmt: skip
+    if info["kind"] == "checkpoint":
+        print(f"run:         {info['run_dir']}  ({info['path']}, saved {info['saved_at']})")
+    else:
+        print(f"pretrained:  {info['source']}  ({info['path']})")
+    print(f"data:        {info['data']} ({shape}{levels}); evaluated on {info['test_set'] or 'not recorded'}")
+    print(f"model:       {info['model']}")
+    if info["kind"] == "checkpoint":
+        print(f"trained:     {info['step']} of {plural(info['iters'], 'step')}, {wall} wall time, "
+              f"{plural(info['processes'], 'process')}; {info['skipped']} skipped, "
+              f"{plural(info['rollbacks'], 'rollback')}")  # fmt: skip
+        best = info["best"]
+        best_text = f"best {best.get(metric, best['value']):.4f} at step {best['step']}" if best else "no best yet"
+        print(f"{name + ':':<12} {fmt(info['last'])} {unit} at step {info['step']} ({best_text}; "
+              f"untrained {fmt(info['untrained'])})")  # fmt: skip
+    else:
+        steps = "not recorded" if info["step"] is None else plural(info["step"], "step")
+        print(f"trained:     {steps}, {wall} wall time")
+        print(f"{name + ':':<12} {fmt(info['last'])} {unit}")
+    if info["config"] is None:
+        print("config:      not recorded")
+        return 0
     print("config:")
     for key, value in info["config"].items():
         print(f"  {key} = {json.dumps(value)}")

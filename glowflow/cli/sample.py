@@ -7,6 +7,7 @@ from typing import Any
 
 from glowflow.checks import NON_NEGATIVE, POSITIVE, TEMPERATURE, IntRange
 from glowflow.cli.common import (
+    PRETRAINED_OUT,
     Formatter,
     default_out,
     floats,
@@ -24,6 +25,7 @@ examples:
   glowflow sample runs/mnist --n 100 --temperature 0.8 --out mnist.png --npy
   glowflow sample runs/mnist-cond --label 7
   glowflow sample runs/fashion-cond --label Sneaker --temperature 0.5
+  glowflow sample glowflow/digits --n 40 --out digits.png        # a shipped model
 """
 
 INTERPOLATE_EXAMPLES = """\
@@ -48,7 +50,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--temperature", type=ranged(TEMPERATURE), default=0.7,
                    help="latent standard deviation, >= 0 (default 0.7)")  # fmt: skip
     p.add_argument("--label", default=None, help="class index or name (class-conditional models)")
-    p.add_argument("--out", type=png_file, default=None, help="PNG file (default RUN/sample_T<temperature>.png)")
+    p.add_argument("--out", type=png_file, default=None,
+                   help=f"PNG file (default RUN/sample_T<temperature>.png; {PRETRAINED_OUT})")  # fmt: skip
     p.add_argument("--npy", action="store_true", help="also save the samples beside it as .npy")
     p.add_argument("--ncol", type=ranged(POSITIVE), default=None,
                    help="images per row, >= 1 (default: one class per column, else square-ish)")  # fmt: skip
@@ -64,7 +67,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--frames", type=ranged(IntRange(2)), default=8,
                    help="images per row, ends included, >= 2 (default 8)")  # fmt: skip
     p.add_argument("--split", choices=("test", "train"), default="test", help="where the images come from")
-    p.add_argument("--out", type=png_file, default=None, help="PNG file (default RUN/interpolate.png)")
+    p.add_argument("--out", type=png_file, default=None,
+                   help=f"PNG file (default RUN/interpolate.png; {PRETRAINED_OUT})")  # fmt: skip
     p.set_defaults(func=_interpolate)
 
     p = sub.add_parser("manipulate", help="latent arithmetic with a class vector", epilog=MANIPULATE_EXAMPLES,
@@ -79,7 +83,8 @@ def add_parsers(sub: Any) -> None:
                    help="multiples of the class vector (default 0,0.25,0.5,0.75,1,1.25)")  # fmt: skip
     p.add_argument("--max-per-class", type=ranged(POSITIVE), default=2000,
                    help="training images per class mean, >= 1 (default 2000)")  # fmt: skip
-    p.add_argument("--out", type=png_file, default=None, help="PNG file (default RUN/manipulate_<from>_to_<to>.png)")
+    p.add_argument("--out", type=png_file, default=None,
+                   help=f"PNG file (default RUN/manipulate_<from>_to_<to>.png; {PRETRAINED_OUT})")  # fmt: skip
     p.set_defaults(func=_manipulate)
 
 

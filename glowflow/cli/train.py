@@ -67,7 +67,7 @@ def add_parsers(sub: Any) -> None:
             kwargs["metavar"] = "T1,T2,..."
         else:
             base = {"int": int, "float": float, "str": str}[t.split("|")[0].strip()]
-            kwargs["type"] = optional(base) if "None" in t else base
+            kwargs["type"] = optional(base) if "None" in t and f.name != "preset" else base  # preset "none": a name
             if f.name in RANGES:  # a bad value is a usage error before anything loads
                 kwargs["type"] = ranged(RANGES[f.name])
             elif f.name == "device":
@@ -79,6 +79,8 @@ def add_parsers(sub: Any) -> None:
             kwargs.setdefault("metavar", {"int": "N", "float": "X"}.get(t.split("|")[0].strip()))
             if f.name in ("out", "data_dir"):
                 kwargs["metavar"] = "DIR"
+            if f.name == "background_for":
+                kwargs["metavar"] = "RUN"
             if kwargs["metavar"] is None:
                 del kwargs["metavar"]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

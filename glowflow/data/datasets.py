@@ -15,7 +15,7 @@ from glowflow.checks import SEED
 from glowflow.data import cifar, folder, idx, tabular, toy
 from glowflow.data.base import SPLITS, Dataset
 from glowflow.data.digits import load_digits
-from glowflow.data.openers import imagenet_opener, loader_of, open_folder, open_shards
+from glowflow.data.openers import imagenet_opener, loader_of, open_array, open_folder, open_shards
 from glowflow.data.registry import DATASETS, DatasetSpec, ReadOptions
 from glowflow.data.sources import BatchSource, TensorSource
 
@@ -39,6 +39,10 @@ TABLE: dict[str, DatasetSpec] = {
     "tabular": DatasetSpec(
         "a .csv or .npy file of numbers (N, D), or a folder with train/test .csv or .npy files",
         "tabular", tabular.load_tabular, preset="tabular", path_is_data=True),
+    "array": DatasetSpec(
+        "8-bit images in a .npy/.npz file, (N, C, H, W), (N, H, W) or (N, H, W, C); labels from the npz key 'labels'; "
+        "read batch by batch when large",
+        "image", loader_of("array", open_array), preset="digits", path_is_data=True, open=open_array),
     "shards": DatasetSpec(
         "WebDataset-style .tar shards of PNG/JPEG images (+ .cls labels): a shard, a folder or a glob of them, or "
         "train/ and test/ folders of them; read at random through an index of the members",
@@ -72,8 +76,9 @@ def load_dataset(
 
     - ``data_dir``: where the files are. MNIST / Fashion-MNIST are looked for in ``data_dir/<name>/`` first, then
       in ``data_dir`` (``.gz`` or gunzipped); CIFAR-10 in ``data_dir/cifar-10-batches-py/``, then ``data_dir``.
-      None means :func:`default_data_dir`. For ``"folder"`` it is the image folder, for ``"tabular"`` the
-      ``.csv``/``.npy`` file or its folder (both required). Ignored for ``"digits"`` and the toy densities.
+      None means :func:`default_data_dir`. For ``"folder"`` it is the image folder, for ``"array"`` the ``.npy`` /
+      ``.npz`` file, for ``"tabular"`` the ``.csv``/``.npy`` file or its folder (all required). Ignored for
+      ``"digits"`` and the toy densities.
     - ``download``: fetch missing MNIST / Fashion-MNIST / CIFAR-10 files first (see :func:`download`); ignored
       for data sets that have nothing to download.
     - ``seed`` (0..2**31-1): seeds the 90/10 split of a folder or single tabular file, and the toy samples (train:

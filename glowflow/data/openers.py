@@ -7,6 +7,7 @@ from the files batch by batch (see :data:`glowflow.data.registry.Opener`), and t
 - ``shards``: WebDataset-style ``.tar`` shards (:class:`~glowflow.data.shards.TarShardSource`): ``data_dir`` is a
   folder holding ``train/`` and ``test/`` folders of shards, or one shard, a folder of shards or a glob pattern
   (``~/shards/part-*.tar``), whose samples are split 90/10.
+- ``array``: a ``.npy`` / ``.npz`` file of images (:func:`glowflow.data.npy.array_source`), split 90/10.
 - ``imagenet32`` / ``imagenet64``: downsampled ImageNet of either published version
   (:func:`~glowflow.data.imagenet.open_imagenet`, which names the version it found), train and validation split.
 
@@ -24,6 +25,7 @@ import torch
 from glowflow.data.base import SPLITS, Dataset, split_indices
 from glowflow.data.image_files import ImageFolderSource, class_folder_names
 from glowflow.data.imagenet import open_imagenet
+from glowflow.data.npy import array_source
 from glowflow.data.registry import Loader, Opener, ReadOptions
 from glowflow.data.shards import TarShardSource, shard_paths
 from glowflow.data.sources import BatchSource, SubsetSource, to_memory
@@ -94,6 +96,13 @@ def open_shards(data_dir: Path | None, seed: int, options: ReadOptions) -> tuple
     if (train.labels is None) != (test.labels is None):
         raise DataError(f"the shards in {dirs['train']} and {dirs['test']} must both have .cls labels, or neither")
     return train, test
+
+
+def open_array(data_dir: Path | None, seed: int, options: ReadOptions) -> tuple[BatchSource, BatchSource]:
+    """Both splits of the images in a ``.npy`` / ``.npz`` file (see the module docstring)."""
+    if data_dir is None:
+        raise ValueError("the 'array' data set needs data_dir: a .npy or .npz file of images")
+    return split_of(array_source(data_dir), seed, f"array file {data_dir}")
 
 
 def imagenet_opener(resolution: int) -> Opener:

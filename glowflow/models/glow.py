@@ -14,7 +14,7 @@ from glowflow.layers.conditioners import conditioner_names
 from glowflow.layers.coupling import MASKS
 from glowflow.layers.dequantization import DEQUANTIZERS, Dequantization, bits_per_dim, check_discrete
 from glowflow.layers.memory import MEMORY_MODES
-from glowflow.layers.priors import GaussianPrior, Split
+from glowflow.layers.priors import GaussianPrior, Split, standard_normal_log_prob
 from glowflow.layers.reshape import Squeeze
 from glowflow.layers.sequence import FlowSequence
 from glowflow.layers.step import FlowSteps
@@ -183,18 +183,35 @@ class Glow(FlowModel):
         ``ValueError`` naming the expected shape and levels for anything else."""
         return self.preprocessing(self._as_tensor(raw, "images"))
 
-    def _encode(self, x: Tensor, cond: Tensor | None) -> tuple[list[Tensor], Tensor]:
+    def level_log_probs(self, x: Tensor, y: Tensor | int | str | None = None) -> Tensor:
+        """The terms of ``log p(x)`` (nats) level by level, for continuous ``x`` (cast to the model's dtype):
+        shape (B, L), column ``l`` = ``log N(z_l; 0, I) + log|det|`` of level ``l``'s layers (squeeze, K steps,
+        split or top prior), finest level first. The columns sum to :meth:`log_prob`; the last one is the
+        last-scale likelihood contribution of Schirrmeister et al. (2020)."""
+        x = self._check_data(x)
+        zs, logdets = self._encode_levels(x, self._cond(y, x.shape[0]))
+        return torch.stack([standard_normal_log_prob(z) + ld for z, ld in zip(zs, logdets, strict=True)], dim=1)
+
+    def _encode_levels(self, x: Tensor, cond: Tensor | None) -> tuple[list[Tensor], list[Tensor]]:
+        """Data -> one latent per level and the log-det (B,) of each level's layers."""
         zs: list[Tensor] = []
-        logdet = zero_logdet(x)
+        logdets: list[Tensor] = []
         h = x.contiguous(memory_format=torch.channels_last)  # the layout oneDNN's convolutions run fastest on
         for i, level in enumerate(self.levels):
             h, ld = level(h, cond)
-            logdet = logdet + ld
+            logdets.append(ld)
             if i < len(self.levels) - 1:
                 n_out = self.latent_shapes[i][0]  # the channels this level's Split factored out: the last n_out
                 h, z = h[:, : h.shape[1] - n_out], h[:, h.shape[1] - n_out :]
                 zs.append(z.contiguous())
         zs.append(h.contiguous())
+        return zs, logdets
+
+    def _encode(self, x: Tensor, cond: Tensor | None) -> tuple[list[Tensor], Tensor]:
+        zs, logdets = self._encode_levels(x, cond)
+        logdet = zero_logdet(x)
+        for ld in logdets:
+            logdet = logdet + ld
         return zs, logdet
 
     def _decode(self, zs: list[Tensor], cond: Tensor | None) -> Tensor:

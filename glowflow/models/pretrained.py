@@ -14,14 +14,19 @@ A pretrained-model directory (or Hub repository) holds three files::
     README.md          a model card: Hugging Face YAML front matter, then the model, data, measured figures,
                        training command, files and how to load it.
 
+and may hold more that loading ignores (``glowflow export`` adds ``check.json`` + ``check.safetensors``, a fixed
+subset of test inputs and their score, and ONNX / ``torch.export`` graphs), which the card lists.
+
 Loading rebuilds ``MODELS.get(model_class)(**model_config)`` (JSON has no tuples: its lists become tuples)
 and loads the weights with every name, shape and dtype checked, so save -> load gives bitwise-identical
 parameters, buffers and log-densities. Anything else (a missing or unreadable file, another format, a missing,
 unknown or wrong field, a truncated or foreign safetensors file) is one :class:`~glowflow.errors.CheckpointError`
 naming the file.
 
-Only ``safetensors`` is needed for local directories; Hub ids and :func:`push_to_hub` need ``huggingface_hub``
-(the ``hub`` extra), imported when first used.
+Sources (:func:`resolve_pretrained`): a local directory; a shipped model ``glowflow/<name>`` (the directories of
+``glowflow/weights/`` in the installed package: :func:`shipped_models`), read offline; a Hugging Face Hub id.
+Only ``safetensors`` is needed for local directories and shipped models; Hub ids and :func:`push_to_hub` need
+``huggingface_hub`` (the ``hub`` extra), imported when first used.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ CARD_FILE = "README.md"
 REQUIRED_FIELDS = ("format", "version", "model_class", "model_config")
 OPTIONAL_FIELDS = ("glowflow_version", "data", "training", "metrics")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+SHIPPED_PREFIX = "glowflow/"  # the namespace of the shipped models: never looked up on the Hub
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # glowflow/weights/<name>/, package data
 
 
 @dataclass(frozen=True)
@@ -65,8 +72,9 @@ class ModelCard:
 
     ``command``: the command line that trained the model; ``description``: a paragraph of free text;
     ``title``: the heading (default: the class and the data's name); ``license``: the weights' license id for
-    the front matter (omitted if None); ``repo_id``: the Hub id used in the card's loading example (default:
-    the directory's name; :func:`push_to_hub` sets it).
+    the front matter (omitted if None); ``repo_id``: the Hub id (or shipped name) used in the card's loading
+    example (default: the directory's name; :func:`push_to_hub` sets it); ``files``: ``(name, what it holds)`` of
+    the files beside the three of every directory, listed under them.
     """
 
     command: str | None = None
@@ -74,6 +82,7 @@ class ModelCard:
     title: str | None = None
     license: str | None = None
     repo_id: str | None = None
+    files: tuple[tuple[str, str], ...] = ()
 
 
 # ---- saving ------------------------------------------------------------------------------------------------
@@ -197,12 +206,15 @@ def render_card(config: dict[str, Any], parameters: int, card: ModelCard, defaul
         "configuration and the measured figures.",
         "- `model.safetensors`: the weights and buffers (safetensors: raw tensors; loading runs no code).",
         "- `README.md`: this card.",
+        *[f"- `{name}`: {what}" for name, what in card.files],
         "",
         "## Loading",
         "",
         "```python",
+        "import glowflow",
         f"from glowflow import {class_name}",
         "",
+        f"model = glowflow.load({json.dumps(source)})  # or:",
         f"model = {class_name}.from_pretrained({json.dumps(source)})  # a local directory or a Hugging Face Hub id",
         *_usage(class_name, config["model_config"]),
         "```",
@@ -234,8 +246,19 @@ def _describe_mapping(mapping: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+METRIC_LABELS = {
+    "test_bpd": "Test bits/dim",
+    "test_nll": "Test NLL (nats)",
+    "evaluated_on": "Evaluated on",
+    "step": "Steps trained",
+    "wall_time_s": "Training wall time (s)",
+    "check_bpd": "Bits/dim of the check subset (check.json)",
+    "check_nll": "NLL of the check subset (nats, check.json)",
+}
+
+
 def _metric_label(key: str) -> str:
-    return {"test_bpd": "Test bits/dim", "test_nll": "Test NLL (nats)"}.get(key, key)
+    return METRIC_LABELS.get(key, key)
 
 
 def _format_number(value: Any) -> str:
@@ -389,6 +412,22 @@ def _first_line(e: BaseException) -> str:
 
 
 # ---- sources: local directories and Hub ids ---------------------------------------------------------------
+def shipped_models() -> tuple[str, ...]:
+    """The names of the models shipped in the package (load them as ``glowflow/<name>``), sorted."""
+    if not WEIGHTS_DIR.is_dir():
+        return ()
+    return tuple(sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / CONFIG_FILE).is_file()))
+
+
+def shipped_path(name: str) -> Path:
+    """The directory of the shipped model ``name`` (``"digits"`` or ``"glowflow/digits"``)."""
+    short = name.removeprefix(SHIPPED_PREFIX)
+    if short not in shipped_models():
+        names = ", ".join(SHIPPED_PREFIX + n for n in shipped_models()) or "none"
+        raise CheckpointError(f"no shipped model {SHIPPED_PREFIX + short!r}; the shipped models are {names}")
+    return WEIGHTS_DIR / short
+
+
 def is_hub_id(source: str) -> bool:
     """Whether ``source`` has the form of a Hugging Face Hub model id, ``owner/name``."""
     return _HUB_ID.fullmatch(source) is not None and ".." not in source
@@ -401,11 +440,13 @@ def resolve_pretrained(
     token: str | bool | None = None,
     local_files_only: bool = False,
 ) -> Path:
-    """The local directory of ``source``: the directory itself if it exists, else (for an ``owner/name`` id
-    whose ``owner`` is not a local directory either, so that a mistyped ``runs/name`` stays a local path) the
-    Hugging Face Hub snapshot of its config.json and model.safetensors, downloaded or from the cache.
-    ``CheckpointError`` when neither gives one."""
+    """The local directory of ``source``: the directory itself if it exists; else for ``glowflow/<name>`` the
+    shipped model's directory (:func:`shipped_path`); else (for an ``owner/name`` id whose ``owner`` is not a local
+    directory either, so that a mistyped ``runs/name`` stays a local path) the Hugging Face Hub snapshot of its
+    config.json and model.safetensors, downloaded or from the cache. ``CheckpointError`` when none gives one."""
     path = Path(source)
+    if not path.exists() and isinstance(source, str) and source.startswith(SHIPPED_PREFIX):
+        return shipped_path(source)
     if path.exists() or not isinstance(source, str) or not is_hub_id(source) or path.parent.is_dir():
         return path
     hub = _import_hub(f"{source!r} is not a local directory; as a Hugging Face Hub id it")
@@ -431,9 +472,9 @@ def from_pretrained(
     token: str | bool | None = None,
     local_files_only: bool = False,
 ) -> FlowModel:
-    """Load a pretrained model from a local directory or a Hugging Face Hub id (``owner/name``; needs the
-    ``hub`` extra). ``model_class`` requires that class; ``revision``, ``token`` and ``local_files_only`` go to
-    the Hub download. The model is in eval mode on ``device``."""
+    """Load a pretrained model from a local directory, a shipped model name (``glowflow/digits``) or a Hugging Face
+    Hub id (``owner/name``; needs the ``hub`` extra). ``model_class`` requires that class; ``revision``, ``token``
+    and ``local_files_only`` go to the Hub download. The model is in eval mode on ``device``."""
     directory = resolve_pretrained(source, revision=revision, token=token, local_files_only=local_files_only)
     return load_pretrained_dir(directory, device, model_class)[0]
 

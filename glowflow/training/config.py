@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import json
 import os
+import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -75,13 +76,24 @@ class TrainConfig:
         None,
         "where the data files are (default $GLOWFLOW_DATA or ~/.cache/glowflow); the image folder for 'folder', "
         "the .tar shard, folder or glob for 'shards', the folder of the .npz / .tar files for 'imagenet32' / "
-        "'imagenet64', the .csv/.npy file or folder for 'tabular'",
+        "'imagenet64', the .npy/.npz file for 'array', the .csv/.npy file or folder for 'tabular'",
         "data",
     )
     download: bool = _f(False, "download MNIST / Fashion-MNIST / CIFAR-10 if missing (verified by checksum)", "data")
     n_bits: int | None = _f(None, "model 8-bit images at this many bits per channel (e.g. 5)", "data")
     pad: int | None = _f(None, "zero-pad images to PAD x PAD first (e.g. 32 for MNIST with 3 levels)", "data")
     conditional: bool = _f(False, "class-conditional model on the data's labels (sample with --label)", "data")
+    background_for: str | None = _f(
+        None,
+        "train the background model of the likelihood-ratio OOD score (Ren et al. 2019) for this RUN: its data and "
+        "architecture, and --mutation-rate 0.2 unless given",
+        "data",
+    )
+    mutation_rate: float = _f(
+        0.0,
+        "replace each dimension of every training batch by a uniform random level with this probability (images)",
+        "data",
+    )
     input: str = _f("auto", "the training and test splits: memory (loaded whole; on a GPU when under 2 GiB and "
                     "--workers is 0), stream (read batch by batch from the files), or auto (memory when the "
                     "training split takes at most a quarter of this machine's memory per process)", "data",
@@ -190,7 +202,8 @@ class TrainConfig:
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; presets: {', '.join(PRESETS)}")
         if self.is_image is False:
-            image_only = {"n_bits": None, "pad": None, "memory": "standard", "dequantization": "uniform"}
+            image_only = {"n_bits": None, "pad": None, "memory": "standard", "dequantization": "uniform",
+                          "mutation_rate": 0.0}  # fmt: skip
             for key, neutral in image_only.items():
                 if getattr(self, key) != neutral:
                     raise ValueError(f"config key {key!r} applies to image data only; {self.data!r} is "
@@ -245,6 +258,7 @@ RANGES: dict[str, IntRange | NumberRange] = {
     "lr": NumberRange(0, low_open=True),
     "grad_clip": NumberRange(0, low_open=True, optional=True),
     "rollback_lr_factor": NumberRange(0, 1, low_open=True),
+    "mutation_rate": NumberRange(0, 1),
 }
 """The allowed values of the numeric keys, checked by :meth:`TrainConfig.validate` and by ``glowflow train``'s
 argument types."""
@@ -294,6 +308,41 @@ PRESET_NOTES: dict[str, str] = {
     "toy": "TabularGlow K=8 width 64, 2000 steps (the 2-D toy densities)",
     "tabular": "TabularGlow K=10 width 128, 10k steps (a .csv/.npy table)",
 }
+
+
+def command_line(cfg: TrainConfig) -> str | None:
+    """The ``glowflow train`` command that resolves to ``cfg`` (but for ``out``, where the run was written): ``--data``
+    and ``--preset`` where they differ from what they default to, then every key whose value differs from what
+    those give, as its flag. None for data given as arrays in memory, which no command line can pass."""
+    if cfg.data == IN_MEMORY:
+        return None
+    named: dict[str, Any] = {}
+    preset = cfg.preset or "none"
+    if preset != default_preset(cfg.data):
+        named["preset"] = preset
+    implied_data = PRESETS[preset]["data"] if "preset" in named and preset in PRESETS else TrainConfig.data
+    if cfg.data != implied_data:
+        named["data"] = cfg.data
+    base = resolve_config(None, **{"data": cfg.data, **named})
+    flags = [_flag(name, value) for name, value in named.items()]
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.name not in ("data", "preset", "out") and value != getattr(base, f.name):
+            flags.append(_flag(f.name, value))
+    return " ".join(["glowflow train", *flags])
+
+
+def _flag(name: str, value: Any) -> str:
+    """``name = value`` as ``glowflow train``'s flag: ``--name VALUE``, ``--name`` / ``--no-name`` for a bool,
+    ``none`` for None, comma-separated numbers for a list."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    if value is None:
+        return f"{flag} none"
+    if isinstance(value, list):
+        return f"{flag} {','.join(map(str, value))}"
+    return f"{flag} {shlex.quote(str(value))}"
 
 
 def default_preset(data: str, kind: str | None = None) -> str:
@@ -361,6 +410,35 @@ def check_keys(values: dict[str, Any], where: str) -> None:
             raise ValueError(f"{where}: unknown config key {key!r}{hint}")
 
 
+# What ``background_for=RUN`` takes from RUN: its data and its architecture (the likelihood ratio compares two models
+# of one architecture, Ren et al. 2019); the optimisation settings come from the preset and the flags as usual.
+BACKGROUND_KEYS = ("data", "data_dir", "image_size", "fit", "n_bits", "pad", "conditional", "levels", "steps",
+                   "hidden", "coupling", "permutation", "conditioner", "mask", "dequantization", "precision",
+                   "memory")  # fmt: skip
+BACKGROUND_MUTATION_RATE = 0.2
+
+
+def background_values(run: str | os.PathLike) -> dict[str, Any]:
+    """The configuration layer of a background model for ``run`` (a run directory or checkpoint): the
+    :data:`BACKGROUND_KEYS` of its configuration (less the data for a run on in-memory arrays) and
+    ``mutation_rate`` :data:`BACKGROUND_MUTATION_RATE`. Explicit keys override them."""
+    from glowflow.training.checkpoint import find_checkpoint, load_checkpoint
+
+    path = find_checkpoint(run)
+    saved = load_checkpoint(path).get("config")
+    if not isinstance(saved, dict) or saved.get("data") is None:
+        raise ValueError(f"--background-for {run}: {path} holds no training configuration")
+    values = {k: saved[k] for k in BACKGROUND_KEYS if k in saved}
+    if values.get("data") == IN_MEMORY:
+        del values["data"]
+        values.pop("data_dir", None)
+    if saved.get("background_for"):
+        raise ValueError(f"--background-for {run}: that run is itself a background model (of "
+                         f"{saved['background_for']}); name the in-distribution run")  # fmt: skip
+    values["mutation_rate"] = BACKGROUND_MUTATION_RATE
+    return values
+
+
 def resolve_config(
     config: TrainConfig | dict[str, Any] | str | os.PathLike | None = None,
     *,
@@ -386,12 +464,17 @@ def resolve_config(
         file_values = load_config_file(config)
     else:
         raise ValueError(f"config must be a TrainConfig, a dict or a file path, got {type(config).__name__}")
+    background_for = overrides.get("background_for", file_values.get("background_for"))
+    run_values = background_values(background_for) if background_for else {}
     named = overrides.get("preset", file_values.get("preset"))
-    data = overrides.get("data", file_values.get("data"))
+    data = overrides.get("data", file_values.get("data", run_values.get("data")))
+    if background_for and data is None:
+        raise ValueError(f"--background-for {background_for}: that run was trained on arrays in memory; pass the "
+                         "same arrays again (glowflow.train(data=..., background_for=...))")  # fmt: skip
     if data is None:  # a named preset brings its own data set: ``--preset mnist`` trains on MNIST
         data = PRESETS[named]["data"] if named in PRESETS else TrainConfig.data
     preset = named or default_preset(data, data_kind)
-    values = {**preset_values(preset), **file_values, **overrides}
+    values = {**preset_values(preset), **run_values, **file_values, **overrides}
     values["preset"] = None if preset == "none" else preset
     values["data"] = data
     return TrainConfig(**values).validate()

@@ -344,6 +344,10 @@ def _start(run: Run) -> None:
     precision = model.precision + (" (auto)" if cfg.precision == "auto" else "")
     extras = [x for x in (precision != "fp32" and precision, cfg.compile and "compiled") if x]
     out.say(f"data: {data.describe()}" + (f", {cfg.workers} reader processes" if cfg.workers else ""))
+    if cfg.mutation_rate:
+        of = f", the background model for {cfg.background_for}" if cfg.background_for else ""
+        out.say(f"mutation: each training input dimension replaced by a uniform random level with probability "
+                f"{cfg.mutation_rate:g}{of}")  # fmt: skip
     for origin in data.origins():
         out.say(f"files: {origin}")
     out.say(f"model: {model.describe()}, on {ctx.device}{procs}" + (f" ({', '.join(extras)})" if extras else ""))

@@ -13,7 +13,8 @@ Convention - one list of rows per command, registered in ``TABLE``; to cover a n
 
 Every row runs in-process through ``glowflow.cli.main`` and must exit with code 2, write exactly one line to
 stderr (containing the fragment, no "Traceback"), leave the trained runs' files as they were (no ``eval_*.json``,
-no picture) and leave in ``{out}`` nothing that ``--resume`` would trust (no ``checkpoints/``). A few rows also run
+no picture) and leave in ``{out}`` nothing that ``--resume`` would trust (no ``checkpoints/``; for ``export``, no
+``{out}`` at all, nor a partial one beside it). A few rows also run
 as a real process (``python -m glowflow``) to prove the same end to end.
 """
 
@@ -135,6 +136,21 @@ INFO_ROWS = [
     Row("info {file}", "truncated or not a torch checkpoint file"),
 ]
 
+EXPORT_ROWS = [
+    Row("export {run}", "the following arguments are required: DIR"),
+    Row("export {run} {out} --measure 0", "argument --measure: must be >= 1, got '0'"),
+    Row("export {run} {out} --check -1", "argument --check: must be >= 0, got '-1'"),
+    Row("export {run} {out} --seed -1", "argument --seed: must lie in 0..2147483647"),
+    Row("export {run} {out} --device tpu", "argument --device: must be cpu, cuda, cuda:N or auto"),
+    Row("export {run} {out} --checkpoint first", "argument --checkpoint: invalid choice: 'first'"),
+    Row("export {run} {out} --pt2 --methods score", "argument --methods: expected comma-separated methods"),
+    Row("export {run} {out} --methods log_prob", "--methods selects the graphs of --onnx / --pt2"),
+    Row("export {run} {out} --check 5000", "the check subset (5000) is larger than the test split (297 examples)"),
+    Row("export {run} {file}", "is a file; export into a new (or empty) directory"),
+    Row("export {nowhere} {out}", "no such run directory or checkpoint file"),
+    Row("export glowflow/cifar {out}", "no shipped model 'glowflow/cifar'"),
+]
+
 GENERAL_ROWS = [
     Row("", "the following arguments are required: COMMAND"),
     Row("frobnicate", "argument COMMAND: invalid choice: 'frobnicate'"),
@@ -147,6 +163,7 @@ TABLE = {
     "interpolate": INTERPOLATE_ROWS,
     "manipulate": MANIPULATE_ROWS,
     "info": INFO_ROWS,
+    "export": EXPORT_ROWS,
     "general": GENERAL_ROWS,
 }
 ROWS = [pytest.param(row, id=f"{name}: {row.command}") for name, rows in TABLE.items() for row in rows]
@@ -206,6 +223,8 @@ def test_bad_input_is_one_line(row: Row, places: dict[str, str], capsys):
     assert line.startswith("glowflow"), line
     assert snapshot(places["run"], places["moons"]) == before  # no eval_*.json, no picture, nothing touched
     assert not (Path(places["out"]) / "checkpoints").exists()  # nothing that --resume would trust
+    if row.command.startswith("export"):  # no directory that would load, not even a partial one beside it
+        assert not Path(places["out"]).exists() and not list(Path(places["out"]).parent.glob(".*partial*"))
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ def test_public_api() -> None:
     }
     assert TOY_DENSITIES == ("moons", "circles", "checkerboard", "8gaussians", "pinwheel", "2spirals")
     assert list(DATASETS)[:6] == ["digits", "mnist", "fashion-mnist", "cifar10", "folder", "tabular"]
-    assert set(TOY_DENSITIES) <= set(DATASETS) and len(DATASETS) == 15
+    assert set(TOY_DENSITIES) <= set(DATASETS) and len(DATASETS) == 16 and DATASETS.get("array").kind == "image"
     descriptions = [DATASETS.get(name).description for name in DATASETS]
     assert all(isinstance(d, str) and d and "\n" not in d for d in descriptions)
     kinds = {name: DATASETS.get(name).kind for name in DATASETS}
