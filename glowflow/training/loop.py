@@ -151,7 +151,9 @@ def train(
     with _threads(cfg.threads):
         ctx = distributed.setup(cfg.device)
         try:
-            return _train(cfg, ckpt, ctx, memory, loss_hook)
+            result = _train(cfg, ckpt, ctx, memory, loss_hook)
+            distributed.barrier(ctx)  # rank 0 still writes its last files: leave the group together, not mid-write
+            return result
         finally:
             distributed.cleanup(ctx)
 
