@@ -149,12 +149,19 @@ def mix_channels(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tenso
 
 
 # ---- kernels with a fused activation ------------------------------------------------------------------------------
+# dtypes whose fused kernels oneDNN could not create on this CPU (bf16 without AVX-512: "could not create a
+# primitive descriptor"); from the first failure on, the plain composition serves them.
+_NO_FUSED_KERNEL: set[torch.dtype] = set()
+
+
 def _onednn(x: Tensor, *others: Tensor) -> bool:
     """Whether oneDNN's fused post-op kernels serve ``x``: CPU float32 / bfloat16 in eager mode, autograd not
-    recording (those kernels have no derivative; the callers with autograd use the plain composition)."""
+    recording (those kernels have no derivative; the callers with autograd use the plain composition), and a
+    kernel for its dtype on this CPU."""
     return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
+        and x.dtype not in _NO_FUSED_KERNEL
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and not torch.compiler.is_compiling()
@@ -167,7 +174,11 @@ def conv_relu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     backend can. Shapes: (B, C_in, H, W) -> (B, C_out, H, W)."""
     pad = weight.shape[-1] // 2
     if _onednn(x, weight, bias):
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [pad, pad], [1, 1], [1, 1], 1, "relu", [], "")
+        try:
+            args = (x, weight, bias, [pad, pad], [1, 1], [1, 1], 1, "relu", [], "")
+            return torch.ops.mkldnn._convolution_pointwise(*args)
+        except RuntimeError:
+            _NO_FUSED_KERNEL.add(x.dtype)
     out = F.conv2d(x, weight, bias, padding=pad)
     return out.relu() if torch.is_grad_enabled() else out.relu_()
 
@@ -175,7 +186,10 @@ def conv_relu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 def linear_relu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """``relu(x W^T + b)`` for rows ``x`` (N, C_in) -> (N, C_out), the ReLU fused where the backend can."""
     if _onednn(x, weight, bias):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu", [], "")
+        try:
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu", [], "")
+        except RuntimeError:
+            _NO_FUSED_KERNEL.add(x.dtype)
     out = F.linear(x, weight, bias)
     return out.relu() if torch.is_grad_enabled() else out.relu_()
 

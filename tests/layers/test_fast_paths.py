@@ -315,3 +315,27 @@ def test_a_fused_step_is_a_plain_flowstep_in_its_state_dict():
     plain = FlowSequence(*[make_step(4, 8, coupling="affine", permutation="lu", conditioner="glow") for _ in range(2)])
     assert keys == set(plain.state_dict())
     assert isinstance(fused[0], FlowStep)
+
+
+def test_fused_relu_kernels_fall_back_where_onednn_has_none(monkeypatch):
+    """oneDNN has no bf16 inner-product / convolution kernels on CPUs without AVX-512 ("could not create a
+    primitive descriptor"): the fused ReLU kernels then fall back to the plain composition for that dtype, for
+    good, instead of failing the step."""
+    import glowflow.layers.fused as fused
+
+    def missing(*args, **kwargs):
+        raise RuntimeError("could not create a primitive descriptor for the inner product forward propagation")
+
+    monkeypatch.setattr(fused, "_NO_FUSED_KERNEL", set())
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", missing)
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", missing)
+    torch.manual_seed(0)
+    x, w, b = torch.randn(6, 5), torch.randn(3, 5), torch.randn(3)
+    img, k, kb = torch.randn(2, 4, 5, 5), torch.randn(3, 4, 3, 3), torch.randn(3)
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            rows = fused.linear_relu(x.to(dtype), w.to(dtype), b.to(dtype))
+            torch.testing.assert_close(rows, torch.relu(x.to(dtype) @ w.to(dtype).T + b.to(dtype)))
+            maps = fused.conv_relu(img.to(dtype), k.to(dtype), kb.to(dtype))
+            torch.testing.assert_close(maps, torch.relu(F.conv2d(img.to(dtype), k.to(dtype), kb.to(dtype), padding=1)))
+    assert fused._NO_FUSED_KERNEL == {torch.float32, torch.bfloat16}
