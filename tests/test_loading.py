@@ -19,17 +19,8 @@ from glowflow.models.pretrained import shipped_models
 from glowflow.runs import open_run
 from glowflow.sharing import export_run
 from glowflow.training.config import TrainConfig
+from tests.helpers import one_thread
 from tests.training.train_helpers import TINY_FLAGS
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (on a CPU shared with other work, two threads make them many times
-    slower), and one thread fixes the summation order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +28,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """A class-conditional digits run and a moons run (4 steps each), and the pretrained directory of each."""
     root = tmp_path_factory.mktemp("sources")
     out = {"digits": root / "digits", "moons": root / "moons"}
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models run fastest on one thread
-    try:
+    with one_thread():  # module fixtures run before the autouse one
         assert main(["train", "--out", str(out["digits"]), *TINY_FLAGS, "--iters", "4", "--conditional"]) == 0
         assert main(["train", "--data", "moons", "--out", str(out["moons"]), *TINY_FLAGS, "--iters", "4"]) == 0
         for name in ("digits", "moons"):
             out[f"{name}-pretrained"] = root / f"{name}-pretrained"
             export_run(open_run(out[name], "cpu"), out[f"{name}-pretrained"])
-    finally:
-        torch.set_num_threads(before)
     return out
 
 

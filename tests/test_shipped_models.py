@@ -40,16 +40,6 @@ REL_TOL = 1e-5
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (on a CPU shared with other work, two threads make them many times
-    slower), and one thread fixes the summation order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def check_of(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
     folder = WEIGHTS_DIR / name
     return json.loads((folder / "check.json").read_text()), safetensors.torch.load_file(folder / "check.safetensors")

@@ -9,32 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from glowflow.cli import main
+from tests.helpers import one_thread
 from tests.training.train_helpers import TINY_FLAGS
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (on a CPU shared with other work, two threads make them many times
-    slower), and one thread fixes the summation order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A class-conditional digits run of 4 steps."""
     out = tmp_path_factory.mktemp("cli-export") / "digits"
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # module fixtures run before the autouse one
         assert main(["train", "--out", str(out), *TINY_FLAGS, "--iters", "4", "--conditional"]) == 0
-    finally:
-        torch.set_num_threads(before)
     return out
 
 
