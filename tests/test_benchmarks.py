@@ -26,6 +26,7 @@ nfg = load_script("benchmarks", "_normflows_glow")
 bench = load_script("benchmarks", "bench")
 budget = load_script("benchmarks", "budget")
 precision = load_script("benchmarks", "precision")
+kernel_bound = load_script("benchmarks", "kernel_bound")
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*torch.lu is deprecated:UserWarning"),  # inside normflows
@@ -228,7 +229,7 @@ def test_report_compares_with_the_best_other_library():
     "y0ast/Glow-PyTorch (Glow-PyTorch) to run the ports (no network in the test suite)",
 )
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_peers_build_train_score_and_sample(one_thread):
+def test_peers_build_train_score_and_sample():
     root = Path(os.environ["GLOWFLOW_PEERS"])
     cfg = bench.QUICK_CONFIGS["S"]
     for lib in bench.PEERS:
@@ -250,3 +251,36 @@ def test_precision_quick(tmp_path, capsys):
     assert row["difference"] == pytest.approx(row["bf16"]["test_bpd"] - row["fp32"]["test_bpd"])
     assert isinstance(results["auto_as_default"], bool)
     assert "| digits | 4 |" in capsys.readouterr().out
+
+
+def test_kernel_bound_quick(tmp_path, capsys):
+    """The replay of every recorded operation bounds each pass from below: the kernels alone take less than all the
+    operations, which take less than the measured pass plus the replays' own timing noise."""
+    out = tmp_path / "bound.json"
+    results = kernel_bound.main(["--quick", "--configs", "S", "--repeats", "2", "--json", str(out)])
+    assert json.loads(out.read_text()).keys() == results.keys() == {"S"}
+    libs = results["S"]
+    assert "glowflow" in libs and ("normflows" in libs) == (nfg.nf is not None)
+    for r in libs.values():
+        for name in ("train", "eval", "sample"):
+            a = r[name]
+            assert 0 < a["kernel_bound_s"] < a["all_ops_bound_s"]
+            assert a["kernel_calls"] > 0 and a["ops_per_call"] > a["kernel_calls"]
+            assert a["top"][0]["count"] >= 1 and a["kernel_in_step_s"] > 0
+    text = capsys.readouterr().out
+    assert "| glowflow | train |" in text and "best ratio at the kernel bound" in text
+
+
+def test_kernel_bound_replays_an_expanded_tensor_of_its_recorded_layout():
+    spec = kernel_bound.TensorSpec((3, 4), (0, 1), torch.float32, "cpu")  # an expanded (broadcast) row
+    t = spec.make()
+    assert t.shape == (3, 4) and t.stride() == (0, 1) and bool((t > 0).all())
+    recorder = kernel_bound.Recorder()
+    a, b = torch.randn(5, 6), torch.randn(6, 7)
+    with recorder:
+        for _ in range(3):
+            torch.mm(a, b)
+    (call,) = [c for c in recorder.calls.values() if c.kernel]
+    assert call.count == 3 and call.args[0].shape == (5, 6)
+    kernel_bound.replay([call], repeats=2, device="cpu")
+    assert 0 < call.best_s < 1
