@@ -26,6 +26,7 @@ reach from one that needs faster kernels (issue 14's criterion for closing a tar
     python benchmarks/kernel_bound.py                                   # glowflow alone, S and M
     python benchmarks/kernel_bound.py --peers /work/peers --configs S   # with normflows, rosinality, y0ast
     python benchmarks/kernel_bound.py --top 15                          # the 15 costliest operations of each step
+    python benchmarks/kernel_bound.py --peers /work/peers --bf16        # and glowflow with bf16 conditioners
     python benchmarks/kernel_bound.py --quick                           # tiny configs: every code path, ~30 s
 
 Run it under the same ``GLIBC_TUNABLES`` as bench.py's timing cases (the header prints what is set).
@@ -234,6 +235,8 @@ def run_config(cfg_name: str, libs: list[str], args) -> dict:
     torch.manual_seed(0)
     batches = Batches(cfg, args.device, Path(args.mnist_dir))
     contenders = [make_contender(lib, cfg, args.device, peers=args.peers) for lib in libs]
+    if args.bf16:
+        contenders.append(make_contender("glowflow", cfg, args.device, precision="bf16", name="glowflow-bf16"))
     for c in contenders:
         c.initialize(batches.next())
 
@@ -259,13 +262,13 @@ def run_config(cfg_name: str, libs: list[str], args) -> dict:
     passes = (("eval", evaluate, 7), ("sample", sample, 7), ("train", train, 5))
     if args.quick:
         passes = tuple((name, fn, 1) for name, fn, _ in passes)
-    out: dict = {c.lib: {"batch": cfg.batch} for c in contenders}
+    out: dict = {c.name: {"batch": cfg.batch} for c in contenders}
     for name, fn, rounds in passes:
-        fns = {c.lib: (lambda k, c=c, fn=fn: fn(c, k)) for c in contenders}
+        fns = {c.name: (lambda k, c=c, fn=fn: fn(c, k)) for c in contenders}
         times = interleaved(fns, batches.next, warmup=2, rounds=rounds * args.rounds_scale, device=args.device)
         k = batches.next()
         for c in contenders:
-            out[c.lib][name] = analyse(lambda c=c, fn=fn, k=k: fn(c, k), times[c.lib], args.repeats, args.device)
+            out[c.name][name] = analyse(lambda c=c, fn=fn, k=k: fn(c, k), times[c.name], args.repeats, args.device)
     return out
 
 
@@ -279,11 +282,12 @@ def report(results: dict, top: int, quick: bool = False) -> None:
         for lib, r in libs.items():
             for name in ("train", "eval", "sample"):
                 a = r[name]
-                others = [o[name]["measured_s"] for lo, o in libs.items() if lo != lib]
+                rivals = {lo: o for lo, o in libs.items() if lo != lib and not _same_library(lo, lib)}
+                others = [o[name]["measured_s"] for o in rivals.values()]
                 now = best = ""
                 if others:
                     fastest = min(others)
-                    fastest_min = min(o[name]["measured_min_s"] for lo, o in libs.items() if lo != lib)
+                    fastest_min = min(o[name]["measured_min_s"] for o in rivals.values())
                     if name == "sample":  # latency: lower is better
                         now, best = a["measured_s"] / fastest, a["kernel_bound_s"] / fastest_min
                     else:
@@ -308,6 +312,11 @@ def report(results: dict, top: int, quick: bool = False) -> None:
                     print(f"  {t['op']:32s} x{t['count']:3d}  {t['best_ms']:7.3f} ms  {t['shapes']}")
 
 
+def _same_library(a: str, b: str) -> bool:
+    """glowflow and glowflow-bf16 are one library: each is compared with the other libraries only."""
+    return a.split("-")[0] == b.split("-")[0]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="S,M")
@@ -319,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--mnist-dir", default=str(DEFAULT_MNIST_DIR))
     parser.add_argument("--top", type=int, default=0, help="list the N costliest operations of each training step")
+    parser.add_argument("--bf16", action="store_true", help="also glowflow with precision='bf16'")
     parser.add_argument("--quick", action="store_true", help="bench.py's tiny configs, one round: all code paths")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)

@@ -257,10 +257,10 @@ def test_kernel_bound_quick(tmp_path, capsys):
     """The replay of every recorded operation bounds each pass from below: the kernels alone take less than all the
     operations, which take less than the measured pass plus the replays' own timing noise."""
     out = tmp_path / "bound.json"
-    results = kernel_bound.main(["--quick", "--configs", "S", "--repeats", "2", "--json", str(out)])
+    results = kernel_bound.main(["--quick", "--configs", "S", "--repeats", "2", "--bf16", "--json", str(out)])
     assert json.loads(out.read_text()).keys() == results.keys() == {"S"}
     libs = results["S"]
-    assert "glowflow" in libs and ("normflows" in libs) == (nfg.nf is not None)
+    assert "glowflow" in libs and "glowflow-bf16" in libs and ("normflows" in libs) == (nfg.nf is not None)
     for r in libs.values():
         for name in ("train", "eval", "sample"):
             a = r[name]
