@@ -35,6 +35,7 @@ Run it under the same ``GLIBC_TUNABLES`` as bench.py's timing cases (the header 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -188,16 +189,18 @@ def _name(func) -> str:
     return f"{ns}::{op}"
 
 
-def analyse(fn: Callable[[], object], measured: list[float], repeats: int, device: str) -> dict:
-    """Record one call of ``fn``, replay its operations, profile its kernels; ``measured``: its interleaved times."""
+def record(fn: Callable[[], object]) -> list[Call]:
+    """The distinct operation calls of one call of ``fn``, with their counts."""
     rec = Recorder()
     with rec:
         fn()
-    calls = list(rec.calls.values())
-    replay(calls, repeats, device)
+    return list(rec.calls.values())
+
+
+def summarize(calls: list[Call], measured: list[float], in_step: float) -> dict:
+    """One pass's figures from its replayed ``calls``, its interleaved times and its profiled kernel time."""
     kernel = sum(c.count * c.best_s for c in calls if c.kernel)
     every = sum(c.count * c.best_s for c in calls)
-    in_step = in_step_kernel_time(fn) if device == "cpu" else float("nan")
     return {
         "measured_s": statistics.median(measured),
         "measured_min_s": min(measured),
@@ -263,12 +266,21 @@ def run_config(cfg_name: str, libs: list[str], args) -> dict:
     if args.quick:
         passes = tuple((name, fn, 1) for name, fn, _ in passes)
     out: dict = {c.name: {"batch": cfg.batch} for c in contenders}
+    recorded: dict[str, dict[str, tuple[list[Call], list[float], float]]] = {c.name: {} for c in contenders}
     for name, fn, rounds in passes:
         fns = {c.name: (lambda k, c=c, fn=fn: fn(c, k)) for c in contenders}
         times = interleaved(fns, batches.next, warmup=2, rounds=rounds * args.rounds_scale, device=args.device)
         k = batches.next()
         for c in contenders:
-            out[c.name][name] = analyse(lambda c=c, fn=fn, k=k: fn(c, k), times[c.name], args.repeats, args.device)
+            one = functools.partial(fn, c, k)
+            in_step = in_step_kernel_time(one) if args.device == "cpu" else float("nan")
+            recorded[c.name][name] = (record(one), times[c.name], in_step)
+    # a library's three passes replayed together, round after round, so that each call's best time is drawn from
+    # the whole replay of the library (tens of seconds) rather than from one moment of a drifting machine
+    for c in contenders:
+        replay([call for calls, _, _ in recorded[c.name].values() for call in calls], args.repeats, args.device)
+        for name, (calls, times, in_step) in recorded[c.name].items():
+            out[c.name][name] = summarize(calls, times, in_step)
     return out
 
 
