@@ -51,7 +51,16 @@ from torch.utils._pytree import tree_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _normflows_glow import nf  # noqa: E402
-from bench import CONFIGS, DEFAULT_MNIST_DIR, PEERS, QUICK_CONFIGS, Batches, interleaved, make_contender  # noqa: E402
+from bench import (  # noqa: E402
+    CONFIGS,
+    DEFAULT_MNIST_DIR,
+    PEERS,
+    QUICK_CONFIGS,
+    Batches,
+    interleaved,
+    make_contender,
+    sync,
+)
 
 _aten, _mkldnn = torch.ops.aten, getattr(torch.ops, "mkldnn", None)
 KERNELS = {
@@ -152,11 +161,6 @@ def replay(calls: list[Call], repeats: int, device: str) -> None:
             sync(device)
             if r:
                 call.best_s = min(call.best_s, time.perf_counter() - t0)
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def in_step_kernel_time(fn: Callable[[], object], calls: int = 3) -> float:
