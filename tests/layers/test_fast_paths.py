@@ -20,6 +20,7 @@ from glowflow.layers.fused import (
     linear_relu,
     lu_inverse_weight,
     lu_weight,
+    matmul,
     mix_channels,
     scale_rows,
 )
@@ -339,3 +340,19 @@ def test_fused_relu_kernels_fall_back_where_onednn_has_none(monkeypatch):
             maps = fused.conv_relu(img.to(dtype), k.to(dtype), kb.to(dtype))
             torch.testing.assert_close(maps, torch.relu(F.conv2d(img.to(dtype), k.to(dtype), kb.to(dtype), padding=1)))
     assert fused._NO_FUSED_KERNEL == {torch.float32, torch.bfloat16}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matmul_equals_the_plain_product_for_every_layout(dtype):
+    """oneDNN's product (float32 on CPU, autograd off) and the torch.mm fallback (float64, a transposed operand,
+    autograd recording) against ``a @ b``."""
+    torch.manual_seed(0)
+    a, b = torch.randn(300, 40, dtype=dtype), torch.randn(40, 24, dtype=dtype)
+    expected = a.double() @ b.double()
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    with torch.no_grad():
+        for x, w in ((a, b), (a, b.t().contiguous().t()), (a.t().contiguous().t(), b)):
+            assert max_abs(matmul(x, w), expected) < tol * expected.abs().max().item()
+    a.requires_grad_()
+    out = matmul(a, b)
+    assert out.requires_grad and max_abs(out, expected) < tol * expected.abs().max().item()
