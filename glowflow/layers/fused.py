@@ -149,8 +149,8 @@ def mix_channels(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tenso
 
 
 # ---- kernels with a fused activation ------------------------------------------------------------------------------
-# dtypes whose fused kernels oneDNN could not create on this CPU (bf16 without AVX-512: "could not create a
-# primitive descriptor"); from the first failure on, the plain composition serves them.
+# dtypes whose kernels oneDNN could not create on this CPU (fused activation or plain product; bf16 without
+# AVX-512: "could not create a primitive descriptor"); from the first failure on, the plain operations serve them.
 _NO_FUSED_KERNEL: set[torch.dtype] = set()
 
 
@@ -200,7 +200,7 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     the col2im convolutions use it: on Zen 4 (torch 2.13, MKL 2024.2, oneDNN 3.12) it ran 1.2-1.9x faster than
     ``torch.mm`` for their shapes (8192x256 @ 256x256: 189 vs 147 GFLOP/s; 8192x36 @ 36x256: 148 vs 79). The
     weight-gradient products ``a^T b`` stay with ``torch.mm``, which takes the transposed operand without a copy."""
-    if a.is_contiguous() and _onednn(a, b):
+    if a.is_contiguous() and a.dtype == b.dtype and _onednn(a, b):
         try:
             return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")
         except RuntimeError:

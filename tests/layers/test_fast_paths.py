@@ -356,3 +356,14 @@ def test_matmul_equals_the_plain_product_for_every_layout(dtype):
     a.requires_grad_()
     out = matmul(a, b)
     assert out.requires_grad and max_abs(out, expected) < tol * expected.abs().max().item()
+
+
+def test_matmul_of_mixed_dtypes_does_not_disable_the_onednn_kernels():
+    """A dtype mismatch is the caller's error (torch.mm raises), not a kernel this CPU lacks: it must not switch the
+    oneDNN kernels off for the rest of the process."""
+    from glowflow.layers import fused
+
+    before = set(fused._NO_FUSED_KERNEL)
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        matmul(torch.randn(4, 3), torch.randn(3, 2, dtype=torch.float64))
+    assert fused._NO_FUSED_KERNEL == before
