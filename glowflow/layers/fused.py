@@ -221,7 +221,7 @@ def conv_same(x: Tensor, weight: Tensor, bias: Tensor, relu: bool = False) -> Te
     """``conv(x, w) + b`` (then ReLU if ``relu``), stride 1, "same" padding (odd k x k kernels), by whichever of
     three equal computations suits the channel counts (differentiable when autograd records):
 
-    * few input channels: im2col, ``unfold(x) @ w_flat^T + b`` (``w_flat`` = w as (C_out, C_in k k));
+    * few input channels: im2col, ``unfold(x) @ w_flat^T + b`` (``w_flat[c, (i, j, h)] = w[c, h, i, j]``);
     * few output channels: col2im, ``fold(a @ W) + b`` with ``W[h, (c, i, j)] = w[c, h, k-1-i, k-1-j]`` (the
       flipped kernel: fold adds each position's patch of outputs around it);
     * otherwise oneDNN's direct convolution (:func:`conv_relu` with the ReLU fused).
@@ -230,7 +230,7 @@ def conv_same(x: Tensor, weight: Tensor, bias: Tensor, relu: bool = False) -> Te
     """
     c_out, c_in, k, _ = weight.shape
     if c_in <= FEW_INPUT_CHANNELS:
-        cols, flat = _unfold_rows(x, k), weight.reshape(c_out, -1)
+        cols, flat = _unfold_rows(x, k), weight.permute(0, 2, 3, 1).reshape(c_out, -1)
         rows = linear_relu(cols, flat, bias) if relu else F.linear(cols, flat, bias)
         return _image(rows, x)
     if c_out <= FEW_OUTPUT_CHANNELS:
@@ -243,19 +243,20 @@ def conv_same(x: Tensor, weight: Tensor, bias: Tensor, relu: bool = False) -> Te
 
 def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (input, weight, bias) of :func:`conv_same` without the ReLU, by the same computation as its forward:
-    ``dx = fold(dy_rows w_flat)``, ``dw_flat = dy_rows^T unfold(x)`` (im2col); ``dx = unfold(dy) W^T``,
-    ``dW = x_rows^T unfold(dy)`` (col2im); or oneDNN's convolution backward. The bias gradient, a sum over all
+    ``dx = fold(dy_rows w)``, ``dw_flat = dy_rows^T unfold(x)`` (im2col); ``dx = unfold(dy) W'``,
+    ``dW' = x_rows^T unfold(dy)`` with ``W'[(i, j, c), h] = w[c, h, k-1-i, k-1-j]`` (col2im); or oneDNN's
+    convolution backward. The bias gradient, a sum over all
     positions, is accumulated and returned in at least float32."""
     c_out, c_in, k, _ = weight.shape
     g_bias = grad.sum((0, 2, 3), dtype=torch.promote_types(grad.dtype, torch.float32))
     if c_in <= FEW_INPUT_CHANNELS:
         g_rows = _rows(grad)
-        g_w = (g_rows.t() @ _unfold_rows(x, k)).view(weight.shape)
+        g_w = (g_rows.t() @ _unfold_rows(x, k)).view(c_out, k, k, c_in).permute(0, 3, 1, 2)
         return _fold_rows(matmul(g_rows, weight.reshape(c_out, -1)), x, k), g_w, g_bias
     if c_out <= FEW_OUTPUT_CHANNELS:
         g_cols = _unfold_rows(grad, k)
-        g_x = _image(matmul(g_cols, _fold_weight(weight).t()), x)
-        g_w = (_rows(x).t() @ g_cols).view(c_in, c_out, k, k).permute(1, 0, 2, 3).flip(2, 3)
+        g_x = _image(matmul(g_cols, weight.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, c_in)), x)
+        g_w = (_rows(x).t() @ g_cols).view(c_in, k, k, c_out).permute(3, 0, 1, 2).flip(2, 3)
         return g_x, g_w, g_bias
     g_x, g_w, _ = torch.ops.aten.convolution_backward(
         grad, x, weight, None, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1, [True, True, False]
@@ -264,12 +265,24 @@ def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor,
 
 
 def _unfold_rows(x: Tensor, k: int) -> Tensor:
-    """im2col: (B, C, H, W) -> (B*H*W, C*k*k), row n = the k x k patch around position n ("same" zero padding)."""
-    return F.unfold(x, k, padding=k // 2).transpose(1, 2).reshape(-1, x.shape[1] * k * k)
+    """im2col: (B, C, H, W) -> (B*H*W, k*k*C), row n = the k x k patch around position n ("same" zero padding),
+    columns in (i, j, c) order. One copy of a view of the zero-padded (B, H, W, C) image with k x k overlapping
+    windows (measured 1.7-5x faster than ``F.unfold``, which loops over the batch); while autograd records ``x``,
+    the k*k shifted windows concatenated instead (the overlapping view's backward is slow)."""
+    b, c, h, w = x.shape
+    p = k // 2
+    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, p, p, p, p))
+    if torch.is_grad_enabled() and x.requires_grad:
+        windows = [padded[:, i : i + h, j : j + w] for i in range(k) for j in range(k)]
+        return torch.cat(windows, dim=-1).view(b * h * w, k * k * c)
+    s0, s1, s2, s3 = padded.stride()
+    view = padded.as_strided((b, h, w, k, k, c), (s0, s1, s2, s1, s2, s3), padded.storage_offset())
+    return view.reshape(b * h * w, k * k * c)
 
 
 def _fold_rows(rows: Tensor, like: Tensor, k: int) -> Tensor:
-    """col2im, the adjoint of :func:`_unfold_rows`: (B*H*W, C*k*k) -> (B, C, H, W), patches added up."""
+    """col2im: (B*H*W, C*k*k) with columns in (c, i, j) order -> (B, C, H, W), each row's k x k patch added at the
+    positions around its own ("same" zero padding); ``F.fold``."""
     b, _, h, w = like.shape
     return F.fold(rows.view(b, h * w, -1).transpose(1, 2), (h, w), k, padding=k // 2)
 

@@ -4,7 +4,7 @@ weights, and channels-last inputs against contiguous ones.
 
 Each pair computes the same function in a different order of floating-point operations, so the comparisons use
 a bound relative to the size of the values: float64 ~1e-12 (a few ulps of one fused matrix product, ~1e-15, summed
-over a couple of layers), float32 ~1e-5 (measured ~1e-7)."""
+over a couple of layers), float32 ~1e-5 (measured ~1e-7 to ~1e-6; the inverse of a randomised step up to ~1e-5)."""
 
 import pytest
 import torch
@@ -18,6 +18,10 @@ from tests.helpers import assert_close, both_layouts, check_flow, randomize_
 
 DTYPES = [torch.float64, torch.float32]
 REL = {torch.float64: 1e-12, torch.float32: 1e-5}  # see the module docstring
+# the generative direction divides by the coupling's scale and applies W^-1 of a randomised step, which amplifies
+# float32 rounding: against a float64 copy of the step, the fused inverse's error is 1e-6 to 7.5e-6 (6 seeds), so
+# two float32 paths may differ by ~1.5e-5
+REL_INVERSE = {torch.float64: 1e-12, torch.float32: 5e-5}
 
 
 def _flow_step(mixer_cls: type, lu: bool, channels: int, dtype: torch.dtype) -> FlowStep:
@@ -96,8 +100,8 @@ def test_flow_step_fused_forward_and_inverse_match_the_plain_composition(mixer_c
         with torch.set_grad_enabled(grad_enabled):
             x_back, ld_inv = step.inverse(y_plain)
         assert calls == []
-        assert_close(x_back, x_plain, rel, f"fused inverse (grad {grad_enabled})")
-        assert_close(x_back, x, rel, f"fused round trip (grad {grad_enabled})")
+        assert_close(x_back, x_plain, REL_INVERSE[dtype], f"fused inverse (grad {grad_enabled})")
+        assert_close(x_back, x, REL_INVERSE[dtype], f"fused round trip (grad {grad_enabled})")
         assert_close(ld_inv, ld_inv_plain, rel, f"fused inverse log-det (grad {grad_enabled})")
 
 
