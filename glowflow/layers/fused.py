@@ -267,12 +267,13 @@ def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor,
 def _unfold_rows(x: Tensor, k: int) -> Tensor:
     """im2col: (B, C, H, W) -> (B*H*W, k*k*C), row n = the k x k patch around position n ("same" zero padding),
     columns in (i, j, c) order. One copy of a view of the zero-padded (B, H, W, C) image with k x k overlapping
-    windows (measured 1.7-5x faster than ``F.unfold``, which loops over the batch); while autograd records ``x``,
-    the k*k shifted windows concatenated instead (the overlapping view's backward is slow)."""
+    windows (measured 1.7-5x faster than ``F.unfold``, which loops over the batch); while autograd records ``x``
+    or torch.compile traces, the k*k shifted windows concatenated instead (the overlapping view's backward is slow,
+    and the compiler does not trace ``as_strided``)."""
     b, c, h, w = x.shape
     p = k // 2
     padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, p, p, p, p))
-    if torch.is_grad_enabled() and x.requires_grad:
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad):
         windows = [padded[:, i : i + h, j : j + w] for i in range(k) for j in range(k)]
         return torch.cat(windows, dim=-1).view(b * h * w, k * k * c)
     s0, s1, s2, s3 = padded.stride()
