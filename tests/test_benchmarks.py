@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 
 import pytest
@@ -251,6 +252,44 @@ def test_precision_quick(tmp_path, capsys):
     assert row["difference"] == pytest.approx(row["bf16"]["test_bpd"] - row["fp32"]["test_bpd"])
     assert isinstance(results["auto_as_default"], bool)
     assert "| digits | 4 |" in capsys.readouterr().out
+
+
+def test_precision_summary_over_seeds():
+    """Means, the mean difference's standard error and each precision's spread over seeds, and the verdicts: a
+    mean difference within 0.01 is not resolved while its standard error is above 0.01."""
+
+    def run(bpd: float) -> dict:
+        return {"test_bpd": bpd, "steps": 10, "skipped": 1, "train_s": 2.0}
+
+    pairs = {0: (2.40, 2.42), 1: (2.60, 2.58), 2: (2.50, 2.51)}
+    runs = {(s, p): run(v) for s, (a, b) in pairs.items() for p, v in (("fp32", a), ("bf16", b))}
+    row = precision.summarise({}, [0, 1, 2], runs)
+    assert row["fp32"]["test_bpd"] == pytest.approx(2.50) and row["bf16"]["test_bpd"] == pytest.approx(2.50333333)
+    assert row["difference"] == pytest.approx(0.01 / 3)
+    assert row["difference_stderr"] == pytest.approx(statistics.stdev([0.02, -0.02, 0.01]) / 3**0.5)
+    assert row["fp32"]["spread"] == pytest.approx(0.1) and row["fp32"]["skipped"] == 3
+    assert row["within_tolerance"] and not row["resolved"]
+    one = precision.summarise({}, [1], {(1, "fp32"): run(2.6), (1, "bf16"): run(2.605)})
+    assert one["difference_stderr"] is None and one["fp32"]["spread"] is None
+    assert one["within_tolerance"] and one["resolved"]
+
+
+def test_precision_seeds_in_worker_processes(tmp_path, capsys):
+    """``--seeds 0,1 --jobs 2``: four runs in two spawned workers, one pair per seed, and the per-seed table."""
+    out = tmp_path / "precision.json"
+    precision.main(["--quick", "--runs", "digits", "--seeds", "1,0", "--jobs", "2", "--json", str(out)])
+    row = json.loads(out.read_text())["runs"]["digits"]
+    assert row["seeds"] == [0, 1] and [r["seed"] for r in row["per_seed"]] == [0, 1]
+    assert row["difference"] == pytest.approx(statistics.fmean(r["difference"] for r in row["per_seed"]))
+    assert row["difference_stderr"] is not None and row["fp32"]["spread"] is not None
+    printed = capsys.readouterr().out
+    assert "| digits | 4 | 2 |" in printed and "| digits | 1 |" in printed
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "a,b"], ["--seeds", ","], ["--jobs", "0"]])
+def test_precision_rejects_bad_arguments(argv):
+    with pytest.raises(SystemExit):
+        precision.main(["--quick", "--runs", "digits", *argv])
 
 
 def test_kernel_bound_quick(tmp_path, capsys):
