@@ -13,7 +13,7 @@ the final test bits/dim as the training loop measures it. The rule of glowflow i
 With several ``--seeds`` the report gives each seed's pair, the mean difference over the seeds and its standard
 error, and the spread of the fp32 runs alone: how far two trajectories of one precision end apart when only the
 seed (or any rounding) differs. A difference is only resolved to 0.01 when that standard error is below 0.01; one
-seed cannot say (on MNIST-5k at 1,000 steps four seeds ended 0.29 bpd apart in fp32 alone). ``auto_as_default``
+seed cannot say (on MNIST-5k at 1,000 steps four seeds ended 0.29-0.32 bpd apart in fp32 alone). ``auto_as_default``
 needs every run's mean difference within the tolerance and, with several seeds, its standard error within it too.
 ``--jobs N`` trains N runs at a time in separate processes (each MNIST-5k run uses ``--threads`` threads).
 
@@ -115,16 +115,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="a few steps per run (smoke test)")
     args = parser.parse_args(argv)
     args.runs = [r for r in args.runs.split(",") if r]
+    from glowflow.checks import SEED
+    from glowflow.training.devices import native_bf16
+
     try:
         seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
     except ValueError:
         parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
     if not seeds:
         parser.error("--seeds names no seed")
+    for seed in seeds:
+        if (problem := SEED.problem(seed)) is not None:
+            parser.error(f"--seeds: {seed} {problem}")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
-
-    from glowflow.training.devices import native_bf16
 
     results: dict = {"native_bf16": native_bf16(torch.device("cpu")), "tolerance": TOLERANCE, "runs": {}}
     if not args.mnist5k_dir.is_dir() and "mnist5k" in args.runs:

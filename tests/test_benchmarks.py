@@ -286,10 +286,16 @@ def test_precision_seeds_in_worker_processes(tmp_path, capsys):
     assert "| digits | 4 | 2 |" in printed and "| digits | 1 |" in printed
 
 
-@pytest.mark.parametrize("argv", [["--seeds", "a,b"], ["--seeds", ","], ["--jobs", "0"]])
-def test_precision_rejects_bad_arguments(argv):
-    with pytest.raises(SystemExit):
+@pytest.mark.parametrize(
+    "argv", [["--seeds", "a,b"], ["--seeds", ","], ["--seeds", "0,-1"], ["--jobs", "0"], ["--jobs", "two"], ["--jobs"]]
+)
+def test_precision_rejects_bad_arguments(argv, capsys):
+    """Exit 2 before any training, with one error line naming the flag."""
+    with pytest.raises(SystemExit) as exit_info:
         precision.main(["--quick", "--runs", "digits", *argv])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and argv[0] in errors[0]
 
 
 def test_kernel_bound_quick(tmp_path, capsys):
