@@ -70,7 +70,15 @@ def scale_rows(weight: Weights, scale: Tensor) -> Tensor:
     stores references to the weights instead of their stacked copy."""
     if isinstance(weight, Tensor):
         return weight * scale.view(*scale.shape, *(1,) * (weight.dim() - scale.dim()))
+    if not torch.is_grad_enabled():  # nothing to store (and torch.compile then traces no autograd.Function)
+        return _stack_scaled(scale, weight)
     return _StackedScale.apply(scale, *weight)
+
+
+def _stack_scaled(scale: Tensor, weights: Sequence[Tensor]) -> Tensor:
+    """``stack(weights) * scale``, the scaling in place on the stack."""
+    stacked = torch.stack(tuple(weights))
+    return stacked.mul_(scale.view(*scale.shape, *(1,) * (stacked.dim() - scale.dim())))
 
 
 class _StackedScale(torch.autograd.Function):
@@ -80,8 +88,7 @@ class _StackedScale(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scale, *weights):
         ctx.save_for_backward(scale, *weights)
-        stacked = torch.stack(weights)
-        return stacked.mul_(scale.view(*scale.shape, *(1,) * (stacked.dim() - scale.dim())))
+        return _stack_scaled(scale, weights)
 
     @staticmethod
     def backward(ctx, grad):
@@ -157,14 +164,15 @@ _NO_FUSED_KERNEL: set[torch.dtype] = set()
 def _onednn(x: Tensor, *others: Tensor) -> bool:
     """Whether oneDNN's fused post-op kernels serve ``x``: CPU float32 / bfloat16 in eager mode, autograd not
     recording (those kernels have no derivative; the callers with autograd use the plain composition), and a
-    kernel for its dtype on this CPU."""
+    kernel for its dtype on this CPU. ``is_compiling`` comes first: torch.compile does not trace
+    ``torch.backends.mkldnn.is_available`` and would split its graph at every call."""
     return (
-        x.device.type == "cpu"
+        not torch.compiler.is_compiling()
+        and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and x.dtype not in _NO_FUSED_KERNEL
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
-        and not torch.compiler.is_compiling()
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *others)))
     )
 
@@ -436,10 +444,10 @@ class _GlowStep(torch.autograd.Function):
         )
         g_y_b = grad_y[:, ca:]
         if ctx.affine:  # dh_b = dt = dy_b * s;  dz = (dy_b * y_b + dlogdet) * (1 - sigmoid(2) * s)
-            torch.mul(g_y_b, scale, out=grad_h[:, ca:])
+            _into(grad_h[:, ca:], torch.mul, g_y_b, scale)
             g_logdet = y.new_zeros(y.shape[0]) if grad_logdet is None else grad_logdet
             v = torch.addcmul(g_logdet.to(y.dtype).view(-1, 1, 1, 1), g_y_b, y[:, ca:])
-            torch.addcmul(v, v, scale, value=-SIGMOID_2, out=g_net[:, cb:])
+            _into(g_net[:, cb:], torch.addcmul, v, v, scale, value=-SIGMOID_2)
         else:  # dh_b = dt = dy_b
             grad_h[:, ca:] = g_y_b
         g_net[:, :cb] = grad_h[:, ca:]
@@ -453,7 +461,7 @@ class _GlowStep(torch.autograd.Function):
         g_conv2, g_conv2_bias = g_a2.t() @ _rows(a1), g_a2.sum(0, dtype=y.dtype)
         g_a1 = _relu_backward_(_image(matmul(g_a2, conv2), a1), a1)
         g_x_a, g_conv1, g_conv1_bias = conv_same_backward(g_a1, net_in, conv1)
-        torch.add(grad_y[:, :ca], g_x_a, out=grad_h[:, :ca])
+        _into(grad_h[:, :ca], torch.add, grad_y[:, :ca], g_x_a)
         # the mixing h = A x + c:  dx = A^T dh,  dA = dh x^T,  dc = sum of dh over positions
         g_rows = _rows(grad_h)
         needs = ctx.needs_input_grad
@@ -465,8 +473,20 @@ class _GlowStep(torch.autograd.Function):
 
 
 def _relu_backward_(grad: Tensor, out: Tensor) -> Tensor:
-    """``grad * (out > 0)`` in place on ``grad``, for ``out = relu(...)``."""
+    """``grad * (out > 0)`` in place on ``grad``, for ``out = relu(...)`` (a new tensor while torch.compile traces,
+    see :func:`_into`)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.aten.threshold_backward(grad, out, 0)
     return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
+
+
+def _into(out: Tensor, op, *args, **kwargs) -> Tensor:
+    """``op(*args, **kwargs, out=out)``, the result written straight into ``out``, a view into a larger tensor (no
+    concatenation afterwards). While torch.compile traces, computed and copied in instead: TorchDynamo does not
+    trace ``out=`` into a non-contiguous view and would split the graph at every step of flow."""
+    if torch.compiler.is_compiling():
+        return out.copy_(op(*args, **kwargs))
+    return op(*args, **kwargs, out=out)
 
 
 def glow_step(x: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
