@@ -28,6 +28,7 @@ bench = load_script("benchmarks", "bench")
 budget = load_script("benchmarks", "budget")
 precision = load_script("benchmarks", "precision")
 kernel_bound = load_script("benchmarks", "kernel_bound")
+compile_bench = load_script("benchmarks", "compile")
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*torch.lu is deprecated:UserWarning"),  # inside normflows
@@ -329,3 +330,28 @@ def test_kernel_bound_replays_an_expanded_tensor_of_its_recorded_layout():
     assert call.count == 3 and call.args[0].shape == (5, 6)
     kernel_bound.replay([call], repeats=2, device="cpu")
     assert 0 < call.best_s < 1
+
+
+def test_compile_quick(tmp_path, capsys):
+    """Each pass traces as one graph, is compiled (here by aot_eager: the same capture, eager kernels) and timed
+    against eager mode; the table and the JSON carry the same rows."""
+    out = tmp_path / "compile.json"
+    result = compile_bench.main(["--quick", "--configs", "S", "--backend", "aot_eager", "--rounds", "2",
+                                 "--json", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == result
+    rows = result["rows"]
+    assert [r["pass"] for r in rows] == ["train", "eval", "sample"]
+    for r in rows:
+        assert (r["graphs"], r["graph_breaks"]) == (1, 0) and r["compile_s"] > 0
+        assert 0 < r["eager_fastest_ms"] <= r["eager_ms"] and 0 < r["compiled_fastest_ms"] <= r["compiled_ms"]
+        assert r["ratio"] == pytest.approx(r["compiled_ms"] / r["eager_ms"])
+    assert "| S | eval | 1 / 0 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--configs", "X"], ["--passes", "train,fly"], ["--rounds", "0"]])
+def test_compile_bad_arguments_exit_2_naming_the_flag(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        compile_bench.main(["--quick", *argv])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and argv[0] in errors[0]
