@@ -253,10 +253,9 @@ def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor,
     """Gradients (input, weight, bias) of :func:`conv_same` without the ReLU, by the same computation as its forward:
     ``dx = fold(dy_rows w)``, ``dw_flat = dy_rows^T unfold(x)`` (im2col); ``dx = unfold(dy) W'``,
     ``dW' = x_rows^T unfold(dy)`` with ``W'[(i, j, c), h] = w[c, h, k-1-i, k-1-j]`` (col2im); or oneDNN's
-    convolution backward. The bias gradient, a sum over all
-    positions, is accumulated and returned in at least float32."""
+    convolution backward. The bias gradient, a sum over all positions, is :func:`channel_sum`'s."""
     c_out, c_in, k, _ = weight.shape
-    g_bias = grad.sum((0, 2, 3), dtype=torch.promote_types(grad.dtype, torch.float32))
+    g_bias = channel_sum(grad, (0, 2, 3))
     if c_in <= FEW_INPUT_CHANNELS:
         g_rows = _rows(grad)
         g_w = (g_rows.t() @ _unfold_rows(x, k)).view(c_out, k, k, c_in).permute(0, 3, 1, 2)
@@ -270,6 +269,16 @@ def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor,
         grad, x, weight, None, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1, [True, True, False]
     )
     return g_x, g_w, g_bias
+
+
+def channel_sum(grad: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """A bias gradient: ``grad`` summed over ``dims``, accumulated in float32 and returned in at least float32.
+    A bfloat16 ``grad``'s sum is rounded once to bfloat16 (relative error <= 2^-9, as the bfloat16 weight gradients
+    of the same layer): ``sum(dtype=float32)`` would first convert the whole of ``grad`` to float32, which made bf16
+    training steps 3 % (S) and 8 % (M) slower on an Intel Xeon with AMX."""
+    if grad.dtype == torch.bfloat16:
+        return grad.sum(dims).float()
+    return grad.sum(dims, dtype=torch.promote_types(grad.dtype, torch.float32))
 
 
 def _unfold_rows(x: Tensor, k: int) -> Tensor:
@@ -458,7 +467,7 @@ class _GlowStep(torch.autograd.Function):
         g_a2, g_out, _ = conv_same_backward(g_net.to(dtype), a2, out)
         g_out_bias = g_net.sum((0, 2, 3))  # from the float32 gradient, also under bf16 conditioners
         g_a2 = _rows(_relu_backward_(g_a2, a2))
-        g_conv2, g_conv2_bias = g_a2.t() @ _rows(a1), g_a2.sum(0, dtype=y.dtype)
+        g_conv2, g_conv2_bias = g_a2.t() @ _rows(a1), channel_sum(g_a2, (0,))
         g_a1 = _relu_backward_(_image(matmul(g_a2, conv2), a1), a1)
         g_x_a, g_conv1, g_conv1_bias = conv_same_backward(g_a1, net_in, conv1)
         _into(grad_h[:, :ca], torch.add, grad_y[:, :ca], g_x_a)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from glowflow.export import FrozenMatrix
 from glowflow.layers import FlowSequence
 from glowflow.layers.fused import (
+    channel_sum,
     conv_relu,
     conv_same,
     conv_same_backward,
@@ -308,6 +309,54 @@ def test_conv_same_and_its_backward_equal_conv2d(c_in, c_out, k):
     # with autograd recording, the same computation is differentiable
     auto = torch.autograd.grad(conv_same(x, w, b), (x, w, b), g)
     assert all(max_abs(a, e) < 1e-12 for a, e in zip(auto, expected_grads, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_channel_sum_accumulates_in_float32_and_rounds_bf16_once(dtype):
+    """Bias gradients: float32 / float64 sums in their dtype; a bf16 gradient's sum accumulated in float32, rounded
+    once to bf16 (within one bf16 rounding of the exact sum, where bf16 accumulation misses by far more), returned
+    as float32."""
+    torch.manual_seed(0)
+    grad = (torch.randn(64, 24, 32, 32) + 0.3).to(dtype).contiguous(memory_format=CL)
+    exact = grad.double().sum((0, 2, 3))
+    got = channel_sum(grad, (0, 2, 3))
+    assert got.dtype == torch.promote_types(dtype, torch.float32) and got.shape == (24,)
+    rel = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2.0**-8}[dtype]
+    assert ((got.double() - exact).abs() / exact.abs()).max() <= rel
+    if dtype == torch.bfloat16:
+        assert max_abs(got, exact.to(torch.bfloat16).float()) <= max_abs(exact.to(torch.bfloat16).float(), exact)
+        running = torch.zeros(24, dtype=torch.bfloat16)
+        for b in grad.unbind(0):  # bf16 accumulation, for contrast
+            running += b.sum((1, 2))
+        assert ((running.double() - exact).abs() / exact.abs()).max() > 4 * 2.0**-8
+
+
+@pytest.mark.parametrize(("c_in", "c_out"), [(3, 16), (16, 5)])  # im2col, col2im
+@pytest.mark.parametrize("k", [1, 3])
+def test_conv_same_and_its_backward_equal_conv2d_under_torch_compile(c_in, c_out, k):
+    """While torch.compile traces, im2col is k*k concatenated windows instead of an overlapping strided view
+    (``_unfold_rows``): the same values as eager mode, forward, hand-derived backward and autograd."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    x = torch.randn(2, c_in, 5, 6, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
+    w = torch.randn(c_out, c_in, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(c_out, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, c_out, 5, 6, dtype=torch.float64).contiguous(memory_format=CL)
+    expected = F.conv2d(x, w, b, padding=k // 2)
+    expected_grads = torch.autograd.grad(expected, (x, w, b), g)
+
+    def no_grad(x, w, b, g):
+        with torch.no_grad():
+            return conv_same(x, w, b), *conv_same_backward(g, x, w)
+
+    out, *grads = torch.compile(no_grad, backend="aot_eager", fullgraph=True)(x, w, b, g)
+    assert max_abs(out, expected) < 1e-12
+    assert all(max_abs(a, e) < 1e-12 for a, e in zip(grads, expected_grads, strict=True))
+    traced = torch.compile(conv_same, backend="aot_eager", fullgraph=True)(x, w, b)
+    auto = torch.autograd.grad(traced, (x, w, b), g)
+    assert max_abs(traced, expected) < 1e-12
+    assert all(max_abs(a, e) < 1e-12 for a, e in zip(auto, expected_grads, strict=True))
+    torch._dynamo.reset()
 
 
 def test_a_fused_step_is_a_plain_flowstep_in_its_state_dict():
