@@ -217,17 +217,28 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
 
 
 FEW_INPUT_CHANNELS = 4
-"""At or below this many input channels a convolution runs as unfold + matrix product (measured on Zen 4 with
+"""At or below this many input channels a float32 convolution runs as unfold + matrix product (measured on Zen 4 with
 oneDNN 3.12: 1.7x faster than the direct convolution, forward + backward, for 2 -> 256 channels on 16x16 images;
 slower from 6 input channels on)."""
 FEW_OUTPUT_CHANNELS = 8
-"""At or below this many output channels a convolution runs as matrix product + fold (measured: 2x faster for
+"""At or below this many output channels a float32 convolution runs as matrix product + fold (measured: 2x faster for
 256 -> 4 channels on 16x16, 1.1-1.8x for 256 -> 8 on 8x8; slower for 128 -> 12)."""
+
+
+def _few_channels(x: Tensor, c_in: int, c_out: int) -> tuple[bool, bool]:
+    """Whether :func:`conv_same` takes the im2col (few input channels) or the col2im form (few output channels).
+    Never for bfloat16, whose direct oneDNN convolutions ran faster at every channel count measured (Intel Xeon with
+    AMX, batch 32: 2 -> 256 on 16x16 forward 317 vs 532 us, backward 1137 vs 1394; 256 -> 4 forward 411 vs 950,
+    backward 1234 vs 1176; config M's bf16 evaluation 0.79x, sampling 0.84x, training 0.96x the time)."""
+    if x.dtype == torch.bfloat16:
+        return False, False
+    return c_in <= FEW_INPUT_CHANNELS, c_out <= FEW_OUTPUT_CHANNELS
 
 
 def conv_same(x: Tensor, weight: Tensor, bias: Tensor, relu: bool = False) -> Tensor:
     """``conv(x, w) + b`` (then ReLU if ``relu``), stride 1, "same" padding (odd k x k kernels), by whichever of
-    three equal computations suits the channel counts (differentiable when autograd records):
+    three equal computations suits the channel counts and dtype (:func:`_few_channels`; differentiable when autograd
+    records):
 
     * few input channels: im2col, ``unfold(x) @ w_flat^T + b`` (``w_flat[c, (i, j, h)] = w[c, h, i, j]``);
     * few output channels: col2im, ``fold(a @ W) + b`` with ``W[h, (c, i, j)] = w[c, h, k-1-i, k-1-j]`` (the
@@ -237,11 +248,12 @@ def conv_same(x: Tensor, weight: Tensor, bias: Tensor, relu: bool = False) -> Te
     Shapes: (B, C_in, H, W) -> (B, C_out, H, W).
     """
     c_out, c_in, k, _ = weight.shape
-    if c_in <= FEW_INPUT_CHANNELS:
+    few_in, few_out = _few_channels(x, c_in, c_out)
+    if few_in:
         cols, flat = _unfold_rows(x, k), weight.permute(0, 2, 3, 1).reshape(c_out, -1)
         rows = linear_relu(cols, flat, bias) if relu else F.linear(cols, flat, bias)
         return _image(rows, x)
-    if c_out <= FEW_OUTPUT_CHANNELS:
+    if few_out:
         out = _fold_rows(matmul(_rows(x), _fold_weight(weight)), x, k) + bias.view(1, -1, 1, 1)
         return out.relu_() if relu and not torch.is_grad_enabled() else (out.relu() if relu else out)
     if relu:
@@ -256,11 +268,12 @@ def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor,
     convolution backward. The bias gradient, a sum over all positions, is :func:`channel_sum`'s."""
     c_out, c_in, k, _ = weight.shape
     g_bias = channel_sum(grad, (0, 2, 3))
-    if c_in <= FEW_INPUT_CHANNELS:
+    few_in, few_out = _few_channels(x, c_in, c_out)
+    if few_in:
         g_rows = _rows(grad)
         g_w = (g_rows.t() @ _unfold_rows(x, k)).view(c_out, k, k, c_in).permute(0, 3, 1, 2)
         return _fold_rows(matmul(g_rows, weight.reshape(c_out, -1)), x, k), g_w, g_bias
-    if c_out <= FEW_OUTPUT_CHANNELS:
+    if few_out:
         g_cols = _unfold_rows(grad, k)
         g_x = _image(matmul(g_cols, weight.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, c_in)), x)
         g_w = (_rows(x).t() @ g_cols).view(c_in, k, k, c_out).permute(3, 0, 1, 2).flip(2, 3)

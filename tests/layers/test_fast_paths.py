@@ -311,6 +311,33 @@ def test_conv_same_and_its_backward_equal_conv2d(c_in, c_out, k):
     assert all(max_abs(a, e) < 1e-12 for a, e in zip(auto, expected_grads, strict=True))
 
 
+@pytest.mark.parametrize(("c_in", "c_out"), [(2, 16), (16, 4)])
+def test_bf16_convolutions_with_few_channels_run_direct(c_in, c_out, monkeypatch):
+    """In bf16 the im2col / col2im forms are never taken (oneDNN's direct convolutions are faster there); the result
+    and the gradients are the convolution's to bf16 precision."""
+    import glowflow.layers.fused as fused
+
+    def not_taken(*args):
+        raise AssertionError("a rows form of the convolution was taken in bf16")
+
+    monkeypatch.setattr(fused, "_unfold_rows", not_taken)
+    monkeypatch.setattr(fused, "_fold_rows", not_taken)
+    torch.manual_seed(0)
+    x = torch.randn(2, c_in, 6, 6).contiguous(memory_format=CL).requires_grad_()
+    w, b = torch.randn(c_out, c_in, 3, 3, requires_grad=True), torch.randn(c_out, requires_grad=True)
+    g = torch.randn(2, c_out, 6, 6).contiguous(memory_format=CL)
+    expected = F.conv2d(x, w, b, padding=1)
+    expected_grads = torch.autograd.grad(expected, (x, w, b), g)
+    bf = [t.detach().bfloat16() for t in (x, w, b, g)]
+    with torch.no_grad():
+        out = conv_same(bf[0], bf[1], bf[2])
+        grads = conv_same_backward(bf[3], bf[0], bf[1])
+    scale = expected.abs().max()
+    assert max_abs(out.float(), expected) < 0.02 * scale
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert max_abs(got.float(), want) < 0.02 * want.abs().max()
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_channel_sum_accumulates_in_float32_and_rounds_bf16_once(dtype):
     """Bias gradients: float32 / float64 sums in their dtype; a bf16 gradient's sum accumulated in float32, rounded
