@@ -265,23 +265,24 @@ def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor,
     """Gradients (input, weight, bias) of :func:`conv_same` without the ReLU, by the same computation as its forward:
     ``dx = fold(dy_rows w)``, ``dw_flat = dy_rows^T unfold(x)`` (im2col); ``dx = unfold(dy) W'``,
     ``dW' = x_rows^T unfold(dy)`` with ``W'[(i, j, c), h] = w[c, h, k-1-i, k-1-j]`` (col2im); or oneDNN's
-    convolution backward. The bias gradient, a sum over all positions, is :func:`channel_sum`'s."""
+    convolution backward. The bias gradient, a sum over all positions, is :func:`channel_sum`'s (for bfloat16 the
+    same rounding computed inside oneDNN's convolution backward, which spares a pass over ``grad``)."""
     c_out, c_in, k, _ = weight.shape
-    g_bias = channel_sum(grad, (0, 2, 3))
     few_in, few_out = _few_channels(x, c_in, c_out)
     if few_in:
         g_rows = _rows(grad)
         g_w = (g_rows.t() @ _unfold_rows(x, k)).view(c_out, k, k, c_in).permute(0, 3, 1, 2)
-        return _fold_rows(matmul(g_rows, weight.reshape(c_out, -1)), x, k), g_w, g_bias
+        return _fold_rows(matmul(g_rows, weight.reshape(c_out, -1)), x, k), g_w, channel_sum(grad, (0, 2, 3))
     if few_out:
         g_cols = _unfold_rows(grad, k)
         g_x = _image(matmul(g_cols, weight.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, c_in)), x)
         g_w = (_rows(x).t() @ g_cols).view(c_in, k, k, c_out).permute(3, 0, 1, 2).flip(2, 3)
-        return g_x, g_w, g_bias
-    g_x, g_w, _ = torch.ops.aten.convolution_backward(
-        grad, x, weight, None, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1, [True, True, False]
+        return g_x, g_w, channel_sum(grad, (0, 2, 3))
+    fused_bias = grad.dtype == torch.bfloat16
+    g_x, g_w, g_bias = torch.ops.aten.convolution_backward(
+        grad, x, weight, [c_out], [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1, [True, True, fused_bias]
     )
-    return g_x, g_w, g_bias
+    return g_x, g_w, g_bias.float() if fused_bias else channel_sum(grad, (0, 2, 3))
 
 
 def channel_sum(grad: Tensor, dims: tuple[int, ...]) -> Tensor:
