@@ -358,6 +358,13 @@ class GlowStepWeights:
     mix_logdet: Tensor
     net: ConditionerWeights
 
+    def conditioner_in(self, dtype: torch.dtype | None) -> GlowStepWeights:
+        """These weights with the conditioner's cast to ``dtype`` (None: as they are): for K stacked steps one cast
+        of each tensor instead of one per step, in the forward and again in the backward pass."""
+        if dtype is None or dtype == self.net.conv1.dtype:
+            return self
+        return GlowStepWeights(self.mix, self.mix_bias, self.mix_logdet, self.net.cast(dtype))
+
     def unbind(self) -> list[GlowStepWeights]:
         """Split batched weights (leading dim K) into K steps' weights (one autograd node per tensor)."""
         mix, mix_bias, mix_logdet = self.mix.unbind(0), self.mix_bias.unbind(0), self.mix_logdet.unbind(0)
@@ -401,7 +408,7 @@ def _conditioner(x_a: Tensor, net: ConditionerWeights, dtype: torch.dtype) -> tu
     else:  # one pass for the cast and the layout
         net_in = torch.empty(x_a.shape, dtype=dtype, device=x_a.device, memory_format=torch.channels_last)
         net_in.copy_(x_a)
-    if dtype != x_a.dtype:
+    if net.conv1.dtype != dtype:  # FlowSteps casts a level's weights once (GlowStepWeights.conditioner_in)
         net = net.cast(dtype)
     a1 = conv_same(net_in, net.conv1, net.conv1_bias, relu=True)
     a2 = _image(linear_relu(_rows(a1), net.conv2, net.conv2_bias), a1)
@@ -449,6 +456,7 @@ class _GlowStep(torch.autograd.Function):
         net = ConditionerWeights(conv1, conv1_bias, conv2, conv2_bias, out, out_bias)
         y, logdet, (net_in, a1, a2, scale) = _step_forward(x, mix, mix_bias, net, affine, dtype)
         ctx.affine = affine
+        ctx.net_dtypes = tuple(t.dtype for t in net.tensors())
         # a1 (hidden channels) is not stored: the backward recomputes it from the C/2-channel net_in (the first
         # conv is 2-7 % of the step's FLOPs; its activation a third of the step's stored bytes)
         ctx.save_for_backward(x, y, net_in, a2, scale, mix, conv1, conv1_bias, conv2, out)
@@ -491,7 +499,8 @@ class _GlowStep(torch.autograd.Function):
         grad_x = _image(g_rows @ mix, x) if needs[0] else None
         g_mix = g_rows.t() @ _rows(x) if needs[1] else None
         g_mix_bias = g_rows.sum(0) if needs[2] else None
-        g_params = (t.to(y.dtype) for t in (g_conv1, g_conv1_bias, g_conv2, g_conv2_bias, g_out, g_out_bias))
+        g_net_params = (g_conv1, g_conv1_bias, g_conv2, g_conv2_bias, g_out, g_out_bias)
+        g_params = (t.to(d) for t, d in zip(g_net_params, ctx.net_dtypes, strict=True))  # the weights' own dtypes
         return grad_x, g_mix, g_mix_bias, *g_params, None, None
 
 

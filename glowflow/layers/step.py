@@ -187,7 +187,8 @@ def _step_tensors(step: FlowStep) -> _StepTensors:
 class FlowSteps(FlowSequence):
     """The K steps of flow of one level: a :class:`~glowflow.layers.sequence.FlowSequence` of :class:`FlowStep`\\ s
     that, when every step is Glow's fused step (:meth:`FlowStep.fused_step`) of one coupling kind and precision,
-    computes the folded weights of all K steps at once (:func:`glow_step_weights`) and runs the fused steps with them.
+    computes the folded weights of all K steps at once (:func:`glow_step_weights`; for bf16 conditioners cast to bf16
+    once for the K steps) and runs the fused steps with them.
     Same map, same parameters and ``state_dict`` as the plain sequence; the memory-saving modes use the plain layers.
     """
 
@@ -203,7 +204,8 @@ class FlowSteps(FlowSequence):
         if setting is None or (self.memory != "standard" and torch.is_grad_enabled()):
             return super().forward(x, cond)
         logdet = zero_logdet(x)
-        for w in glow_step_weights(list(self.layers), inverse=False).unbind():
+        weights = glow_step_weights(list(self.layers), inverse=False)
+        for w in weights.conditioner_in(setting[1]).unbind():
             x, ld = glow_step(x, w, *setting)
             logdet = logdet + ld
         return x, logdet
@@ -213,7 +215,8 @@ class FlowSteps(FlowSequence):
         if setting is None:
             return super().inverse(y, cond)
         logdet = zero_logdet(y)
-        for w in reversed(glow_step_weights(list(self.layers), inverse=True).unbind()):
+        weights = glow_step_weights(list(self.layers), inverse=True)
+        for w in reversed(weights.conditioner_in(setting[1]).unbind()):
             y, ld = glow_step_inverse(y, w, *setting)
             logdet = logdet + ld
         return y, logdet

@@ -173,6 +173,30 @@ def test_bf16_training_gradients_as_close_to_fp32_as_autocast():
         assert max_abs(gp16[name], g32) <= 2 * max_abs(gp_ac[name], g32) + 1e-3 * g32.abs().max().item(), name
 
 
+def test_bf16_conditioner_weights_are_cast_once_per_level(monkeypatch):
+    """FlowSteps casts the K stacked conditioner weights to bf16 once (forward and inverse), not once per step; the
+    fused steps' parameter gradients come back in float32."""
+    import glowflow.layers.fused as fused_module
+
+    fused, _ = make_steps(3, "affine", torch.float32)
+    for s in fused:
+        s.layers[2].precision = "bf16"
+    casts = []
+    cast = fused_module.ConditionerWeights.cast
+    monkeypatch.setattr(
+        fused_module.ConditionerWeights, "cast", lambda self, dtype: casts.append(dtype) or cast(self, dtype)
+    )
+    x = torch.randn(3, 4, 4, 4).contiguous(memory_format=CL)
+    y, logdet = fused(x)
+    assert casts == [torch.bfloat16]
+    (y.square().sum() + logdet.sum()).backward()
+    assert casts == [torch.bfloat16]
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in fused.parameters() if p.requires_grad)
+    with torch.no_grad():
+        fused.inverse(y)
+    assert casts == [torch.bfloat16, torch.bfloat16]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fused"),
     [
