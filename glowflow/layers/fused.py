@@ -456,7 +456,6 @@ class _GlowStep(torch.autograd.Function):
         net = ConditionerWeights(conv1, conv1_bias, conv2, conv2_bias, out, out_bias)
         y, logdet, (net_in, a1, a2, scale) = _step_forward(x, mix, mix_bias, net, affine, dtype)
         ctx.affine = affine
-        ctx.net_dtypes = tuple(t.dtype for t in net.tensors())
         # a1 (hidden channels) is not stored: the backward recomputes it from the C/2-channel net_in (the first
         # conv is 2-7 % of the step's FLOPs; its activation a third of the step's stored bytes)
         ctx.save_for_backward(x, y, net_in, a2, scale, mix, conv1, conv1_bias, conv2, out)
@@ -466,6 +465,7 @@ class _GlowStep(torch.autograd.Function):
     def backward(ctx, grad_y, grad_logdet):
         x, y, net_in, a2, scale, mix, conv1, conv1_bias, conv2, out = ctx.saved_tensors
         dtype = net_in.dtype  # the conditioner's
+        weights_dtype = conv1.dtype  # the gradients' dtype: bf16 where FlowSteps cast a level's weights once
         ca, cb = x.shape[1] // 2, x.shape[1] - x.shape[1] // 2
         if grad_y is None:
             grad_y = torch.zeros_like(y)
@@ -487,7 +487,7 @@ class _GlowStep(torch.autograd.Function):
         a1 = conv_same(net_in, conv1, conv1_bias, relu=True)
         # the conditioner backwards: out conv, ReLU, 1x1 conv (a matrix product), ReLU, first conv
         g_a2, g_out, _ = conv_same_backward(g_net.to(dtype), a2, out)
-        g_out_bias = g_net.sum((0, 2, 3))  # from the float32 gradient, also under bf16 conditioners
+        g_out_bias = g_net.sum((0, 2, 3))  # summed from the float32 gradient, then in weights_dtype as the others
         g_a2 = _rows(_relu_backward_(g_a2, a2))
         g_conv2, g_conv2_bias = g_a2.t() @ _rows(a1), channel_sum(g_a2, (0,))
         g_a1 = _relu_backward_(_image(matmul(g_a2, conv2), a1), a1)
@@ -499,8 +499,7 @@ class _GlowStep(torch.autograd.Function):
         grad_x = _image(g_rows @ mix, x) if needs[0] else None
         g_mix = g_rows.t() @ _rows(x) if needs[1] else None
         g_mix_bias = g_rows.sum(0) if needs[2] else None
-        g_net_params = (g_conv1, g_conv1_bias, g_conv2, g_conv2_bias, g_out, g_out_bias)
-        g_params = (t.to(d) for t, d in zip(g_net_params, ctx.net_dtypes, strict=True))  # the weights' own dtypes
+        g_params = (t.to(weights_dtype) for t in (g_conv1, g_conv1_bias, g_conv2, g_conv2_bias, g_out, g_out_bias))
         return grad_x, g_mix, g_mix_bias, *g_params, None, None
 
 
