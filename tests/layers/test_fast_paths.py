@@ -313,19 +313,25 @@ def test_fused_relu_kernels_match_the_plain_composition(dtype):
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
 
 
-@pytest.mark.parametrize(("c_in", "c_out"), [(3, 16), (16, 5), (16, 12)])  # im2col, col2im, direct
-@pytest.mark.parametrize("k", [1, 3])
-def test_conv_same_and_its_backward_equal_conv2d(c_in, c_out, k):
+def conv_case(c_in: int, c_out: int, k: int):
+    """A float64 "same" convolution (channels-last input and output gradient) with its conv2d reference:
+    ``(x, w, b, g, conv2d(x, w, b), autograd gradients of x, w, b for g)``."""
     torch.manual_seed(0)
     x = torch.randn(2, c_in, 5, 6, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
     w = torch.randn(c_out, c_in, k, k, dtype=torch.float64, requires_grad=True)
     b = torch.randn(c_out, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(2, c_out, 5, 6, dtype=torch.float64)
+    g = torch.randn(2, c_out, 5, 6, dtype=torch.float64).contiguous(memory_format=CL)
     expected = F.conv2d(x, w, b, padding=k // 2)
-    expected_grads = torch.autograd.grad(expected, (x, w, b), g)
+    return x, w, b, g, expected, torch.autograd.grad(expected, (x, w, b), g)
+
+
+@pytest.mark.parametrize(("c_in", "c_out"), [(3, 16), (16, 5), (16, 12)])  # im2col, col2im, direct
+@pytest.mark.parametrize("k", [1, 3])
+def test_conv_same_and_its_backward_equal_conv2d(c_in, c_out, k):
+    x, w, b, g, expected, expected_grads = conv_case(c_in, c_out, k)
     with torch.no_grad():
         out = conv_same(x, w, b)
-        grads = conv_same_backward(g.contiguous(memory_format=CL), x, w)
+        grads = conv_same_backward(g, x, w)
         out_relu = conv_same(x, w, b, relu=True)
     assert max_abs(out, expected) < 1e-12 and max_abs(out_relu, expected.relu()) < 1e-12
     for got, want in zip(grads, expected_grads, strict=True):
@@ -391,13 +397,7 @@ def test_conv_same_and_its_backward_equal_conv2d_under_torch_compile(c_in, c_out
     """While torch.compile traces, im2col is k*k concatenated windows instead of an overlapping strided view
     (``_unfold_rows``): the same values as eager mode, forward, hand-derived backward and autograd."""
     torch._dynamo.reset()
-    torch.manual_seed(0)
-    x = torch.randn(2, c_in, 5, 6, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
-    w = torch.randn(c_out, c_in, k, k, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(c_out, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(2, c_out, 5, 6, dtype=torch.float64).contiguous(memory_format=CL)
-    expected = F.conv2d(x, w, b, padding=k // 2)
-    expected_grads = torch.autograd.grad(expected, (x, w, b), g)
+    x, w, b, g, expected, expected_grads = conv_case(c_in, c_out, k)
 
     def no_grad(x, w, b, g):
         with torch.no_grad():
