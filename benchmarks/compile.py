@@ -12,9 +12,10 @@ Per config (bench.py's S and M: random 8-bit images, the same models) and pass:
 * **eager / compiled ms**: median and fastest of ``--rounds`` interleaved rounds (eager, then compiled, the order
   reversed every round) after two warm-up calls of each; **ratio** = compiled / eager median (below 1: faster).
 
-The training step is forward (the compiled module's, the way ``glowflow train --compile`` wraps it), backward and
-a fused-Adam step; evaluation is ``log_prob`` without autograd; sampling is ``sample(16, temperature=0.7)``.
-Eager and compiled share one model, so their training steps alternate on the same parameters (lr 1e-6).
+The training step is bench.py's (``Contender.train_step``: forward - the compiled module's, the way
+``glowflow train --compile`` wraps it -, backward and glowflow's fused Adam); evaluation is ``log_prob`` without
+autograd; sampling is ``sample(16, temperature=0.7)``. Eager and compiled share one model, so their training steps
+alternate on the same parameters (lr 1e-6).
 """
 
 from __future__ import annotations
@@ -30,65 +31,46 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CONFIGS, QUICK_CONFIGS, cpu_model, git_state, interleaved  # noqa: E402
-
-from glowflow import Glow  # noqa: E402
+from bench import CONFIGS, QUICK_CONFIGS, Contender, cpu_model, git_state, interleaved, make_contender  # noqa: E402
 
 PASSES = ("train", "eval", "sample")
-
-
-def passes(model: Glow, shape: tuple[int, ...]) -> dict[str, tuple[Callable, Callable[[], object]]]:
-    """pass -> (a function of one input, a maker of fresh inputs for a batch of ``shape``); the functions run the
-    pass on ``model`` (for training: a function of the forward to use)."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-6, fused=True)
-
-    def train_step(forward: Callable) -> Callable:
-        def step(k: torch.Tensor) -> None:
-            loss = forward(k).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        return step
-
-    def evaluate(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model.log_prob(x)
-
-    def sample(n: int) -> torch.Tensor:
-        with torch.no_grad():
-            return model.sample(n, temperature=0.7)
-
-    return {
-        "train": (train_step, lambda: torch.randint(0, 256, shape, dtype=torch.uint8)),
-        "eval": (evaluate, lambda: torch.rand(shape) - 0.5),
-        "sample": (sample, lambda: 16),
-    }
 
 
 def measure(config: str, quick: bool, backend: str, rounds: int, which: list[str]) -> list[dict]:
     cfg = (QUICK_CONFIGS if quick else CONFIGS)[config]
     torch.manual_seed(0)
-    model = Glow(cfg.shape, levels=cfg.levels, steps=cfg.steps, hidden=cfg.hidden)
-    with torch.no_grad():
-        model(torch.randint(0, 256, (cfg.batch, *cfg.shape), dtype=torch.uint8))  # ActNorm initialisation
-    compiled_model = torch.compile(model, backend=backend)
+    eager = make_contender("glowflow", cfg, "cpu", name="eager", lr=1e-6)
+    model = eager.model
+    # the module is what is compiled (as by glowflow train --compile), the step around it is not
+    compiled = Contender("compiled", "glowflow", torch.compile(model, backend=backend), cfg, "cpu", lr=1e-6)
+    shape = (cfg.batch, *cfg.shape)
+    eager.initialize(torch.randint(0, cfg.num_bins, shape, dtype=torch.uint8))
+
+    def evaluate(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return eager.log_prob(x)
+
+    def sample(n: int) -> torch.Tensor:
+        with torch.no_grad():
+            return eager.sample(n, 0.7)
+
+    # pass -> (what dynamo explains, eager function, compiled function, maker of fresh inputs)
+    cases: dict[str, tuple[Callable, Callable, Callable, Callable[[], object]]] = {
+        "train": (model, eager.train_step, compiled.train_step,
+                  lambda: torch.randint(0, cfg.num_bins, shape, dtype=torch.uint8)),
+        "eval": (evaluate, evaluate, torch.compile(evaluate, backend=backend), lambda: torch.rand(shape) - 0.5),
+        "sample": (sample, sample, torch.compile(sample, backend=backend), lambda: 16),
+    }  # fmt: skip
     rows = []
-    for name, (fn, make_input) in passes(model, (cfg.batch, *cfg.shape)).items():
-        if name not in which:
-            continue
+    for name in (p for p in PASSES if p in which):
+        traced, eager_fn, compiled_fn, make_input = cases[name]
         torch._dynamo.reset()
-        if name == "train":  # the module is what is compiled (as by glowflow train --compile), the step around it
-            explained = torch._dynamo.explain(model)(make_input())
-            eager, compiled = fn(model), fn(compiled_model)
-        else:
-            explained = torch._dynamo.explain(fn)(make_input())
-            eager, compiled = fn, torch.compile(fn, backend=backend)
+        explained = torch._dynamo.explain(traced)(make_input())
         torch._dynamo.reset()
         t0 = time.perf_counter()
-        compiled(make_input())
+        compiled_fn(make_input())
         compile_s = time.perf_counter() - t0
-        times = interleaved({"eager": eager, "compiled": compiled}, make_input, 2, rounds, "cpu")
+        times = interleaved({"eager": eager_fn, "compiled": compiled_fn}, make_input, 2, rounds, "cpu")
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         rows.append(
             {
