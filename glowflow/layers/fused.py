@@ -271,12 +271,12 @@ def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor,
     few_in, few_out = _few_channels(x, c_in, c_out)
     if few_in:
         g_rows = _rows(grad)
-        g_w = (g_rows.t() @ _unfold_rows(x, k)).view(c_out, k, k, c_in).permute(0, 3, 1, 2)
+        g_w = rows_product(g_rows, _unfold_rows(x, k)).view(c_out, k, k, c_in).permute(0, 3, 1, 2)
         return _fold_rows(matmul(g_rows, weight.reshape(c_out, -1)), x, k), g_w, channel_sum(grad, (0, 2, 3))
     if few_out:
         g_cols = _unfold_rows(grad, k)
         g_x = _image(matmul(g_cols, weight.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, c_in)), x)
-        g_w = (_rows(x).t() @ g_cols).view(c_in, k, k, c_out).permute(3, 0, 1, 2).flip(2, 3)
+        g_w = rows_product(_rows(x), g_cols).view(c_in, k, k, c_out).permute(3, 0, 1, 2).flip(2, 3)
         return g_x, g_w, channel_sum(grad, (0, 2, 3))
     fused_bias = grad.dtype == torch.bfloat16
     g_x, g_w, g_bias = torch.ops.aten.convolution_backward(
@@ -293,6 +293,17 @@ def channel_sum(grad: Tensor, dims: tuple[int, ...]) -> Tensor:
     if grad.dtype == torch.bfloat16:
         return grad.sum(dims).float()
     return grad.sum(dims, dtype=torch.promote_types(grad.dtype, torch.float32))
+
+
+def rows_product(a: Tensor, b: Tensor) -> Tensor:
+    """``a^T b`` for two row matrices ``a`` (N, P) and ``b`` (N, Q) with the same N rows (a weight gradient: sum over
+    positions of outer products), -> (P, Q). For a narrower ``b`` computed as ``(b^T a)^T`` (a transposed view):
+    MKL's product with the few columns as its rows ran 1.6-2x faster on an Intel Xeon with AMX (8192 rows, 256 @ 36:
+    600 against 961 us; 256 @ 18: 434 against 874 us, hot), config M's float32 training 0.96-0.97x the time; equal
+    on Zen 4 (cold)."""
+    if b.shape[1] < a.shape[1]:
+        return (b.t() @ a).t()
+    return a.t() @ b
 
 
 def _unfold_rows(x: Tensor, k: int) -> Tensor:
@@ -489,7 +500,7 @@ class _GlowStep(torch.autograd.Function):
         g_a2, g_out, _ = conv_same_backward(g_net.to(dtype), a2, out)
         g_out_bias = g_net.sum((0, 2, 3))  # summed from the float32 gradient, then in weights_dtype as the others
         g_a2 = _rows(_relu_backward_(g_a2, a2))
-        g_conv2, g_conv2_bias = g_a2.t() @ _rows(a1), channel_sum(g_a2, (0,))
+        g_conv2, g_conv2_bias = rows_product(g_a2, _rows(a1)), channel_sum(g_a2, (0,))
         g_a1 = _relu_backward_(_image(matmul(g_a2, conv2), a1), a1)
         g_x_a, g_conv1, g_conv1_bias = conv_same_backward(g_a1, net_in, conv1)
         _into(grad_h[:, :ca], torch.add, grad_y[:, :ca], g_x_a)
@@ -497,7 +508,7 @@ class _GlowStep(torch.autograd.Function):
         g_rows = _rows(grad_h)
         needs = ctx.needs_input_grad
         grad_x = _image(g_rows @ mix, x) if needs[0] else None
-        g_mix = g_rows.t() @ _rows(x) if needs[1] else None
+        g_mix = rows_product(g_rows, _rows(x)) if needs[1] else None
         g_mix_bias = g_rows.sum(0) if needs[2] else None
         g_params = (t.to(weights_dtype) for t in (g_conv1, g_conv1_bias, g_conv2, g_conv2_bias, g_out, g_out_bias))
         return grad_x, g_mix, g_mix_bias, *g_params, None, None

@@ -23,6 +23,7 @@ from glowflow.layers.fused import (
     lu_weight,
     matmul,
     mix_channels,
+    rows_product,
     scale_rows,
 )
 from glowflow.layers.step import FlowStep, FlowSteps, glow_step_weights
@@ -389,6 +390,19 @@ def test_channel_sum_accumulates_in_float32_and_rounds_bf16_once(dtype):
         for b in grad.unbind(0):  # bf16 accumulation, for contrast
             running += b.sum((1, 2))
         assert ((running.double() - exact).abs() / exact.abs()).max() > 4 * 2.0**-8
+
+
+@pytest.mark.parametrize(("p", "q"), [(40, 9), (9, 40), (16, 16)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rows_product_is_a_transposed_times_b_in_either_orientation(p, q, dtype):
+    """``rows_product(a, b) = a^T b`` whichever operand is narrower (the narrower one becomes the product's rows)."""
+    torch.manual_seed(0)
+    a, b = torch.randn(300, p, dtype=dtype), torch.randn(300, q, dtype=dtype)
+    got = rows_product(a, b)
+    assert got.shape == (p, q)
+    expected = a.double().t() @ b.double()
+    assert max_abs(got, expected) < (1e-10 if dtype == torch.float64 else 1e-4) * expected.abs().max()
+    assert got.is_contiguous() == (q >= p)
 
 
 @pytest.mark.parametrize(("c_in", "c_out"), [(3, 16), (16, 5)])  # im2col, col2im
