@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from glowflow.export import FrozenMatrix
 from glowflow.layers import FlowSequence
 from glowflow.layers.fused import (
+    _relu_backward_,
     channel_sum,
     conv_relu,
     conv_same,
@@ -390,6 +391,22 @@ def test_channel_sum_accumulates_in_float32_and_rounds_bf16_once(dtype):
         for b in grad.unbind(0):  # bf16 accumulation, for contrast
             running += b.sum((1, 2))
         assert ((running.double() - exact).abs() / exact.abs()).max() > 4 * 2.0**-8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_backward_in_place_keeps_the_gradient_where_the_output_is_positive(dtype):
+    """``grad * (out > 0)`` in place; bf16 runs on int16 views of the bits, which must select the same entries:
+    +0 and -0 outputs (oneDNN's ReLU writes -0 for negative inputs) drop the gradient, positive ones keep it."""
+    torch.manual_seed(0)
+    rows = torch.randn(4, 5, 5, 6).relu().to(dtype)
+    rows.view(-1)[::5] = -0.0
+    out = rows.permute(0, 3, 1, 2)  # channels-last, as in the fused step
+    grad = torch.randn(4, 6, 5, 5).to(dtype).contiguous(memory_format=CL)
+    expected = torch.where(out > 0, grad, torch.zeros_like(grad))
+    got = _relu_backward_(grad, out)
+    assert got.data_ptr() == grad.data_ptr() and got.dtype == dtype
+    assert torch.equal(got, expected)  # a selection: no rounding involved
+    assert (got[out <= 0] == 0).all() and (got[out > 0] != 0).all()
 
 
 @pytest.mark.parametrize(("p", "q"), [(40, 9), (9, 40), (16, 16)])
