@@ -345,15 +345,24 @@ def test_conv_same_and_its_backward_equal_conv2d(c_in, c_out, k):
 
 @pytest.mark.parametrize(("c_in", "c_out"), [(2, 16), (16, 4)])
 def test_bf16_convolutions_with_few_channels_run_direct(c_in, c_out, monkeypatch):
-    """In bf16 the im2col / col2im forms are never taken (oneDNN's direct convolutions are faster there); the result
-    and the gradients are the convolution's to bf16 precision."""
+    """In bf16 the convolutions and their data gradients are oneDNN's direct ones, never the im2col / col2im forms
+    (faster there); only the weight gradient of a convolution with few output channels is the col2im product of the
+    unfolded output gradient. The result and the gradients are the convolution's to bf16 precision."""
     import glowflow.layers.fused as fused
+
+    unfolded = []
+
+    def unfold_spy(t, k):
+        unfolded.append(t)
+        return unfold_rows(t, k)
 
     def not_taken(*args):
         raise AssertionError("a rows form of the convolution was taken in bf16")
 
-    monkeypatch.setattr(fused, "_unfold_rows", not_taken)
+    unfold_rows = fused._unfold_rows
+    monkeypatch.setattr(fused, "_unfold_rows", unfold_spy)
     monkeypatch.setattr(fused, "_fold_rows", not_taken)
+    monkeypatch.setattr(fused, "matmul", not_taken)
     torch.manual_seed(0)
     x = torch.randn(2, c_in, 6, 6).contiguous(memory_format=CL).requires_grad_()
     w, b = torch.randn(c_out, c_in, 3, 3, requires_grad=True), torch.randn(c_out, requires_grad=True)
@@ -363,12 +372,14 @@ def test_bf16_convolutions_with_few_channels_run_direct(c_in, c_out, monkeypatch
     bf = [t.detach().bfloat16() for t in (x, w, b, g)]
     with torch.no_grad():
         out = conv_same(bf[0], bf[1], bf[2])
+        assert not unfolded
         grads = conv_same_backward(bf[3], bf[0], bf[1])
+    assert [t is bf[3] for t in unfolded] == ([True] if c_out <= fused.FEW_OUTPUT_CHANNELS else [])
     scale = expected.abs().max()
     assert max_abs(out.float(), expected) < 0.02 * scale
     for got, want in zip(grads, expected_grads, strict=True):
         assert max_abs(got.float(), want) < 0.02 * want.abs().max()
-    # the bias gradient from inside oneDNN's backward: the float32 sum rounded once to bf16, as channel_sum's
+    # the bias gradient: the float32 sum rounded once to bf16 (channel_sum's, or the same inside oneDNN's backward)
     assert grads[2].dtype == torch.float32
     assert max_abs(grads[2], channel_sum(bf[3], (0, 2, 3))) <= 2.0**-8 * grads[2].abs().max()
 
