@@ -442,14 +442,23 @@ def _conditioner(x_a: Tensor, net: ConditionerWeights, dtype: torch.dtype) -> tu
     return net_in, a1, a2, h.to(x_a.dtype)
 
 
-def _couple_(h_b: Tensor, net_out: Tensor, affine: bool) -> tuple[Tensor, Tensor | None]:
+def _couple_(h_b: Tensor, net_out: Tensor, affine: bool, keep_scale: bool) -> tuple[Tensor, Tensor | None]:
     """The coupling of the transformed half, in place on ``h_b`` (autograd off): ``y_b = (h_b + t) * s`` with
     ``s = sigmoid(z) / sigmoid(2)`` (affine) or ``y_b = h_b + t`` (additive), ``(t, z) = net_out``.
-    Returns ``(log|det| per example = sum(log s), s)``; ``s`` is None for the additive coupling."""
+    Returns ``(log|det| per example = sum(log s), s)``; ``s`` is None for the additive coupling or unless
+    ``keep_scale``.
+
+    Without ``keep_scale`` the sigmoid and log run over the whole of ``net_out``, a dense tensor, and only the ``z``
+    half is read: an elementwise op over the strided half of a channels-last tensor cost 62 us against 11 us over
+    the whole (16 x 12 x 16 x 16, Intel Xeon with AMX); S's evaluation 0.987x, M's 0.99x the time."""
     if not affine:
         h_b.add_(net_out)
         return h_b.new_zeros(h_b.shape[0]), None
     cb = h_b.shape[1]
+    if not keep_scale:
+        full = torch.sigmoid(net_out).div_(SIGMOID_2)
+        h_b.add_(net_out[:, :cb]).mul_(full[:, cb:])
+        return full.log_()[:, cb:].sum((1, 2, 3)), None
     scale = torch.sigmoid(net_out[:, cb:]).div_(SIGMOID_2)
     h_b.add_(net_out[:, :cb]).mul_(scale)
     return scale.log().sum((1, 2, 3)), scale
@@ -464,12 +473,15 @@ def _uncouple(y_b: Tensor, net_out: Tensor, affine: bool) -> tuple[Tensor, Tenso
     return y_b / scale - net_out[:, :cb], -scale.log().sum((1, 2, 3))
 
 
-def _step_forward(x: Tensor, mix: Tensor, mix_bias: Tensor, net: ConditionerWeights, affine: bool, dtype):
-    """The forward math of :func:`glow_step` with autograd off; returns ``(y, logdet_coupling, saved)``."""
+def _step_forward(
+    x: Tensor, mix: Tensor, mix_bias: Tensor, net: ConditionerWeights, affine: bool, dtype, keep_scale: bool
+):
+    """The forward math of :func:`glow_step` with autograd off; returns ``(y, logdet_coupling, saved)`` (the scale
+    in ``saved`` only with ``keep_scale``, for the backward pass)."""
     y = mix_channels(x, mix, mix_bias)  # h = A x + c (a new channels-last tensor), turned into y in place
     ca = x.shape[1] // 2
     net_in, a1, a2, net_out = _conditioner(y[:, :ca], net, dtype)
-    logdet, scale = _couple_(y[:, ca:], net_out, affine)
+    logdet, scale = _couple_(y[:, ca:], net_out, affine, keep_scale)
     return y, logdet, (net_in, a1, a2, scale)
 
 
@@ -480,7 +492,7 @@ class _GlowStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mix, mix_bias, conv1, conv1_bias, conv2, conv2_bias, out, out_bias, affine, dtype):
         net = ConditionerWeights(conv1, conv1_bias, conv2, conv2_bias, out, out_bias)
-        y, logdet, (net_in, a1, a2, scale) = _step_forward(x, mix, mix_bias, net, affine, dtype)
+        y, logdet, (net_in, a1, a2, scale) = _step_forward(x, mix, mix_bias, net, affine, dtype, keep_scale=True)
         ctx.affine = affine
         # a1 (hidden channels) is not stored: the backward recomputes it from the C/2-channel net_in (the first
         # conv is 2-7 % of the step's FLOPs; its activation a third of the step's stored bytes)
@@ -578,7 +590,7 @@ def glow_step(x: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype | 
     if torch.is_grad_enabled():
         y, logdet = _GlowStep.apply(x, w.mix, w.mix_bias, *w.net.tensors(), affine, dtype)
     else:
-        y, logdet, _ = _step_forward(x, w.mix, w.mix_bias, w.net, affine, dtype)
+        y, logdet, _ = _step_forward(x, w.mix, w.mix_bias, w.net, affine, dtype, keep_scale=False)
     return y, logdet + mix_logdet
 
 
