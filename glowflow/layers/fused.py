@@ -242,7 +242,7 @@ def conv_same(x: Tensor, weight: Tensor, bias: Tensor, relu: bool = False) -> Te
 
     * few input channels: im2col, ``unfold(x) @ w_flat^T + b`` (``w_flat[c, (i, j, h)] = w[c, h, i, j]``);
     * few output channels: col2im, ``fold(a @ W) + b`` with ``W[h, (c, i, j)] = w[c, h, k-1-i, k-1-j]`` (the
-      flipped kernel: fold adds each position's patch of outputs around it);
+      flipped kernel: fold adds each position's patch of outputs around it, :func:`_fold_rows`);
     * otherwise oneDNN's direct convolution (:func:`conv_relu` with the ReLU fused).
 
     Shapes: (B, C_in, H, W) -> (B, C_out, H, W).
@@ -254,7 +254,7 @@ def conv_same(x: Tensor, weight: Tensor, bias: Tensor, relu: bool = False) -> Te
         rows = linear_relu(cols, flat, bias) if relu else F.linear(cols, flat, bias)
         return _image(rows, x)
     if few_out:
-        out = _fold_rows(matmul(_rows(x), _fold_weight(weight)), x, k) + bias.view(1, -1, 1, 1)
+        out = _fold_rows(matmul(_rows(x), _fold_weight(weight)), x, k, bias)
         return out.relu_() if relu and not torch.is_grad_enabled() else (out.relu() if relu else out)
     if relu:
         return conv_relu(x, weight, bias)
@@ -338,11 +338,21 @@ def _unfold_rows(x: Tensor, k: int) -> Tensor:
     return view.reshape(b * h * w, k * k * c)
 
 
-def _fold_rows(rows: Tensor, like: Tensor, k: int) -> Tensor:
-    """col2im: (B*H*W, C*k*k) with columns in (c, i, j) order -> (B, C, H, W), each row's k x k patch added at the
-    positions around its own ("same" zero padding); ``F.fold``."""
+def _fold_rows(rows: Tensor, like: Tensor, k: int, bias: Tensor | None = None) -> Tensor:
+    """col2im: (B*H*W, C*k*k) with columns in (c, i, j) order -> (B, C, H, W) channels-last, each row's k x k patch
+    added at the positions around its own ("same" zero padding), plus ``bias`` (C,) if given.
+
+    Computed as a grouped convolution of the rows seen as a (B, C*k*k, H, W) channels-last image (a view): group c
+    reads its k*k columns with one-hot kernels, ``kernel[c, (i, j), k-1-i, k-1-j] = 1``, which shift column (i, j)
+    of each row by (i - k//2, j - k//2) and add. Measured against ``F.fold`` on an Intel Xeon with AMX: 305 against
+    578 us for 32 x 36 x 16 x 16 -> 4 channels, and config M's float32 evaluation 0.96-0.99x, training 0.98x,
+    sampling 0.99x the time (in-process A/B, three runs); the bias is added by the same kernel."""
     b, _, h, w = like.shape
-    return F.fold(rows.view(b, h * w, -1).transpose(1, 2), (h, w), k, padding=k // 2)
+    patches = rows.view(b, h, w, -1).permute(0, 3, 1, 2)
+    c = patches.shape[1] // (k * k)
+    # eye row q = i*k + j is one at (i, j); reversed, row q is one at (k-1-i, k-1-j)
+    kernel = torch.eye(k * k, dtype=rows.dtype, device=rows.device).flip(0).view(1, k * k, k, k)
+    return F.conv2d(patches, kernel.expand(c, -1, -1, -1), bias, padding=k // 2, groups=c)
 
 
 def _fold_weight(weight: Tensor) -> Tensor:

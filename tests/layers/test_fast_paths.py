@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from glowflow.export import FrozenMatrix
 from glowflow.layers import FlowSequence
 from glowflow.layers.fused import (
+    _fold_rows,
     _relu_backward_,
     channel_sum,
     conv_relu,
@@ -402,6 +403,23 @@ def test_channel_sum_accumulates_in_float32_and_rounds_bf16_once(dtype):
         for b in grad.unbind(0):  # bf16 accumulation, for contrast
             running += b.sum((1, 2))
         assert ((running.double() - exact).abs() / exact.abs()).max() > 4 * 2.0**-8
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fold_rows_is_col2im_plus_bias(k, dtype):
+    """``_fold_rows`` (a grouped convolution with one-hot kernels) adds every row's k x k patch around its position,
+    as ``F.fold`` does, plus the bias; the result is channels-last."""
+    torch.manual_seed(0)
+    b, c, h, w = 2, 3, 5, 7
+    rows, bias = torch.randn(b * h * w, c * k * k, dtype=dtype), torch.randn(c, dtype=dtype)
+    like = torch.empty(b, c, h, w, dtype=dtype)
+    expected = F.fold(rows.view(b, h * w, -1).transpose(1, 2), (h, w), k, padding=k // 2)
+    got = _fold_rows(rows, like, k, bias)
+    assert got.shape == (b, c, h, w) and got.is_contiguous(memory_format=CL)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert max_abs(got, expected + bias.view(1, -1, 1, 1)) < tol
+    assert max_abs(_fold_rows(rows, like, k), expected) < tol
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
