@@ -351,8 +351,8 @@ def _fold_rows(rows: Tensor, like: Tensor, k: int, bias: Tensor | None = None) -
     patches = rows.view(b, h, w, -1).permute(0, 3, 1, 2)
     c = patches.shape[1] // (k * k)
     # eye row q = i*k + j is one at (i, j); reversed, row q is one at (k-1-i, k-1-j)
-    kernel = torch.eye(k * k, dtype=rows.dtype, device=rows.device).flip(0).view(1, k * k, k, k)
-    return F.conv2d(patches, kernel.expand(c, -1, -1, -1), bias, padding=k // 2, groups=c)
+    kernel = torch.eye(k * k, dtype=rows.dtype, device=rows.device).flip(0).view(1, k * k, k, k).repeat(c, 1, 1, 1)
+    return F.conv2d(patches, kernel, bias, padding=k // 2, groups=c)
 
 
 def _fold_weight(weight: Tensor) -> Tensor:
