@@ -12,10 +12,15 @@ comparable numbers. ``--clock cpu`` times with ``time.process_time`` (this proce
 leaves out the time the process waits for a CPU, which on a shared machine is most of the noise.
 
 ``--profile`` prints, per training step, the split between the kernels that do the arithmetic (convolutions and
-matrix products: their FLOPs counted by ``FlopCounterMode``, their time by ``torch.profiler``) and everything else,
-each kernel's GFLOP/s as a fraction of this process's float32 matrix-product rate (a 2048 x 2048 ``torch.mm``,
-best of 5) and of a 3x3 convolution's (16 x 128 x 16 x 16, 128 -> 128 channels, channels-last, best of 5), the
+matrix products: their FLOPs counted by ``FlopCounterMode``) and everything else, each kernel's GFLOP/s as a
+fraction of this process's float32 matrix-product rate (a 2048 x 2048 ``torch.mm``, best of 5) and of a 3x3
+convolution's (16 x 128 x 16 x 16, 128 -> 128 channels, channels-last, best of 5), the costliest operations, the
 number of aten calls, and the host synchronisations (``aten._local_scalar_dense``) of one training step.
+Every operation is timed at the dispatcher (``OpTimes``, a ``TorchDispatchMode`` around each call: CPU operations
+are synchronous, so the clock brackets the kernel), not by ``torch.profiler``: under the profiler torch 2.13's
+oneDNN calls ran about 2x slower than without it (config M on an Intel Xeon: 396 against 198 ms of
+``mkldnn._linear_pointwise`` per training step), which inflated the kernels' share. The timer adds a few
+microseconds per call; the split reports the instrumented step beside the plain one.
 The table in benchmarks/README.md ("Optimisation log") was made by alternating this script over checkouts of
 successive commits.
 """
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import glowflow
 from glowflow import Glow
@@ -37,16 +43,33 @@ from glowflow import Glow
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import CONFIGS, fused_kernel_flop_formulas  # noqa: E402
 
-# profiler event -> FlopCounterMode op of the same kernel
+# dispatcher op (overload packet) -> FlopCounterMode op of the same kernel
 KERNELS = {
-    "aten::mkldnn_convolution": "convolution",
-    "aten::convolution_backward": "convolution_backward",
-    "mkldnn::_convolution_pointwise": "_convolution_pointwise",
-    "mkldnn::_linear_pointwise": "_linear_pointwise",
-    "aten::mm": "mm",
-    "aten::addmm": "addmm",
-    "aten::bmm": "bmm",
+    "aten.convolution": "convolution",
+    "aten.convolution_backward": "convolution_backward",
+    "mkldnn._convolution_pointwise": "_convolution_pointwise",
+    "mkldnn._linear_pointwise": "_linear_pointwise",
+    "aten.mm": "mm",
+    "aten.addmm": "addmm",
+    "aten.bmm": "bmm",
 }
+
+
+class OpTimes(TorchDispatchMode):
+    """Wall time and count of every operation reaching the dispatcher while active, by overload packet
+    (``aten.mm``, ``mkldnn._linear_pointwise``, ...): ``times[name] = [calls, seconds]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: dict[str, list] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        entry = self.times.setdefault(str(func.overloadpacket), [0, 0.0])
+        entry[0] += 1
+        entry[1] += time.perf_counter() - start
+        return out
 
 
 def timer(clock: str):
@@ -88,8 +111,6 @@ def reference_rates(clock: str) -> tuple[float, float]:
 
 
 def host_syncs(step) -> int:
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     class Count(TorchDispatchMode):
         n = 0
 
@@ -140,19 +161,20 @@ def main() -> None:
     where = glowflow.__file__.rsplit("/glowflow/", 1)[0]
     print(f"glowflow from {where}; config {args.config} ({cfg.describe()}); {torch.get_num_threads()} threads; "
           f"optimiser {args.optimizer}; {args.clock} clock")  # fmt: skip
+    medians = {}
     for name, fn, n in (
         ("train step", train_step, cfg.batch),
         ("eval", evaluate, cfg.batch),
         ("sample 16", sample, 16),
     ):
         ms, fastest = median_ms(fn, args.rounds, args.clock)
+        medians[name] = ms
         print(f"{name:12s} {ms:8.1f} ms   {n / ms * 1e3:7.1f} img/s   (fastest {fastest:.1f} ms)")
     if args.profile:
-        profile_split(model, opt, train_step, batch, args.clock)
+        profile_split(model, opt, train_step, batch, args.clock, medians["train step"])
 
 
-def profile_split(model, opt, train_step, batch, clock: str) -> None:
-    from torch.profiler import ProfilerActivity, profile
+def profile_split(model, opt, train_step, batch, clock: str, step_ms: float) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False, custom_mapping=fused_kernel_flop_formulas())
@@ -161,34 +183,40 @@ def profile_split(model, opt, train_step, batch, clock: str) -> None:
     opt.zero_grad(set_to_none=True)
     flops = {str(op).split(".")[-1]: n for op, n in counter.get_flop_counts()["Global"].items()}
     steps = 3
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    timer_ = OpTimes()
+    start = time.perf_counter()
+    with timer_:
         for _ in range(steps):
             train_step()
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
+    total = (time.perf_counter() - start) * 1e3 / steps
+    per_op = {name: (n // steps, sec * 1e3 / steps) for name, (n, sec) in timer_.times.items()}
     mm_rate, conv_rate = reference_rates(clock)
     rows, kernel_ms, kernel_flops = [], 0.0, 0
-    for e in events:
-        op = KERNELS.get(e.key)
+    for name, (_, ms) in per_op.items():
+        op = KERNELS.get(name)
         if op is None:
             continue
-        ms = e.self_cpu_time_total / 1e3 / steps
         f = flops.get(op, 0)
         kernel_ms, kernel_flops = kernel_ms + ms, kernel_flops + f
         rate = f / ms / 1e6 if ms else 0.0
         share = f"= {100 * rate / mm_rate:4.0f} % of mm, {100 * rate / conv_rate:4.0f} % of conv"
-        rows.append((ms, f"  {e.key:32s} {ms:8.1f} ms {f / 1e9:8.2f} GFLOP {rate:7.1f} GFLOP/s {share}"))
-    calls = sum(e.count for e in events if e.key.startswith("aten::")) // steps
+        rows.append((ms, f"  {name:32s} {ms:8.1f} ms {f / 1e9:8.2f} GFLOP {rate:7.1f} GFLOP/s {share}"))
+    op_ms = sum(ms for _, ms in per_op.values())
+    calls = sum(n for n, _ in per_op.values())
     rate = kernel_flops / kernel_ms / 1e6
     print(f"\nreference rates in this process: fp32 mm {mm_rate:.1f} GFLOP/s, 3x3 conv {conv_rate:.1f} GFLOP/s")
-    print(f"per training step ({clock} clock of the timings; profiler wall time below): {total:.1f} ms profiled, "
-          f"convolutions and matrix products {kernel_ms:.1f} ms ({100 * kernel_ms / total:.0f} %), other "
-          f"{total - kernel_ms:.1f} ms; kernels at {rate:.1f} GFLOP/s ({100 * rate / mm_rate:.0f} % of mm); "
-          f"whole step {kernel_flops / total / 1e6:.1f} GFLOP/s ({100 * kernel_flops / total / 1e6 / mm_rate:.0f} % "
-          f"of mm); {calls} aten calls; {host_syncs(train_step)} host syncs per step")  # fmt: skip
+    print(f"per training step ({clock} clock): {step_ms:.1f} ms without the op timer, {total:.1f} ms with it; "
+          f"convolutions and matrix products {kernel_ms:.1f} ms ({100 * kernel_ms / total:.0f} %), other operations "
+          f"{op_ms - kernel_ms:.1f} ms ({100 * (op_ms - kernel_ms) / total:.0f} %), outside the operations (Python, "
+          f"autograd engine, the timer) {total - op_ms:.1f} ms; kernels at {rate:.1f} GFLOP/s "
+          f"({100 * rate / mm_rate:.0f} % of mm); whole step {kernel_flops / step_ms / 1e6:.1f} GFLOP/s "
+          f"({100 * kernel_flops / step_ms / 1e6 / mm_rate:.0f} % of mm, untimed step); {calls} aten calls; "
+          f"{host_syncs(train_step)} host syncs per step")  # fmt: skip
     for _, line in sorted(rows, reverse=True):
         print(line)
-    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+    print("\ncostliest operations per step:")
+    for name, (n, ms) in sorted(per_op.items(), key=lambda kv: -kv[1][1])[:12]:
+        print(f"  {name:32s} {ms:8.2f} ms {n:6d} calls")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ budget = load_script("benchmarks", "budget")
 precision = load_script("benchmarks", "precision")
 kernel_bound = load_script("benchmarks", "kernel_bound")
 compile_bench = load_script("benchmarks", "compile")
+profile_step = load_script("benchmarks", "profile_step")
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*torch.lu is deprecated:UserWarning"),  # inside normflows
@@ -355,3 +356,35 @@ def test_compile_bad_arguments_exit_2_naming_the_flag(argv, capsys):
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and argv[0] in errors[0]
+
+
+def test_profile_step_times_every_operation_at_the_dispatcher():
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    with profile_step.OpTimes() as timer:
+        torch.mm(a, b)
+        torch.mm(a, b).relu_()
+    assert timer.times["aten.mm"][0] == 2 and timer.times["aten.mm"][1] > 0
+    assert timer.times["aten.relu_"][0] == 1
+
+
+def test_profile_step_split_of_a_training_step(capsys):
+    """The split of a tiny Glow's training step: kernels with their FLOP rates, the other operations, the calls."""
+    torch.manual_seed(0)
+    model = Glow((3, 8, 8), levels=2, steps=2, hidden=8)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as profile_step.py's (plain Adam syncs)
+    batch = (4, 3, 8, 8)
+    with torch.no_grad():
+        model(torch.randint(0, 256, batch))
+
+    def train_step():
+        loss = model(torch.randint(0, 256, batch)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    profile_step.profile_split(model, opt, train_step, batch, "wall", 10.0)
+    out = capsys.readouterr().out
+    assert "convolutions and matrix products" in out and "host syncs per step" in out
+    assert "aten.convolution_backward" in out and "costliest operations per step" in out
+    calls = int(out.split(" aten calls")[0].rsplit(" ", 1)[1])
+    assert calls > 100  # every operation of the step reached the timer
