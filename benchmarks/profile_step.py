@@ -206,7 +206,8 @@ def profile_split(model, opt, train_step, batch, clock: str, step_ms: float) -> 
     rate = kernel_flops / kernel_ms / 1e6
     print(f"\nreference rates in this process: fp32 mm {mm_rate:.1f} GFLOP/s, 3x3 conv {conv_rate:.1f} GFLOP/s")
     print(f"per training step ({clock} clock): {step_ms:.1f} ms without the op timer, {total:.1f} ms with it; "
-          f"convolutions and matrix products {kernel_ms:.1f} ms ({100 * kernel_ms / total:.0f} %), other operations "
+          f"convolutions and matrix products {kernel_ms:.1f} ms ({100 * kernel_ms / total:.0f} % of the timed step, "
+          f"{100 * kernel_ms / step_ms:.0f} % of the untimed one), other operations "
           f"{op_ms - kernel_ms:.1f} ms ({100 * (op_ms - kernel_ms) / total:.0f} %), outside the operations (Python, "
           f"autograd engine, the timer) {total - op_ms:.1f} ms; kernels at {rate:.1f} GFLOP/s "
           f"({100 * rate / mm_rate:.0f} % of mm); whole step {kernel_flops / step_ms / 1e6:.1f} GFLOP/s "
