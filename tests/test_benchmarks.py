@@ -388,3 +388,14 @@ def test_profile_step_split_of_a_training_step(capsys):
     assert "aten.convolution_backward" in out and "costliest operations per step" in out
     calls = int(out.split(" aten calls")[0].rsplit(" ", 1)[1])
     assert calls > 100  # every operation of the step reached the timer
+
+
+def test_kernel_bound_times_the_kernels_in_a_pass_at_the_dispatcher():
+    """In-pass kernel time: only the kernel ops (``KERNELS``) are timed, each once."""
+    a = torch.randn(256, 256)
+    assert kernel_bound.in_step_kernel_time(lambda: a.exp().relu_(), calls=2) == 0.0
+    with kernel_bound._KernelTimer() as timer:
+        torch.mm(a, a).relu_()
+    one = timer.seconds
+    assert one > 0.0
+    assert kernel_bound.in_step_kernel_time(lambda: (torch.mm(a, a), torch.mm(a, a)), calls=2) > 0.0
