@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -319,7 +320,6 @@ class Contender:
         and ``.tolist()`` of a 0-dim tensor dispatch to) in one training step: for glowflow the trainer's own step
         (``glowflow.training.step.train_step``: objective, backward, gradient norm and clipping, finiteness guard,
         fused Adam); for the others objective + backward + Adam."""
-        from torch.utils._python_dispatch import TorchDispatchMode
 
         class Count(TorchDispatchMode):
             syncs = 0
@@ -341,6 +341,27 @@ class Contender:
                 loss.backward()
                 self.optimizer.step()
         return Count.syncs
+
+
+class OpTimes(TorchDispatchMode):
+    """Wall time and count of every operation dispatched while active, by overload (``torch.ops.aten.mm.default``,
+    ...): ``times[func] = [calls, seconds]``. CPU operations are synchronous, so the clock brackets the kernel, and an
+    operation's own inner calls (oneDNN beneath ``aten.convolution``) do not reach the mode again: each is timed
+    once. ``profile_step.py`` and ``kernel_bound.py`` time with it instead of ``torch.profiler``, under which torch
+    2.13's oneDNN calls ran about 2x slower (config M's training step: ``mkldnn._linear_pointwise`` 396 against
+    198 ms) and the kernels looked slower in the step than they are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: dict = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        entry = self.times.setdefault(func, [0, 0.0])
+        entry[0] += 1
+        entry[1] += time.perf_counter() - start
+        return out
 
 
 def fused_kernel_flop_formulas() -> dict:

@@ -57,6 +57,7 @@ from bench import (  # noqa: E402
     PEERS,
     QUICK_CONFIGS,
     Batches,
+    OpTimes,
     interleaved,
     make_contender,
     sync,
@@ -163,34 +164,14 @@ def replay(calls: list[Call], repeats: int, device: str) -> None:
                 call.best_s = min(call.best_s, time.perf_counter() - t0)
 
 
-class _KernelTimer(TorchDispatchMode):
-    """Wall time of every kernel op (``KERNELS``) dispatched while active, summed in ``seconds`` (CPU only: its
-    operations are synchronous). An op's own inner calls (oneDNN beneath ``aten.convolution``) do not reach the
-    mode again, so each kernel is timed once."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds = 0.0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func not in KERNELS:
-            return func(*args, **(kwargs or {}))
-        t0 = time.perf_counter()
-        out = func(*args, **(kwargs or {}))
-        self.seconds += time.perf_counter() - t0
-        return out
-
-
 def in_step_kernel_time(fn: Callable[[], object], calls: int = 3) -> float:
-    """Seconds per call spent in the kernel ops inside ``fn``, each timed at the dispatcher (:class:`_KernelTimer`).
-    Not ``torch.profiler``: under it torch 2.13's oneDNN calls ran about 2x slower than without it (config M's
-    training step: ``mkldnn._linear_pointwise`` 396 against 198 ms), which made the kernels look slower in the step
-    than they are."""
-    timer = _KernelTimer()
+    """Seconds per call spent in the kernel ops (``KERNELS``) inside ``fn``, each timed at the dispatcher (bench.py's
+    :class:`OpTimes`, not ``torch.profiler``, which slowed oneDNN's calls)."""
+    timer = OpTimes()
     with timer:
         for _ in range(calls):
             fn()
-    return timer.seconds / calls
+    return sum(sec for func, (_, sec) in timer.times.items() if func in KERNELS) / calls
 
 
 def _name(func) -> str:

@@ -16,13 +16,12 @@ matrix products: their FLOPs counted by ``FlopCounterMode``) and everything else
 fraction of this process's float32 matrix-product rate (a 2048 x 2048 ``torch.mm``, best of 5) and of a 3x3
 convolution's (16 x 128 x 16 x 16, 128 -> 128 channels, channels-last, best of 5), the costliest operations, the
 number of aten calls, and the host synchronisations (``aten._local_scalar_dense``) of one training step.
-Every operation is timed at the dispatcher (``OpTimes``, a ``TorchDispatchMode`` around each call: CPU operations
-are synchronous, so the clock brackets the kernel), not by ``torch.profiler``: under the profiler torch 2.13's
-oneDNN calls ran about 2x slower than without it (config M on an Intel Xeon: 396 against 198 ms of
+Every operation is timed at the dispatcher (bench.py's ``OpTimes``, a ``TorchDispatchMode`` around each call: CPU
+operations are synchronous, so the clock brackets the kernel), not by ``torch.profiler``: under the profiler torch
+2.13's oneDNN calls ran about 2x slower than without it (config M on an Intel Xeon: 396 against 198 ms of
 ``mkldnn._linear_pointwise`` per training step), which inflated the kernels' share. The timer adds a few
-microseconds per call; the split reports the instrumented step beside the plain one.
-The table in benchmarks/README.md ("Optimisation log") was made by alternating this script over checkouts of
-successive commits.
+microseconds per call; the split reports the instrumented step beside the plain one. The table in
+benchmarks/README.md ("Optimisation log") was made by alternating this script over checkouts of successive commits.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ import glowflow
 from glowflow import Glow
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CONFIGS, fused_kernel_flop_formulas  # noqa: E402
+from bench import CONFIGS, OpTimes, fused_kernel_flop_formulas  # noqa: E402
 
 # dispatcher op (overload packet) -> FlopCounterMode op of the same kernel
 KERNELS = {
@@ -53,23 +52,6 @@ KERNELS = {
     "aten.addmm": "addmm",
     "aten.bmm": "bmm",
 }
-
-
-class OpTimes(TorchDispatchMode):
-    """Wall time and count of every operation reaching the dispatcher while active, by overload packet
-    (``aten.mm``, ``mkldnn._linear_pointwise``, ...): ``times[name] = [calls, seconds]``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.times: dict[str, list] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        start = time.perf_counter()
-        out = func(*args, **(kwargs or {}))
-        entry = self.times.setdefault(str(func.overloadpacket), [0, 0.0])
-        entry[0] += 1
-        entry[1] += time.perf_counter() - start
-        return out
 
 
 def timer(clock: str):
@@ -189,7 +171,10 @@ def profile_split(model, opt, train_step, batch, clock: str, step_ms: float) -> 
         for _ in range(steps):
             train_step()
     total = (time.perf_counter() - start) * 1e3 / steps
-    per_op = {name: (n // steps, sec * 1e3 / steps) for name, (n, sec) in timer_.times.items()}
+    per_op: dict[str, tuple[int, float]] = {}
+    for func, (n, sec) in timer_.times.items():  # by overload packet: aten.add.Tensor and aten.add.out as aten.add
+        calls, ms = per_op.get(str(func.overloadpacket), (0, 0.0))
+        per_op[str(func.overloadpacket)] = (calls + n // steps, ms + sec * 1e3 / steps)
     mm_rate, conv_rate = reference_rates(clock)
     rows, kernel_ms, kernel_flops = [], 0.0, 0
     for name, (_, ms) in per_op.items():
