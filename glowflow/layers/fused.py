@@ -534,8 +534,9 @@ class _GlowStep(torch.autograd.Function):
             conv1, conv1_bias, conv2, out = conv1.to(dtype), conv1_bias.to(dtype), conv2.to(dtype), out.to(dtype)
         a1 = conv_same(net_in, conv1, conv1_bias, relu=True)
         # the conditioner backwards: out conv, ReLU, 1x1 conv (a matrix product), ReLU, first conv
-        g_a2, g_out, _ = conv_same_backward(g_net.to(dtype), a2, out)
-        g_out_bias = g_net.sum((0, 2, 3))  # summed from the float32 gradient, then in weights_dtype as the others
+        g_a2, g_out, g_out_bias = conv_same_backward(g_net.to(dtype), a2, out)
+        if dtype != y.dtype:  # a bf16 conditioner's: summed from the float32 gradient, then in weights_dtype
+            g_out_bias = g_net.sum((0, 2, 3))
         g_a2 = _rows(_relu_backward_(g_a2, a2))
         g_conv2, g_conv2_bias = rows_product(g_a2, _rows(a1)), channel_sum(g_a2, (0,))
         g_a1 = _relu_backward_(_image(matmul(g_a2, conv2), a1), a1)
