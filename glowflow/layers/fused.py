@@ -138,10 +138,35 @@ def fold_unmixing(inverse_weight: Tensor, bias: Tensor, log_scale: Tensor) -> tu
     return (-log_scale).exp().unsqueeze(-1) * inverse_weight, -bias
 
 
-def channels_last_weights(weight: Tensor) -> Tensor:
+def channels_last_weights(weight: Tensor, rows: int | None = None) -> Tensor:
     """K convolution weights (K, C_out, C_in, kh, kw) laid out so that each ``weight[k]`` is channels-last, the layout
-    oneDNN's kernels take with channels-last activations (otherwise every convolution call reorders its weight)."""
+    oneDNN's kernels take with channels-last activations (otherwise every convolution call reorders its weight).
+    With ``rows`` > C_out, zero filters are appended: (K, rows, C_in, kh, kw) (:func:`padded_out_channels`)."""
+    extra = 0 if rows is None else rows - weight.shape[1]
+    if extra > 0:
+        return F.pad(weight.permute(0, 1, 3, 4, 2), (0, 0, 0, 0, 0, 0, 0, extra)).permute(0, 1, 4, 2, 3)
     return weight.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+CPU_OUTPUT_CHANNEL_BLOCK: int | None = {"AVX512": 16, "AVX2": 8}.get(torch.backends.cpu.get_cpu_capability())
+"""Output channels per block of oneDNN's direct convolutions on this CPU (one float32 vector: 16 with AVX-512, 8 with
+AVX2; None elsewhere), read once: ATen fixes its CPU capability at start-up, and torch.compile does not trace the
+query."""
+
+
+def padded_out_channels(c_out: int, device: torch.device) -> int:
+    """How many output channels the conditioner's last convolution computes for ``c_out`` wanted ones: ``c_out``
+    rounded up to a whole block of oneDNN's direct CPU convolution (:data:`CPU_OUTPUT_CHANNEL_BLOCK`), the extra filters
+    zero and their outputs never read. A partial block cost about as much as a whole one, and the tail made the
+    kernel slower still: Intel Xeon with AMX, 3x3 from 128 channels, batch 16, float32 (bfloat16): 12 -> 16 channels
+    on 16x16 480 against 461 us (117 / 107), 24 -> 32 on 8x8 257 / 217 (102 / 86), 48 -> 64 on 4x4 179 / 143
+    (107 / 98); limited to AVX2 (``ONEDNN_MAX_CPU_ISA``, blocks of 8) 12 -> 16 745 / 641, while 24 -> 32 and
+    48 -> 64 were slower. Convolutions with at most :data:`FEW_OUTPUT_CHANNELS` keep their count (float32 takes the
+    col2im form; bfloat16 256 -> 4 channels ran slower padded to 16: 256 against 301 us), as do other devices."""
+    block = CPU_OUTPUT_CHANNEL_BLOCK if device.type == "cpu" else None
+    if block is None or c_out <= FEW_OUTPUT_CHANNELS:
+        return c_out
+    return -(-c_out // block) * block
 
 
 def mix_channels(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -350,9 +375,29 @@ def _fold_rows(rows: Tensor, like: Tensor, k: int, bias: Tensor | None = None) -
     b, _, h, w = like.shape
     patches = rows.view(b, h, w, -1).permute(0, 3, 1, 2)
     c = patches.shape[1] // (k * k)
+    return F.conv2d(patches, _shift_kernel(c, k, rows.dtype, rows.device), bias, padding=k // 2, groups=c)
+
+
+_SHIFT_KERNELS: dict[tuple[int, int, torch.dtype, torch.device], Tensor] = {}
+
+
+def _shift_kernel(c: int, k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """:func:`_fold_rows`' one-hot kernels (c*k*k, 1, k, k), a constant kept per (c, k, dtype, device): building it
+    took four operations per call (``eye``, ``flip``, ``view``, ``repeat``, 70-80 us together), 2-3 % of config M's
+    sampling. Never written to; created outside inference mode, so that autograd may save it."""
+    if torch.compiler.is_compiling():  # a constant of the traced graph
+        return _one_hot_shifts(c, k, dtype, device)
+    key = (c, k, dtype, device)
+    kernel = _SHIFT_KERNELS.get(key)
+    if kernel is None:
+        with torch.inference_mode(False), torch.no_grad():
+            kernel = _SHIFT_KERNELS[key] = _one_hot_shifts(c, k, dtype, device)
+    return kernel
+
+
+def _one_hot_shifts(c: int, k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     # eye row q = i*k + j is one at (i, j); reversed, row q is one at (k-1-i, k-1-j)
-    kernel = torch.eye(k * k, dtype=rows.dtype, device=rows.device).flip(0).view(1, k * k, k, k).repeat(c, 1, 1, 1)
-    return F.conv2d(patches, kernel, bias, padding=k // 2, groups=c)
+    return torch.eye(k * k, dtype=dtype, device=device).flip(0).view(1, k * k, k, k).repeat(c, 1, 1, 1)
 
 
 def _fold_weight(weight: Tensor) -> Tensor:
@@ -365,8 +410,10 @@ def _fold_weight(weight: Tensor) -> Tensor:
 class ConditionerWeights:
     """Glow's coupling network ``out o relu o conv2 o relu o conv1`` with every ActNorm and gain folded in:
     ``conv1`` (hidden, C_a, k, k), ``conv2`` (hidden, hidden) (the 1x1 conv as a matrix), ``out``
-    (C_out, hidden, k, k), each with its bias; for the affine coupling ``AFFINE_SHIFT`` is already added to the bias
-    of the scale half of ``out`` (:func:`add_affine_shift`). A leading K dimension holds K steps' weights."""
+    (C_pad, hidden, k, k), each with its bias; for the affine coupling ``AFFINE_SHIFT`` is already added to the bias
+    of the scale half of ``out`` (:func:`add_affine_shift`). ``out`` may hold zero filters after its C_out real ones
+    (C_pad >= C_out, :func:`padded_out_channels`): the conditioner's output then has C_pad channels, of which the
+    coupling reads the first C_out. A leading K dimension holds K steps' weights."""
 
     conv1: Tensor
     conv1_bias: Tensor
@@ -454,33 +501,45 @@ def _conditioner(x_a: Tensor, net: ConditionerWeights, dtype: torch.dtype) -> tu
 
 def _couple_(h_b: Tensor, net_out: Tensor, affine: bool, keep_scale: bool) -> tuple[Tensor, Tensor | None]:
     """The coupling of the transformed half, in place on ``h_b`` (autograd off): ``y_b = (h_b + t) * s`` with
-    ``s = sigmoid(z) / sigmoid(2)`` (affine) or ``y_b = h_b + t`` (additive), ``(t, z) = net_out``.
+    ``s = sigmoid(z) / sigmoid(2)`` (affine) or ``y_b = h_b + t`` (additive), ``(t, z)`` the first C_b and the next
+    C_b channels of ``net_out`` (any further channels, padding, are not read).
     Returns ``(log|det| per example = sum(log s), s)``; ``s`` is None for the additive coupling or unless
     ``keep_scale``.
 
     Without ``keep_scale`` the sigmoid and log run over the whole of ``net_out``, a dense tensor, and only the ``z``
     half is read: an elementwise op over the strided half of a channels-last tensor cost 62 us against 11 us over
     the whole (16 x 12 x 16 x 16, Intel Xeon with AMX); S's evaluation 0.987x, M's 0.99x the time."""
-    if not affine:
-        h_b.add_(net_out)
-        return h_b.new_zeros(h_b.shape[0]), None
     cb = h_b.shape[1]
+    if not affine:
+        h_b.add_(net_out[:, :cb])
+        return h_b.new_zeros(h_b.shape[0]), None
     if not keep_scale:
         full = torch.sigmoid(net_out).div_(SIGMOID_2)
-        h_b.add_(net_out[:, :cb]).mul_(full[:, cb:])
-        return full.log_()[:, cb:].sum((1, 2, 3)), None
-    scale = torch.sigmoid(net_out[:, cb:]).div_(SIGMOID_2)
+        h_b.add_(net_out[:, :cb]).mul_(full[:, cb : 2 * cb])
+        return full.log_()[:, cb : 2 * cb].sum((1, 2, 3)), None
+    scale = torch.sigmoid(net_out[:, cb : 2 * cb]).div_(SIGMOID_2)
     h_b.add_(net_out[:, :cb]).mul_(scale)
     return scale.log().sum((1, 2, 3)), scale
 
 
 def _uncouple(y_b: Tensor, net_out: Tensor, affine: bool) -> tuple[Tensor, Tensor]:
     """Inverse of :func:`_couple_`: ``h_b = y_b / s - t`` (affine) or ``y_b - t``; returns ``(h_b, -sum(log s))``."""
-    if not affine:
-        return y_b - net_out, y_b.new_zeros(y_b.shape[0])
     cb = y_b.shape[1]
-    scale = torch.sigmoid(net_out[:, cb:]) / SIGMOID_2
+    if not affine:
+        return y_b - net_out[:, :cb], y_b.new_zeros(y_b.shape[0])
+    scale = torch.sigmoid(net_out[:, cb : 2 * cb]) / SIGMOID_2
     return y_b / scale - net_out[:, :cb], -scale.log().sum((1, 2, 3))
+
+
+def _uncouple_(y_b: Tensor, net_out: Tensor, affine: bool) -> Tensor:
+    """:func:`_uncouple` in place on ``y_b`` (autograd off), which becomes ``h_b``; returns ``-sum(log s)``."""
+    cb = y_b.shape[1]
+    if not affine:
+        y_b.sub_(net_out[:, :cb])
+        return y_b.new_zeros(y_b.shape[0])
+    scale = torch.sigmoid(net_out[:, cb : 2 * cb]).div_(SIGMOID_2)
+    y_b.div_(scale).sub_(net_out[:, :cb])
+    return scale.log_().sum((1, 2, 3)).neg_()
 
 
 def _step_forward(
@@ -515,11 +574,14 @@ class _GlowStep(torch.autograd.Function):
         dtype = net_in.dtype  # the conditioner's
         weights_dtype = conv1.dtype  # the gradients' dtype: bf16 where FlowSteps cast a level's weights once
         ca, cb = x.shape[1] // 2, x.shape[1] - x.shape[1] // 2
+        c_out = 2 * cb if ctx.affine else cb
+        padding = out.shape[0] - c_out  # zero filters of padded_out_channels: their outputs were never read
+        out = out[:c_out]
         if grad_y is None:
             grad_y = torch.zeros_like(y)
         grad_h = torch.empty_like(y, memory_format=torch.channels_last)
         g_net = torch.empty(
-            (y.shape[0], out.shape[0], *y.shape[2:]), dtype=y.dtype, device=y.device, memory_format=torch.channels_last
+            (y.shape[0], c_out, *y.shape[2:]), dtype=y.dtype, device=y.device, memory_format=torch.channels_last
         )
         g_y_b = grad_y[:, ca:]
         if ctx.affine:  # dh_b = dt = dy_b * s;  dz = (dy_b * y_b + dlogdet) * (1 - sigmoid(2) * s)
@@ -537,6 +599,8 @@ class _GlowStep(torch.autograd.Function):
         g_a2, g_out, g_out_bias = conv_same_backward(g_net.to(dtype), a2, out)
         if dtype != y.dtype:  # a bf16 conditioner's: summed from the float32 gradient, then in weights_dtype
             g_out_bias = g_net.sum((0, 2, 3))
+        if padding:
+            g_out, g_out_bias = F.pad(g_out, (0, 0, 0, 0, 0, 0, 0, padding)), F.pad(g_out_bias, (0, padding))
         g_a2 = _rows(_relu_backward_(g_a2, a2))
         g_conv2, g_conv2_bias = rows_product(g_a2, _rows(a1)), channel_sum(g_a2, (0,))
         g_a1 = _relu_backward_(_image(matmul(g_a2, conv2), a1), a1)
@@ -606,18 +670,26 @@ def glow_step(x: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype | 
 
 
 def glow_step_inverse(
-    y: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype | None = None
+    y: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype | None = None, overwrite: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Generative direction of :func:`glow_step`, with ``w`` from :func:`fold_unmixing` (``A' = A^-1``):
 
         ``(t, z) = NN(y_a)``;  ``h = (y_a, y_b / s - t)`` (affine) or ``(y_a, y_b - t)``;  ``x = A' h + c'``;
         log|det| = -(S mix_logdet + sum log s).
 
-    Differentiable by ordinary autograd. Shapes as in :func:`glow_step`.
+    Differentiable by ordinary autograd. With ``overwrite`` and autograd off, ``h`` is computed in place in ``y``
+    (which the caller must own: :class:`~glowflow.layers.step.FlowSteps` passes its intermediate results) instead
+    of concatenating ``y_a`` with a new ``h_b``: S's sampling 0.98x, M's 0.99x the time. Shapes as in
+    :func:`glow_step`.
     """
     dtype = dtype or y.dtype
     ca = y.shape[1] // 2
     y_a = y[:, :ca]
-    h_b, logdet = _uncouple(y[:, ca:], _conditioner(y_a, w.net, dtype)[-1], affine)
-    x = mix_channels(torch.cat([y_a, h_b], dim=1), w.mix, w.mix_bias)
-    return x, logdet - y.shape[2] * y.shape[3] * w.mix_logdet
+    net_out = _conditioner(y_a, w.net, dtype)[-1]
+    if overwrite and not torch.is_grad_enabled():
+        logdet = _uncouple_(y[:, ca:], net_out, affine)
+        h = y
+    else:
+        h_b, logdet = _uncouple(y[:, ca:], net_out, affine)
+        h = torch.cat([y_a, h_b], dim=1)
+    return mix_channels(h, w.mix, w.mix_bias), logdet - y.shape[2] * y.shape[3] * w.mix_logdet

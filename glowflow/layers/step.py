@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from glowflow.layers.actnorm import ActNorm
@@ -27,6 +28,7 @@ from glowflow.layers.fused import (
     lu_inverse_weight,
     lu_weight,
     mix_channels,
+    padded_out_channels,
 )
 from glowflow.layers.sequence import FlowSequence
 
@@ -125,7 +127,8 @@ def glow_step_weights(steps: Sequence[FlowStep], inverse: bool) -> GlowStepWeigh
     (:func:`~glowflow.layers.fused.lu_weight`, or its inverse), the ActNorm + 1x1 conv map
     (:func:`~glowflow.layers.fused.fold_mixing` / :func:`~glowflow.layers.fused.fold_unmixing`), the conditioner's
     ActNorms (:func:`~glowflow.layers.fused.fold_actnorm`) and gain (:func:`~glowflow.layers.fused.fold_gain`), and
-    Glow's ``+ 2`` for affine couplings (:func:`~glowflow.layers.fused.add_affine_shift`)."""
+    Glow's ``+ 2`` for affine couplings (:func:`~glowflow.layers.fused.add_affine_shift`); the out conv's filters
+    padded with zero ones to a whole block of the CPU's kernels (:func:`~glowflow.layers.fused.padded_out_channels`)."""
     t = _StepTensors(*zip(*(_step_tensors(step) for step in steps), strict=True))
     stack = torch.stack
     an_bias, an_log_scale, log_s = stack(t.an_bias), stack(t.an_log_scale), stack(t.log_s)
@@ -140,8 +143,11 @@ def glow_step_weights(steps: Sequence[FlowStep], inverse: bool) -> GlowStepWeigh
     out, out_bias = fold_gain(t.out, stack(t.out_bias), stack(t.out_logs))
     if steps[0].affine:
         out_bias = add_affine_shift(out_bias)
+    padding = padded_out_channels(out_bias.shape[-1], out_bias.device) - out_bias.shape[-1]
+    if padding:
+        out_bias = F.pad(out_bias, (0, padding))
     net = ConditionerWeights(channels_last_weights(conv1), conv1_bias, conv2.flatten(2), conv2_bias,
-                             channels_last_weights(out), out_bias)  # fmt: skip
+                             channels_last_weights(out, out_bias.shape[-1]), out_bias)  # fmt: skip
     return GlowStepWeights(mix, mix_bias, mix_logdet, net)
 
 
@@ -216,7 +222,7 @@ class FlowSteps(FlowSequence):
             return super().inverse(y, cond)
         logdet = zero_logdet(y)
         weights = glow_step_weights(list(self.layers), inverse=True)
-        for w in reversed(weights.conditioner_in(setting[1]).unbind()):
-            y, ld = glow_step_inverse(y, w, *setting)
+        for k, w in enumerate(reversed(weights.conditioner_in(setting[1]).unbind())):
+            y, ld = glow_step_inverse(y, w, *setting, overwrite=k > 0)  # from the second on, y is our own
             logdet = logdet + ld
         return y, logdet

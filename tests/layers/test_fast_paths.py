@@ -530,3 +530,51 @@ def test_matmul_of_mixed_dtypes_does_not_disable_the_onednn_kernels():
     with torch.no_grad(), pytest.raises(RuntimeError):
         matmul(torch.randn(4, 3), torch.randn(3, 2, dtype=torch.float64))
     assert fused._NO_FUSED_KERNEL == before
+
+
+@pytest.mark.parametrize("block", [None, 8, 16])
+def test_padded_out_channels_give_the_same_level(monkeypatch, block):
+    """The out conv's zero filters (``padded_out_channels``) change neither the map, its log-det nor the gradients,
+    and the in-place inverse (``overwrite``) inverts it: checked against the plain layers in float64."""
+    from glowflow.layers import fused
+    from glowflow.models import Glow
+
+    monkeypatch.setattr(fused, "CPU_OUTPUT_CHANNEL_BLOCK", block)
+    torch.manual_seed(0)
+    model = Glow((3, 8, 8), levels=2, steps=3, hidden=16).double()
+    x = torch.rand(4, 3, 8, 8, dtype=torch.float64) - 0.5
+    with torch.no_grad():
+        model.log_prob(x)  # ActNorm initialisation
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert fused.padded_out_channels(12, torch.device("cpu")) == (12 if block is None else 16)
+    lp = model.log_prob(x)
+    lp.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    with torch.no_grad():
+        zs, _ = model.encode(x)
+        back = model.decode(zs)
+    assert max_abs(back, x) < 1e-10
+    monkeypatch.setattr(fused, "CPU_OUTPUT_CHANNEL_BLOCK", None)
+    model.zero_grad()
+    lp_plain = model.log_prob(x)
+    lp_plain.sum().backward()
+    assert max_abs(lp, lp_plain) < 1e-9
+    assert max(max_abs(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True)) < 1e-9
+
+
+def test_fold_rows_kernel_made_in_inference_mode_serves_autograd():
+    """``_fold_rows`` keeps its one-hot kernel between calls; one first built under ``torch.inference_mode`` must
+    still be usable where autograd records (an inference tensor cannot be saved for backward)."""
+    from glowflow.layers import fused
+
+    fused._SHIFT_KERNELS.clear()
+    rows = torch.randn(2 * 4 * 4, 5 * 9, dtype=torch.float64)
+    like = torch.empty(2, 5, 4, 4, dtype=torch.float64)
+    with torch.inference_mode():
+        first = _fold_rows(rows, like, 3)
+    rows.requires_grad_(True)
+    again = _fold_rows(rows, like, 3)
+    again.sum().backward()
+    assert max_abs(again.detach(), first) < 1e-12
+    assert torch.all(rows.grad.view(32, 5, 3, 3)[:, :, 1, 1] == 1.0)  # the centre tap of every row lands once
