@@ -14,8 +14,9 @@ it (:class:`~glowflow.layers.step.FlowStep`, :class:`~glowflow.layers.step.FlowS
 * **the whole step** (:func:`glow_step`, :func:`glow_step_inverse`): ActNorm -> LU 1x1 conv -> channel-split
   coupling with Glow's conditioner, as one ``torch.autograd.Function`` whose backward is derived by hand. It stores
   its input (the previous step's output), its output, the conditioner's C/2-channel input, one hidden activation
-  and the scale, recomputing the other hidden activation in the backward pass, and writes the coupling in place
-  into the mixed tensor, so a step makes no layout copies.
+  and the scale, recomputing the other hidden activation in the backward pass where that is cheap
+  (:func:`keeps_first_hidden`), and writes the coupling in place into the mixed tensor, so a step makes no layout
+  copies.
 
 The fast paths compute the same function as the plain composition of the layers (the tests check round trip,
 log-det and gradients against it in float64 and float32); they differ only in rounding.
@@ -554,23 +555,40 @@ def _step_forward(
     return y, logdet, (net_in, a1, a2, scale)
 
 
+KEEP_FIRST_HIDDEN_FLOPS_PER_BYTE = 48
+"""The fused step stores its first hidden activation for the backward pass where recomputing it would cost at least
+this many FLOPs per byte stored, and recomputes it elsewhere (:func:`keeps_first_hidden`)."""
+
+
+def keeps_first_hidden(conv1: Tensor, a1: Tensor) -> bool:
+    """Whether :class:`_GlowStep` stores ``a1 = relu(conv1(x_a))`` instead of recomputing it in the backward pass:
+    when the first conv's ``2 C_in k^2`` FLOPs per element of ``a1`` are at least
+    :data:`KEEP_FIRST_HIDDEN_FLOPS_PER_BYTE` per byte of it. The first conv reads only the C/2 channels of ``x_a``, so
+    recomputing is cheap per byte of the wide activation it spares for few input channels (S's first level: 6
+    channels, 27 FLOPs per byte in float32; M's 2 and 4), and dear for more: storing it on S's levels 2 and 3 (12 and
+    24 channels, 54 and 108 per byte; 5 MiB more at batch 16) made S's float32 training step 0.965-0.970x the time,
+    and bf16's (which also keeps level 1's, 54 per byte in bfloat16) 0.944-0.949x; storing level 1's too in float32
+    gained nothing more (0.964x), nor did M's levels 1 and 2 (0.997-0.999x); Intel Xeon with AMX, in-process A/B."""
+    return 2 * conv1[0].numel() / a1.element_size() >= KEEP_FIRST_HIDDEN_FLOPS_PER_BYTE
+
+
 class _GlowStep(torch.autograd.Function):
-    """:func:`glow_step` with autograd on: the forward stores its input, output, the conditioner's input and two
-    hidden activations, and the scale; the backward is derived by hand (formulas in :func:`glow_step`)."""
+    """:func:`glow_step` with autograd on: the forward stores its input, output, the conditioner's input, its
+    second hidden activation (and the first where :func:`keeps_first_hidden`), and the scale; the backward is derived
+    by hand (formulas in :func:`glow_step`)."""
 
     @staticmethod
     def forward(ctx, x, mix, mix_bias, conv1, conv1_bias, conv2, conv2_bias, out, out_bias, affine, dtype):
         net = ConditionerWeights(conv1, conv1_bias, conv2, conv2_bias, out, out_bias)
         y, logdet, (net_in, a1, a2, scale) = _step_forward(x, mix, mix_bias, net, affine, dtype, keep_scale=True)
         ctx.affine = affine
-        # a1 (hidden channels) is not stored: the backward recomputes it from the C/2-channel net_in (the first
-        # conv is 2-7 % of the step's FLOPs; its activation a third of the step's stored bytes)
-        ctx.save_for_backward(x, y, net_in, a2, scale, mix, conv1, conv1_bias, conv2, out)
+        kept = a1 if keeps_first_hidden(conv1, a1) else None  # otherwise the backward recomputes it from net_in
+        ctx.save_for_backward(x, y, net_in, kept, a2, scale, mix, conv1, conv1_bias, conv2, out)
         return y, logdet
 
     @staticmethod
     def backward(ctx, grad_y, grad_logdet):
-        x, y, net_in, a2, scale, mix, conv1, conv1_bias, conv2, out = ctx.saved_tensors
+        x, y, net_in, a1, a2, scale, mix, conv1, conv1_bias, conv2, out = ctx.saved_tensors
         dtype = net_in.dtype  # the conditioner's
         weights_dtype = conv1.dtype  # the gradients' dtype: bf16 where FlowSteps cast a level's weights once
         ca, cb = x.shape[1] // 2, x.shape[1] - x.shape[1] // 2
@@ -594,7 +612,8 @@ class _GlowStep(torch.autograd.Function):
         g_net[:, :cb] = grad_h[:, ca:]
         if dtype != y.dtype:
             conv1, conv1_bias, conv2, out = conv1.to(dtype), conv1_bias.to(dtype), conv2.to(dtype), out.to(dtype)
-        a1 = conv_same(net_in, conv1, conv1_bias, relu=True)
+        if a1 is None:
+            a1 = conv_same(net_in, conv1, conv1_bias, relu=True)
         # the conditioner backwards: out conv, ReLU, 1x1 conv (a matrix product), ReLU, first conv
         g_a2, g_out, g_out_bias = conv_same_backward(g_net.to(dtype), a2, out)
         if dtype != y.dtype:  # a bf16 conditioner's: summed from the float32 gradient, then in weights_dtype
@@ -657,8 +676,8 @@ def glow_step(x: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype | 
     With autograd on, one :class:`_GlowStep` node with the hand-derived backward
     ``dh_b = dt = dy_b * s``,  ``dz = (dy_b * y_b + dlogdet) * (1 - sigmoid(z))``,  ``dh_a = dy_a + NN^T(dt, dz)``,
     ``dx = A^T dh``; it stores ``x``, ``y``, the conditioner's input, its second hidden activation and ``s``, and
-    recomputes the first hidden activation (the cheapest convolution of the step) in the backward pass. Without
-    autograd the same forward stores nothing.
+    the first hidden activation where recomputing it in the backward pass would cost more per byte than
+    :func:`keeps_first_hidden` allows. Without autograd the same forward stores nothing.
     """
     dtype = dtype or x.dtype
     mix_logdet = x.shape[2] * x.shape[3] * w.mix_logdet

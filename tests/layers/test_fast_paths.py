@@ -578,3 +578,36 @@ def test_fold_rows_kernel_made_in_inference_mode_serves_autograd():
     again.sum().backward()
     assert max_abs(again.detach(), first) < 1e-12
     assert torch.all(rows.grad.view(32, 5, 3, 3)[:, :, 1, 1] == 1.0)  # the centre tap of every row lands once
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_first_hidden_activation_stored_or_recomputed_gives_the_same_gradients(monkeypatch, keep, dtype, tol):
+    """The fused step's backward with its first hidden activation stored (``keeps_first_hidden``) and recomputed:
+    both equal the plain layers' gradients, and storing it saves one more activation per step."""
+    from glowflow.layers import fused
+
+    monkeypatch.setattr(fused, "KEEP_FIRST_HIDDEN_FLOPS_PER_BYTE", 0 if keep else float("inf"))
+    steps, plain = make_steps(2, "affine", dtype, channels=20)
+    x = torch.randn(3, 20, 4, 4, dtype=dtype).contiguous(memory_format=CL)
+    g = (torch.randn(3, 20, 4, 4, dtype=dtype), torch.randn(3, dtype=dtype))
+    y1, ld1, gx1, gp1 = grads(steps, x, g)
+    y2, ld2, gx2, gp2 = grads(plain, x, g)
+    assert max_abs(y1, y2) < tol * max(1.0, y2.abs().max().item())
+    assert max_abs(gx1, gx2) < tol * max(1.0, gx2.abs().max().item())
+    for name in gp2:
+        assert max_abs(gp1[name], gp2[name]) < tol * max(1.0, gp2[name].abs().max().item()), name
+    hidden = []  # saved tensors with the conditioner's 8 hidden channels
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: hidden.append(t.shape[1:] == (8, 4, 4)) or t, lambda t: t):
+        steps(x.requires_grad_())
+    assert sum(hidden) == (4 if keep else 2)  # a2 of each step, and a1 where kept
+
+
+def test_first_hidden_activation_is_kept_where_recomputing_it_is_dear():
+    from glowflow.layers.fused import keeps_first_hidden
+
+    a1_fp32, a1_bf16 = torch.empty(1, 128, 8, 8), torch.empty(1, 128, 8, 8, dtype=torch.bfloat16)
+    conv1 = {c: torch.empty(128, c, 3, 3) for c in (2, 4, 6, 12, 24)}
+    assert [keeps_first_hidden(conv1[c], a1_fp32) for c in (2, 4, 6, 12, 24)] == [False] * 3 + [True] * 2
+    bf16 = [keeps_first_hidden(conv1[c].bfloat16(), a1_bf16) for c in (2, 4, 6, 12, 24)]
+    assert bf16 == [False, False, True, True, True]
