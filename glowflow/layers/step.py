@@ -25,6 +25,7 @@ from glowflow.layers.fused import (
     fold_unmixing,
     glow_step,
     glow_step_inverse,
+    glow_steps,
     lu_inverse_weight,
     lu_weight,
     mix_channels,
@@ -209,12 +210,9 @@ class FlowSteps(FlowSequence):
         setting = self._fused_setting() if x.dim() == 4 else None
         if setting is None or (self.memory != "standard" and torch.is_grad_enabled()):
             return super().forward(x, cond)
-        logdet = zero_logdet(x)
-        weights = glow_step_weights(list(self.layers), inverse=False)
-        for w in weights.conditioner_in(setting[1]).unbind():
-            x, ld = glow_step(x, w, *setting)
-            logdet = logdet + ld
-        return x, logdet
+        weights = glow_step_weights(list(self.layers), inverse=False).conditioner_in(setting[1])
+        y, logdet = glow_steps(x, weights, *setting)
+        return y, zero_logdet(x) + logdet
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         setting = self._fused_setting() if y.dim() == 4 else None

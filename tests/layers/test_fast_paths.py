@@ -20,6 +20,7 @@ from glowflow.layers.fused import (
     fold_mixing,
     fold_unmixing,
     glow_step,
+    glow_steps,
     linear_relu,
     lu_inverse_weight,
     lu_weight,
@@ -106,6 +107,31 @@ def test_fused_step_backward_passes_gradcheck(channels):
         return glow_step(x, weights, affine=True)
 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+@pytest.mark.parametrize("coupling", ["affine", "additive"])
+@pytest.mark.parametrize("channels", [4, 20])
+def test_a_level_of_fused_steps_passes_gradcheck(coupling, channels):
+    """``glow_steps``: K steps as one autograd node, gradients of the input and of every stacked weight."""
+    fused, _ = make_steps(2, coupling, torch.float64, channels=channels, hidden=4)
+    w = glow_step_weights(list(fused), inverse=False)
+    x = torch.randn(2, channels, 2, 3, dtype=torch.float64).contiguous(memory_format=CL)
+    inputs = [t.detach().clone().requires_grad_() for t in (x, w.mix, w.mix_bias, *w.net.tensors())]
+
+    def fn(x, mix, mix_bias, *net):
+        weights = type(w)(mix, mix_bias, w.mix_logdet.detach(), type(w.net)(*net))
+        return glow_steps(x, weights, affine=coupling == "affine")
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, fast_mode=True)
+    y, ld = fn(*inputs)
+    with torch.no_grad():
+        y_eval, ld_eval = fn(*inputs)  # autograd off: the K forwards of glow_step
+    assert max_abs(y, y_eval) < 1e-12 and max_abs(ld, ld_eval) < 1e-10
+    grads = torch.autograd.grad(y.sum() + ld.sum(), inputs[1:])
+    x_free = inputs[0].detach()  # the level's input needs no gradient: the weights' are the same
+    y2, ld2 = fn(x_free, *inputs[1:])
+    grads2 = torch.autograd.grad(y2.sum() + ld2.sum(), inputs[1:])
+    assert all(max_abs(a, b) < 1e-12 for a, b in zip(grads, grads2, strict=True))
 
 
 def test_inverse_with_autograd_matches_plain():
@@ -403,6 +429,28 @@ def test_channel_sum_accumulates_in_float32_and_rounds_bf16_once(dtype):
         for b in grad.unbind(0):  # bf16 accumulation, for contrast
             running += b.sum((1, 2))
         assert ((running.double() - exact).abs() / exact.abs()).max() > 4 * 2.0**-8
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layout", ["rows", "channels_last", "contiguous", "strided rows"])
+def test_channel_sum_of_every_layout_equals_the_reduction(dtype, layout):
+    """The product with ones (rows, channels-last images) and the reduction (any other layout) give the same sums;
+    a shorter batch after a longer one reads a prefix of the kept ones, and the kept vector is never written."""
+    from glowflow.layers import fused
+
+    torch.manual_seed(0)
+    for n in (7, 300, 5):
+        if layout in ("rows", "strided rows"):
+            grad, dims = torch.randn(n, 24 if layout == "rows" else 48, dtype=dtype), (0,)
+            grad = grad if layout == "rows" else grad[:, ::2]
+        else:
+            grad, dims = torch.randn(n, 24, 4, 3, dtype=dtype), (0, 2, 3)
+            grad = grad.contiguous(memory_format=CL) if layout == "channels_last" else grad
+        taken = fused._channel_rows(grad, dims) is not None
+        assert taken == (layout in ("rows", "channels_last"))
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        assert max_abs(channel_sum(grad, dims), grad.sum(dims)) < tol * grad.abs().sum(dims).max()
+    assert all(bool((ones == 1).all()) and ones.shape[0] >= 300 for ones in fused._ONES.values())
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
