@@ -12,11 +12,11 @@ it (:class:`~glowflow.layers.step.FlowStep`, :class:`~glowflow.layers.step.FlowS
 * **kernels with a fused activation** (:func:`conv_relu`, :func:`linear_relu`): oneDNN's post-op ReLU on CPU
   (float32, bfloat16), ``relu_(conv(...))`` elsewhere.
 * **the whole step** (:func:`glow_step`, :func:`glow_step_inverse`): ActNorm -> LU 1x1 conv -> channel-split
-  coupling with Glow's conditioner, as one ``torch.autograd.Function`` whose backward is derived by hand. It stores
-  its input (the previous step's output), its output, the conditioner's C/2-channel input, one hidden activation
-  and the scale, recomputing the other hidden activation in the backward pass where that is cheap
-  (:func:`keeps_first_hidden`), and writes the coupling in place into the mixed tensor, so a step makes no layout
-  copies.
+  coupling with Glow's conditioner, as one ``torch.autograd.Function`` whose backward is derived by hand (for the K
+  steps of a level, one node: :func:`glow_steps`). It stores its input (the previous step's output), its output,
+  one hidden activation and the scale, recomputing the other hidden activation in the backward pass where that is
+  cheap (:func:`keeps_first_hidden`) and copying the conditioner's input again from its output, and writes the
+  coupling in place into the mixed tensor, so a step makes no layout copies.
 
 The fast paths compute the same function as the plain composition of the layers (the tests check round trip,
 log-det and gradients against it in float64 and float32); they differ only in rounding.
@@ -521,17 +521,22 @@ def _conditioner(x_a: Tensor, net: ConditionerWeights, dtype: torch.dtype) -> tu
     """``out(relu(conv2 relu(conv1 x_a)))`` computed in ``dtype``; differentiable when autograd records.
     Returns ``(the conv1 input as computed: x_a in dtype, channels-last; hidden 1; hidden 2; output in x_a's dtype)``.
     """
-    if torch.is_grad_enabled():
-        net_in = x_a.to(dtype).contiguous(memory_format=torch.channels_last)
-    else:  # one pass for the cast and the layout
-        net_in = torch.empty(x_a.shape, dtype=dtype, device=x_a.device, memory_format=torch.channels_last)
-        net_in.copy_(x_a)
+    net_in = _conditioner_input(x_a, dtype)
     if net.conv1.dtype != dtype:  # FlowSteps casts a level's weights once (GlowStepWeights.conditioner_in)
         net = net.cast(dtype)
     a1 = conv_same(net_in, net.conv1, net.conv1_bias, relu=True)
     a2 = _image(linear_relu(_rows(a1), net.conv2, net.conv2_bias), a1)
     h = conv_same(a2, net.out, net.out_bias, relu=False)
     return net_in, a1, a2, h.to(x_a.dtype)
+
+
+def _conditioner_input(x_a: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x_a`` in ``dtype`` and channels-last layout, the first convolution's input (a copy: one pass for the cast
+    and the layout where autograd is off)."""
+    if torch.is_grad_enabled():
+        return x_a.to(dtype).contiguous(memory_format=torch.channels_last)
+    net_in = torch.empty(x_a.shape, dtype=dtype, device=x_a.device, memory_format=torch.channels_last)
+    return net_in.copy_(x_a)
 
 
 def _couple_(h_b: Tensor, net_out: Tensor, affine: bool, keep_scale: bool) -> tuple[Tensor, Tensor | None]:
@@ -589,7 +594,7 @@ def _step_forward(
     return y, logdet, (net_in, a1, a2, scale)
 
 
-KEEP_FIRST_HIDDEN_FLOPS_PER_BYTE = 48
+KEEP_FIRST_HIDDEN_FLOPS_PER_BYTE = 100
 """The fused step stores its first hidden activation for the backward pass where recomputing it would cost at least
 this many FLOPs per byte stored, and recomputes it elsewhere (:func:`keeps_first_hidden`)."""
 
@@ -598,18 +603,20 @@ def keeps_first_hidden(conv1: Tensor, a1: Tensor) -> bool:
     """Whether :class:`_GlowStep` stores ``a1 = relu(conv1(x_a))`` instead of recomputing it in the backward pass:
     when the first conv's ``2 C_in k^2`` FLOPs per element of ``a1`` are at least
     :data:`KEEP_FIRST_HIDDEN_FLOPS_PER_BYTE` per byte of it. The first conv reads only the C/2 channels of ``x_a``, so
-    recomputing is cheap per byte of the wide activation it spares for few input channels (S's first level: 6
-    channels, 27 FLOPs per byte in float32; M's 2 and 4), and dear for more: storing it on S's levels 2 and 3 (12 and
-    24 channels, 54 and 108 per byte; 5 MiB more at batch 16) made S's float32 training step 0.965-0.970x the time,
-    and bf16's (which also keeps level 1's, 54 per byte in bfloat16) 0.944-0.949x; storing level 1's too in float32
-    gained nothing more (0.964x), nor did M's levels 1 and 2 (0.997-0.999x); Intel Xeon with AMX, in-process A/B."""
+    recomputing is cheap per byte of the wide activation it spares for few input channels and dear for many. In
+    float32 that keeps S's third level's (24 channels, 108 FLOPs per byte; 1 MiB at batch 16) and recomputes the
+    rest (S's levels 1 and 2: 27 and 54 per byte, M's: 9 and 18); in bfloat16, whose bytes are half as many, S's
+    levels 2 and 3. Intel Xeon with AMX, in-process A/B against recomputing every level's: S's float32 training step
+    0.983-0.988x the time, bf16 0.972x. Keeping level 2's too (the limit at 48) gained another 1.2-1.9 % in float32
+    but stored 4 MiB more, which took S's training peak under the default allocator from about 0.56x to 0.6x the
+    leanest port's; keeping level 1's as well gained nothing more, nor did keeping M's."""
     return 2 * conv1[0].numel() / a1.element_size() >= KEEP_FIRST_HIDDEN_FLOPS_PER_BYTE
 
 
 class _GlowStep(torch.autograd.Function):
-    """:func:`glow_step` with autograd on: the forward stores its input, output, the conditioner's input, its
-    second hidden activation (and the first where :func:`keeps_first_hidden`), and the scale; the backward is derived
-    by hand (formulas in :func:`glow_step`, computed by :func:`_step_backward`)."""
+    """:func:`glow_step` with autograd on: the forward stores its input, output, its second hidden activation (and
+    the first where :func:`keeps_first_hidden`), and the scale; the backward is derived by hand (formulas in
+    :func:`glow_step`, computed by :func:`_step_backward`)."""
 
     @staticmethod
     def forward(ctx, x, mix, mix_bias, conv1, conv1_bias, conv2, conv2_bias, out, out_bias, affine, dtype):
@@ -663,8 +670,8 @@ def _saved_step_forward(x, mix, mix_bias, net, affine, dtype) -> tuple[Tensor, T
     activations)``, the first hidden activation among them where :func:`keeps_first_hidden` (None otherwise: the
     backward recomputes it from the conditioner's input)."""
     net = ConditionerWeights(*net)
-    y, logdet, (net_in, a1, a2, scale) = _step_forward(x, mix, mix_bias, net, affine, dtype, keep_scale=True)
-    return y, logdet, [x, y, net_in, a1 if keeps_first_hidden(net.conv1, a1) else None, a2, scale]
+    y, logdet, (_, a1, a2, scale) = _step_forward(x, mix, mix_bias, net, affine, dtype, keep_scale=True)
+    return y, logdet, [x, y, a1 if keeps_first_hidden(net.conv1, a1) else None, a2, scale]
 
 
 def _step_backward(saved, grad_y, grad_logdet, affine: bool, needs) -> tuple:
@@ -672,8 +679,8 @@ def _step_backward(saved, grad_y, grad_logdet, affine: bool, needs) -> tuple:
     activations, then its weights ``mix, conv1, conv1_bias, conv2, out``): the gradients of its input and of
     ``mix, mix_bias, conv1, conv1_bias, conv2, conv2_bias, out, out_bias``, those of the input / ``mix`` /
     ``mix_bias`` only where ``needs`` says (None otherwise)."""
-    x, y, net_in, a1, a2, scale, mix, conv1, conv1_bias, conv2, out = saved
-    dtype = net_in.dtype  # the conditioner's
+    x, y, a1, a2, scale, mix, conv1, conv1_bias, conv2, out = saved
+    dtype = a2.dtype  # the conditioner's
     weights_dtype = conv1.dtype  # the gradients' dtype: bf16 where FlowSteps cast a level's weights once
     ca, cb = x.shape[1] // 2, x.shape[1] - x.shape[1] // 2
     c_out = 2 * cb if affine else cb
@@ -696,6 +703,7 @@ def _step_backward(saved, grad_y, grad_logdet, affine: bool, needs) -> tuple:
     g_net[:, :cb] = grad_h[:, ca:]
     if dtype != y.dtype:
         conv1, conv1_bias, conv2, out = conv1.to(dtype), conv1_bias.to(dtype), conv2.to(dtype), out.to(dtype)
+    net_in = _conditioner_input(y[:, :ca], dtype)  # y_a = h_a, the conditioner's input: copied, not stored
     if a1 is None:
         a1 = conv_same(net_in, conv1, conv1_bias, relu=True)
     # the conditioner backwards: out conv, ReLU, 1x1 conv (a matrix product), ReLU, first conv
@@ -758,9 +766,10 @@ def glow_step(x: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype | 
 
     With autograd on, one :class:`_GlowStep` node with the hand-derived backward
     ``dh_b = dt = dy_b * s``,  ``dz = (dy_b * y_b + dlogdet) * (1 - sigmoid(z))``,  ``dh_a = dy_a + NN^T(dt, dz)``,
-    ``dx = A^T dh``; it stores ``x``, ``y``, the conditioner's input, its second hidden activation and ``s``, and
-    the first hidden activation where recomputing it in the backward pass would cost more per byte than
-    :func:`keeps_first_hidden` allows. Without autograd the same forward stores nothing.
+    ``dx = A^T dh``; it stores ``x``, ``y``, the conditioner's second hidden activation and ``s``, and the first
+    hidden activation where recomputing it in the backward pass would cost more per byte than
+    :func:`keeps_first_hidden` allows; the conditioner's input is ``y_a`` again (copied in the backward pass: S's
+    training step stored 1.3 MiB less). Without autograd the same forward stores nothing.
     """
     dtype = dtype or x.dtype
     mix_logdet = x.shape[2] * x.shape[3] * w.mix_logdet
