@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 AFFINE_SHIFT = 2.0
 """Glow's scale is ``sigmoid(h + 2)``: the offset that makes a zero conditioner output scale by sigmoid(2)."""
@@ -627,6 +628,7 @@ class _GlowStep(torch.autograd.Function):
         return y, logdet
 
     @staticmethod
+    @once_differentiable  # a hand-derived first derivative: a second one raises instead of being wrong
     def backward(ctx, grad_y, grad_logdet):
         return *_step_backward(ctx.saved_tensors, grad_y, grad_logdet, ctx.affine, ctx.needs_input_grad[:3]), None, None
 
@@ -651,6 +653,7 @@ class _GlowSteps(torch.autograd.Function):
         return x, logdet
 
     @staticmethod
+    @once_differentiable  # a hand-derived first derivative: a second one raises instead of being wrong
     def backward(ctx, grad_y, grad_logdet):
         *saved, mix, conv1, conv1_bias, conv2, out = ctx.saved_tensors
         weights = list(zip(*(t.unbind(0) for t in (mix, conv1, conv1_bias, conv2, out)), strict=True))

@@ -134,6 +134,17 @@ def test_a_level_of_fused_steps_passes_gradcheck(coupling, channels):
     assert all(max_abs(a, b) < 1e-12 for a, b in zip(grads, grads2, strict=True))
 
 
+def test_differentiating_the_fused_backward_again_raises():
+    """The fused steps' backward is derived by hand and not itself differentiable: a second derivative through it
+    (``create_graph=True``) is refused with an error rather than computed wrong."""
+    fused, _ = make_steps(2, "affine", torch.float64, channels=4, hidden=4)
+    x = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    y, logdet = fused(x)
+    (g,) = torch.autograd.grad(logdet.sum() + y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
+
+
 def test_inverse_with_autograd_matches_plain():
     fused, plain = make_steps(2, "affine", torch.float64)
     y = torch.randn(2, 4, 4, 4, dtype=torch.float64)
