@@ -45,11 +45,12 @@ class InvertibleMatrix(nn.Module):
         params = list(self.parameters())
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return compute()
-        if not self._cache_valid(params):
-            self._cache = {}
-            self._cache_key = [p.detach().clone() for p in params]
-        if name not in self._cache:
-            self._cache[name] = compute()
+        with torch.inference_mode(False), torch.no_grad():  # kept: ordinary tensors, also from inference mode
+            if not self._cache_valid(params):
+                self._cache = {}
+                self._cache_key = [p.detach().clone() for p in params]
+            if name not in self._cache:
+                self._cache[name] = compute()
         return self._cache[name]
 
     def _cache_valid(self, params: list[Tensor]) -> bool:

@@ -18,7 +18,14 @@ from glowflow.layers.priors import GaussianPrior, Split, standard_normal_log_pro
 from glowflow.layers.reshape import Squeeze
 from glowflow.layers.sequence import FlowSequence
 from glowflow.layers.step import FlowSteps
-from glowflow.models.base import FlowModel, check_choice, check_class_names, check_positive_int, make_step
+from glowflow.models.base import (
+    FlowModel,
+    check_choice,
+    check_class_names,
+    check_positive_int,
+    make_step,
+    without_autograd_bookkeeping,
+)
 from glowflow.models.registry import MODELS
 from glowflow.preprocessing import ImagePreprocessing
 
@@ -227,6 +234,7 @@ class Glow(FlowModel):
         ``validate=False`` skips the value checks (see :meth:`FlowModel.forward`)."""
         return bits_per_dim(self._discrete_log_prob(k, y, 1, False, validate), self.num_dims)
 
+    @without_autograd_bookkeeping
     def discrete_log_prob(
         self, k: Tensor, y: Tensor | int | str | None = None, n_samples: int = 1, importance_weighted: bool = False
     ) -> Tensor:
@@ -258,6 +266,7 @@ class Glow(FlowModel):
             return torch.logsumexp(est, dim=0) - math.log(n_samples)
         return est.mean(dim=0)
 
+    @without_autograd_bookkeeping
     def bits_per_dim(
         self, k: Tensor, y: Tensor | int | str | None = None, n_samples: int = 1, importance_weighted: bool = False
     ) -> Tensor:
