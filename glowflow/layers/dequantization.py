@@ -62,20 +62,26 @@ def check_discrete(k: Tensor, num_bins: int, validate: bool = True) -> Tensor:
         raise ValueError("empty input")
     if not validate or torch.compiler.is_compiling():
         return k if k.is_floating_point() else k.to(torch.float32)
+    lo, hi = value_range(k)
     if k.is_floating_point():
-        if not bool(torch.isfinite(k).all()):
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("discrete input contains NaN or inf")
-        if not bool((k == torch.floor(k)).all()):
+        if not torch.equal(k, torch.floor(k)):
             raise ValueError(
                 f"discrete input must hold integer values 0..{num_bins - 1}; got fractional values "
                 "(to score continuous data use log_prob)"
             )
-    lo, hi = k.min().item(), k.max().item()
     if lo < 0 or hi > num_bins - 1:
         raise ValueError(
             f"pixel values must lie in [0, {num_bins - 1}] for data with {num_bins} levels; got min {lo:g}, max {hi:g}"
         )
     return k if k.is_floating_point() else k.to(torch.float32)
+
+
+def value_range(x: Tensor) -> tuple[float, float]:
+    """``(min, max)`` of ``x`` read back to the host in one pass and one read: NaN in ``x`` makes both NaN (``aminmax``
+    propagates it), an infinity shows as itself, so the range also tells whether ``x`` is finite."""
+    return tuple(torch.stack(torch.aminmax(x)).tolist())
 
 
 def _bin_start(k: Tensor, num_bins: int) -> Tensor:

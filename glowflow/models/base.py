@@ -20,6 +20,7 @@ from glowflow.checks import TEMPERATURE
 from glowflow.errors import NotInitializedError
 from glowflow.layers.actnorm import ActNorm
 from glowflow.layers.coupling import COUPLINGS, PRECISIONS, Coupling
+from glowflow.layers.dequantization import value_range
 from glowflow.layers.permutations import PERMUTATIONS
 from glowflow.layers.priors import standard_normal_log_prob
 from glowflow.layers.step import FlowStep
@@ -386,7 +387,7 @@ class FlowModel(nn.Module):
                 "bits_per_dim / discrete_log_prob, which dequantize it"
             )
         self._check_device(x)
-        if validate and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        if validate and not torch.compiler.is_compiling() and not all(map(math.isfinite, value_range(x))):
             raise ValueError("input contains NaN or inf")
         return x.to(self._reference_parameter().dtype)
 

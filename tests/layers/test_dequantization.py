@@ -11,6 +11,7 @@ from glowflow.layers.dequantization import (
     reduce_bits,
     to_continuous,
     to_uint8,
+    value_range,
 )
 from tests.helpers import jacobian_logdet, max_abs, randomize_
 
@@ -90,3 +91,25 @@ def test_bits_per_dim_formula():
     log_p_x = torch.zeros(3)
     logdet_deq = torch.full((3,), -d * 8 * math.log(2))
     assert torch.allclose(bits_per_dim(log_p_x + logdet_deq, d), torch.full((3,), 8.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_value_range_reads_min_and_max_and_shows_nan_and_inf(dtype):
+    x = torch.arange(24, dtype=torch.float32).view(2, 3, 4).to(dtype) - 5
+    assert value_range(x) == (-5.0, 18.0)
+    for where in [(0, 0, 0), (1, 2, 3), (1, 0, 2)]:  # first, last, middle: NaN propagates from anywhere
+        bad = x.clone()
+        bad[where] = math.nan
+        assert all(math.isnan(v) for v in value_range(bad))
+    bad = x.clone()
+    bad[1, 1, 1] = -math.inf
+    assert value_range(bad)[0] == -math.inf and value_range(bad)[1] == 18.0
+    assert value_range(torch.tensor([[3, 250], [7, 0]], dtype=torch.uint8)) == (0, 250)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_discrete_input_with_a_non_finite_value_is_refused(value):
+    k = torch.randint(0, 256, (2, 3, 4, 4)).float()
+    k[1, 2, 3, 0] = value
+    with pytest.raises(ValueError, match="NaN or inf"):
+        check_discrete(k, 256)
