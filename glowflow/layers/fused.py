@@ -638,7 +638,8 @@ class _GlowSteps(torch.autograd.Function):
     stores for each step what :class:`_GlowStep` stores (the output of one step is the input of the next, stored
     once) and the stacked weights; the backward runs :func:`_step_backward` from the last step to the first and
     returns the stacked weight gradients. One node instead of K: no per-step ``apply``, no ``unbind`` of the
-    weights into K autograd nodes and no stacking of their K gradients by autograd."""
+    weights into K autograd nodes and no stacking of their K gradients by autograd (S's training step 0.967x the
+    time, M's 0.986x, S's bf16 0.948x; Intel Xeon with AMX, in-process A/B)."""
 
     @staticmethod
     def forward(ctx, x, mix, mix_bias, conv1, conv1_bias, conv2, conv2_bias, out, out_bias, affine, dtype):
