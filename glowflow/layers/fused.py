@@ -484,6 +484,11 @@ class GlowStepWeights:
             return self
         return GlowStepWeights(self.mix, self.mix_bias, self.mix_logdet, self.net.cast(dtype))
 
+    def stacked(self) -> GlowStepWeights:
+        """One step's weights as K = 1 stacked steps (a leading dim of 1, views), the inverse of :meth:`unbind`."""
+        net = ConditionerWeights(*(t.unsqueeze(0) for t in self.net.tensors()))
+        return GlowStepWeights(self.mix.unsqueeze(0), self.mix_bias.unsqueeze(0), self.mix_logdet.unsqueeze(0), net)
+
     def unbind(self) -> list[GlowStepWeights]:
         """Split batched weights (leading dim K) into K steps' weights (one autograd node per tensor)."""
         mix, mix_bias, mix_logdet = self.mix.unbind(0), self.mix_bias.unbind(0), self.mix_logdet.unbind(0)
@@ -601,7 +606,7 @@ this many FLOPs per byte stored, and recomputes it elsewhere (:func:`keeps_first
 
 
 def keeps_first_hidden(conv1: Tensor, a1: Tensor) -> bool:
-    """Whether :class:`_GlowStep` stores ``a1 = relu(conv1(x_a))`` instead of recomputing it in the backward pass:
+    """Whether :class:`_GlowSteps` stores ``a1 = relu(conv1(x_a))`` instead of recomputing it in the backward pass:
     when the first conv's ``2 C_in k^2`` FLOPs per element of ``a1`` are at least
     :data:`KEEP_FIRST_HIDDEN_FLOPS_PER_BYTE` per byte of it. The first conv reads only the C/2 channels of ``x_a``, so
     recomputing is cheap per byte of the wide activation it spares for few input channels and dear for many. In
@@ -614,29 +619,11 @@ def keeps_first_hidden(conv1: Tensor, a1: Tensor) -> bool:
     return 2 * conv1[0].numel() / a1.element_size() >= KEEP_FIRST_HIDDEN_FLOPS_PER_BYTE
 
 
-class _GlowStep(torch.autograd.Function):
-    """:func:`glow_step` with autograd on: the forward stores its input, output, its second hidden activation (and
-    the first where :func:`keeps_first_hidden`), and the scale; the backward is derived by hand (formulas in
-    :func:`glow_step`, computed by :func:`_step_backward`)."""
-
-    @staticmethod
-    def forward(ctx, x, mix, mix_bias, conv1, conv1_bias, conv2, conv2_bias, out, out_bias, affine, dtype):
-        y, logdet, saved = _saved_step_forward(x, mix, mix_bias, (conv1, conv1_bias, conv2, conv2_bias, out, out_bias),
-                                               affine, dtype)  # fmt: skip
-        ctx.affine = affine
-        ctx.save_for_backward(*saved, mix, conv1, conv1_bias, conv2, out)
-        return y, logdet
-
-    @staticmethod
-    @once_differentiable  # a hand-derived first derivative: a second one raises instead of being wrong
-    def backward(ctx, grad_y, grad_logdet):
-        return *_step_backward(ctx.saved_tensors, grad_y, grad_logdet, ctx.affine, ctx.needs_input_grad[:3]), None, None
-
-
 class _GlowSteps(torch.autograd.Function):
-    """:func:`glow_steps` with autograd on: K fused steps as one node, their weights stacked (leading dim K). It
-    stores for each step what :class:`_GlowStep` stores (the output of one step is the input of the next, stored
-    once) and the stacked weights; the backward runs :func:`_step_backward` from the last step to the first and
+    """:func:`glow_steps` (and :func:`glow_step`, K = 1) with autograd on: K fused steps as one node, their weights
+    stacked (leading dim K). For each step it stores its input, output, the conditioner's second hidden activation
+    (and the first where :func:`keeps_first_hidden`) and the scale (the output of one step is the input of the next,
+    stored once), and the stacked weights; the backward runs :func:`_step_backward` from the last step to the first and
     returns the stacked weight gradients. One node instead of K: no per-step ``apply``, no ``unbind`` of the
     weights into K autograd nodes and no stacking of their K gradients by autograd (S's training step 0.967x the
     time, M's 0.986x, S's bf16 0.948x; Intel Xeon with AMX, in-process A/B)."""
@@ -646,9 +633,11 @@ class _GlowSteps(torch.autograd.Function):
         stacks = (mix, mix_bias, conv1, conv1_bias, conv2, conv2_bias, out, out_bias)
         saved, logdet = [], None
         for m, mb, *net in zip(*(t.unbind(0) for t in stacks), strict=True):
-            x, ld, step_saved = _saved_step_forward(x, m, mb, net, affine, dtype)
-            saved += step_saved
-            logdet = ld if logdet is None else logdet + ld
+            net = ConditionerWeights(*net)
+            y, ld, (_, a1, a2, scale) = _step_forward(x, m, mb, net, affine, dtype, keep_scale=True)
+            # the first hidden activation is recomputed in backward (from the conditioner's input) where it is cheap
+            saved += [x, y, a1 if keeps_first_hidden(net.conv1, a1) else None, a2, scale]
+            x, logdet = y, ld if logdet is None else logdet + ld
         ctx.affine = affine
         ctx.save_for_backward(*saved, mix, conv1, conv1_bias, conv2, out)
         return x, logdet
@@ -667,15 +656,6 @@ class _GlowSteps(torch.autograd.Function):
             grads.append(step_grads)
         stacked = [torch.stack(g[::-1]) for g in zip(*grads, strict=True)]
         return grad_y, *stacked, None, None
-
-
-def _saved_step_forward(x, mix, mix_bias, net, affine, dtype) -> tuple[Tensor, Tensor, list]:
-    """:func:`_step_forward` of the autograd functions: ``(y, logdet_coupling, what the backward needs of the
-    activations)``, the first hidden activation among them where :func:`keeps_first_hidden` (None otherwise: the
-    backward recomputes it from the conditioner's input)."""
-    net = ConditionerWeights(*net)
-    y, logdet, (_, a1, a2, scale) = _step_forward(x, mix, mix_bias, net, affine, dtype, keep_scale=True)
-    return y, logdet, [x, y, a1 if keeps_first_hidden(net.conv1, a1) else None, a2, scale]
 
 
 def _step_backward(saved, grad_y, grad_logdet, affine: bool, needs) -> tuple:
@@ -768,27 +748,21 @@ def glow_step(x: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype | 
     ``x``'s dtype), everything else in ``x``'s dtype. Shapes: ``x`` (B, C, H, W) -> ``y`` (B, C, H, W)
     channels-last, log|det| (B,).
 
-    With autograd on, one :class:`_GlowStep` node with the hand-derived backward
-    ``dh_b = dt = dy_b * s``,  ``dz = (dy_b * y_b + dlogdet) * (1 - sigmoid(z))``,  ``dh_a = dy_a + NN^T(dt, dz)``,
-    ``dx = A^T dh``; it stores ``x``, ``y``, the conditioner's second hidden activation and ``s``, and the first
-    hidden activation where recomputing it in the backward pass would cost more per byte than
-    :func:`keeps_first_hidden` allows; the conditioner's input is ``y_a`` again (copied in the backward pass: S's
-    training step stored 1.3 MiB less). Without autograd the same forward stores nothing.
+    Computed as :func:`glow_steps` of one step: with autograd on, one :class:`_GlowSteps` node with the
+    hand-derived backward ``dh_b = dt = dy_b * s``,  ``dz = (dy_b * y_b + dlogdet) * (1 - sigmoid(z))``,
+    ``dh_a = dy_a + NN^T(dt, dz)``, ``dx = A^T dh``; it stores ``x``, ``y``, the conditioner's second hidden
+    activation and ``s``, and the first hidden activation where recomputing it in the backward pass would cost more
+    per byte than :func:`keeps_first_hidden` allows; the conditioner's input is ``y_a`` again (copied in the
+    backward pass: S's training step stored 1.3 MiB less). Without autograd the same forward stores nothing.
     """
-    dtype = dtype or x.dtype
-    mix_logdet = x.shape[2] * x.shape[3] * w.mix_logdet
-    if torch.is_grad_enabled():
-        y, logdet = _GlowStep.apply(x, w.mix, w.mix_bias, *w.net.tensors(), affine, dtype)
-    else:
-        y, logdet, _ = _step_forward(x, w.mix, w.mix_bias, w.net, affine, dtype, keep_scale=False)
-    return y, logdet + mix_logdet
+    return glow_steps(x, w.stacked(), affine, dtype)
 
 
 def glow_steps(x: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
     """K steps of flow one after the other, ``w`` the K steps' weights stacked (leading dim K, from
     :func:`~glowflow.layers.step.glow_step_weights`): the same map, log-det and gradients as K calls of
     :func:`glow_step`. With autograd on, one :class:`_GlowSteps` node for the K steps (S's training step 0.97x the
-    time, see :class:`_GlowSteps`); without, :func:`glow_step`'s forward K times. Shapes as in :func:`glow_step`."""
+    time, see :class:`_GlowSteps`); without, :func:`_step_forward` K times. Shapes as in :func:`glow_step`."""
     dtype = dtype or x.dtype
     mix_logdet = x.shape[2] * x.shape[3] * w.mix_logdet.sum()
     if torch.is_grad_enabled():

@@ -23,7 +23,6 @@ from glowflow.layers.fused import (
     fold_gain,
     fold_mixing,
     fold_unmixing,
-    glow_step,
     glow_step_inverse,
     glow_steps,
     lu_inverse_weight,
@@ -93,8 +92,7 @@ class FlowStep(FlowSequence):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if x.dim() == 4 and self.fused_step():
-            w = glow_step_weights([self], inverse=False).unbind()[0]
-            return glow_step(x, w, self.affine, self.conditioner_dtype())
+            return glow_steps(x, glow_step_weights([self], inverse=False), self.affine, self.conditioner_dtype())
         if not (self._foldable and self.layers[0].is_initialized()):
             return super().forward(x, cond)
         actnorm, mixer, coupling = self.layers

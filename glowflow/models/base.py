@@ -35,8 +35,8 @@ F_ = TypeVar("F_", bound=Callable[..., Any])
 
 def without_autograd_bookkeeping(method: F_) -> F_:
     """``method`` run under ``torch.inference_mode`` where autograd is off (``torch.no_grad``; ``sample`` always):
-    no version counters or view tracking per operation (S's
-    evaluation and sampling took 0.95x the time, M's 0.96-0.98x; Intel Xeon with AMX, in-process A/B). Its tensors
+    no version counters or view tracking per operation (S's evaluation and sampling took 0.95x the time, M's
+    0.96-0.98x; Intel Xeon with AMX, in-process A/B). Its tensors
     come back as ordinary ones (inference tensors copied), so that callers may still modify them in place or use
     them where autograd records. Inside ``torch.inference_mode`` already, with autograd on, or while torch.compile
     traces (which does not trace ``Tensor.is_inference``), ``method`` runs as it is."""
