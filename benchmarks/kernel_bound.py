@@ -64,7 +64,13 @@ from bench import (  # noqa: E402
 )
 
 _aten, _mkldnn = torch.ops.aten, getattr(torch.ops, "mkldnn", None)
+# Under torch.inference_mode (glowflow's evaluation and sampling) the composite convolution and linear ops reach the
+# dispatcher mode themselves instead of as aten.convolution / aten.addmm, so they are kernels too.
 KERNELS = {
+    _aten.conv1d.default,
+    _aten.conv2d.default,
+    _aten.linear.default,
+    _aten.matmul.default,
     _aten.mm.default,
     _aten.addmm.default,
     _aten.bmm.default,
