@@ -236,11 +236,15 @@ class FrozenMatrix(InvertibleMatrix):
 
 def frozen_copy(model: FlowModel) -> FlowModel:
     """A copy of ``model`` to trace: eval mode, no gradients, every :class:`InvertibleMatrix` replaced by a
-    :class:`FrozenMatrix` of the same values (``SingularWeightError`` for a singular dense matrix)."""
+    :class:`FrozenMatrix` of the same values (``SingularWeightError`` for a singular dense matrix), every
+    parameter and buffer in storage of its own (a level's steps keep theirs packed, ``layers/packing.py``, which the
+    traced programs would store as shared storage)."""
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
     holders = [(m, name) for m in frozen.modules() for name, c in m.named_children() if isinstance(c, InvertibleMatrix)]
     for holder, name in holders:
         setattr(holder, name, FrozenMatrix(getattr(holder, name)))
+    for tensor in (*frozen.parameters(), *frozen.buffers()):
+        tensor.data = tensor.detach().clone()
     return frozen
 
 
