@@ -21,7 +21,8 @@ round, not one call's every sample.
 The table's last column is the best ratio against the fastest other library of the pass that a library could
 reach if everything but its kernels took no time: its kernel bound against the other's fastest measured round
 (throughput; for sampling latency the inverse). It tells a target that more engineering around the kernels can
-reach from one that needs faster kernels (issue 14's criterion for closing a target as out of reach).
+reach from one that needs faster kernels (issue 14's criterion for closing a target as out of reach). Below each
+config's table, one line per target of issue 14 says which it is (``target_verdicts``).
 
     python benchmarks/kernel_bound.py                                   # glowflow alone, S and M
     python benchmarks/kernel_bound.py --peers /work/peers --configs S   # with normflows, rosinality, y0ast
@@ -310,6 +311,10 @@ def report(results: dict, top: int, quick: bool = False) -> None:
         print("\nratios against the fastest other library of the pass (throughput: other / this; sampling latency: "
               "this / other): now = medians of the interleaved rounds; at the kernel bound = this library's kernel "
               "bound against the other's fastest round (best case against best case)")  # fmt: skip
+        verdicts = [line for lib, r in libs.items() for line in target_verdicts(lib, r, libs)]
+        if verdicts:
+            print("\nissue 14's speed targets at the kernel bound:\n")
+            print("\n".join(verdicts))
         if top:
             for lib, r in libs.items():
                 print(f"\n{lib}, training step: operations by replayed time (all calls of each op)\n")
@@ -318,6 +323,44 @@ def report(results: dict, top: int, quick: bool = False) -> None:
                 print(f"\n{lib}, training step: the {top} costliest kernel calls (count x own best time)\n")
                 for t in r["train"]["top"][:top]:
                     print(f"  {t['op']:32s} x{t['count']:3d}  {t['best_ms']:7.3f} ms  {t['shapes']}")
+
+
+TARGETS = {
+    ("glowflow", "train"): 1.5,
+    ("glowflow", "eval"): 1.5,
+    ("glowflow", "sample"): 0.6,
+    ("glowflow-bf16", "train"): 3.0,
+}
+"""Issue 14's speed targets against the fastest other library: throughput ratios at least this, sampling latency
+ratios at most this (bf16 training against the others' float32)."""
+
+
+def target_verdicts(lib: str, r: dict, libs: dict) -> list[str]:
+    """For each of issue 14's targets of ``lib``'s passes: whether its kernel bound against the fastest other
+    library's fastest round reaches the target (then the time around the kernels is what stands between), or not
+    (then no amount of work around the kernels reaches it: it needs faster kernels, a proof of out of reach where
+    they already run at >= 80 % of their own peak in the pass)."""
+    rivals = [o for lo, o in libs.items() if not _same_library(lo, lib)]
+    lines = []
+    for (name_lib, name), target in TARGETS.items():
+        if name_lib != lib or not rivals:
+            continue
+        a = r[name]
+        fastest_min = min(o[name]["measured_min_s"] for o in rivals)
+        latency = name == "sample"
+        best = a["kernel_bound_s"] / fastest_min if latency else fastest_min / a["kernel_bound_s"]
+        reached = best <= target if latency else best >= target
+        in_pass = a["kernel_in_step_s"]
+        eff = a["kernel_bound_s"] / in_pass if in_pass == in_pass and in_pass > 0 else float("nan")
+        sign = "<=" if latency else ">="
+        if reached:
+            why = "reachable: what stands between is the time around the kernels"
+        elif eff >= 0.8:
+            why = f"out of reach with these kernels, which run at {100 * eff:.0f} % of their own peak in the pass"
+        else:
+            why = f"not reachable at this bound, and the kernels run at {100 * eff:.0f} % of their own peak"
+        lines.append(f"- {lib} {name} {sign} {target}x: {best:.2f}x at the kernel bound: {why}")
+    return lines
 
 
 def _same_library(a: str, b: str) -> bool:

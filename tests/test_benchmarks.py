@@ -397,3 +397,35 @@ def test_kernel_bound_times_the_kernels_in_a_pass_at_the_dispatcher():
     assert kernel_bound.in_step_kernel_time(lambda: a.exp().relu_(), calls=2) == 0.0
     assert kernel_bound.in_step_kernel_time(lambda: torch.mm(a, a).relu_(), calls=2) > 0.0
     assert kernel_bound.in_step_kernel_time(lambda: (torch.mm(a, a), torch.mm(a, a)), calls=2) > 0.0
+
+
+def test_kernel_bound_counts_the_convolutions_and_products_of_inference_mode():
+    """Under ``torch.inference_mode`` (glowflow's evaluation and sampling) ``conv2d`` and ``linear`` reach the
+    dispatcher mode themselves, not as ``aten.convolution`` / ``aten.addmm``: they are kernels too."""
+    x, w, m = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(16, 16)
+    with torch.inference_mode():
+        calls = kernel_bound.record(lambda: (torch.nn.functional.conv2d(x, w), torch.nn.functional.linear(m, m)))
+        assert {str(c.func) for c in calls} >= {"aten.conv2d.default", "aten.linear.default"}
+        assert all(c.kernel for c in calls)
+        assert kernel_bound.in_step_kernel_time(lambda: torch.nn.functional.conv2d(x, w), calls=2) > 0.0
+
+
+def test_kernel_bound_verdicts_tell_reachable_from_out_of_reach_targets():
+    def lib(bound_ms: float, measured_ms: float, in_pass_ms: float) -> dict:
+        a = {"kernel_bound_s": bound_ms / 1e3, "measured_min_s": measured_ms / 1e3}
+        a["kernel_in_step_s"] = in_pass_ms / 1e3
+        return {"train": a, "eval": a, "sample": a}
+
+    # the rival takes 100 ms: a 60 ms kernel bound makes 1.67x throughput and 0.6x latency reachable
+    libs = {"glowflow": lib(60.0, 80.0, 60.0), "rival": lib(90.0, 100.0, 90.0)}
+    lines = kernel_bound.target_verdicts("glowflow", libs["glowflow"], libs)
+    assert len(lines) == 3 and all("reachable" in line for line in lines), lines
+    # a 70 ms bound: the latency target (0.6x) is out of reach; with kernels at 90 % of their peak that is a proof
+    libs["glowflow"] = lib(70.0, 80.0, 70.0 / 0.9)
+    sample = next(line for line in kernel_bound.target_verdicts("glowflow", libs["glowflow"], libs) if "sample" in line)
+    assert "0.70x" in sample and "out of reach with these kernels" in sample and "90 %" in sample
+    # kernels at half their peak in the pass: not a proof
+    libs["glowflow"] = lib(70.0, 80.0, 140.0)
+    sample = next(line for line in kernel_bound.target_verdicts("glowflow", libs["glowflow"], libs) if "sample" in line)
+    assert "not reachable at this bound" in sample and "50 %" in sample
+    assert kernel_bound.target_verdicts("rival", libs["rival"], libs) == []  # targets are glowflow's
