@@ -230,16 +230,21 @@ class FlowSteps(FlowSequence):
         slices of one :class:`~glowflow.layers.packing.TensorStack` per kind (values unchanged), so that
         :func:`glow_step_weights` reads them without ``torch.stack``: against unpacked steps, config S's evaluation
         0.975-0.998x the time, sampling 0.977x, training 0.989-0.995x (M 1.00x; Intel Xeon with AMX, in-process
-        A/B). Packs the steps that
-        are Glow's step with an LU matrix; runs again after whatever gives the tensors new storage (``Module.to``
-        and its kin, ``load_state_dict(assign=True)``, ``deepcopy``, unpickling). A kind whose tensors differ in
-        shape, dtype or device is left as it is."""
+        A/B). Packs the steps that are Glow's step with an LU matrix; runs again after whatever gives the tensors new
+        storage (``Module.to`` and its kin, ``load_state_dict(assign=True)``, ``deepcopy``, unpickling), and keeps
+        the packs that still hold their tensors. A kind whose tensors differ in shape, dtype or device is left as it
+        is."""
         steps = list(self._modules["layers"]._modules.values())
+        old: dict[str, TensorStack] = getattr(self, "_packs", {})
         self._packs: dict[str, TensorStack] = {}
         if len(steps) < 2 or not all(_packable_step(s) for s in steps):
             return
         kinds = zip(_StepTensors._fields, zip(*(_step_tensors(s) for s in steps), strict=True), strict=True)
-        self._packs = {name: TensorStack(ts) for name, ts in kinds if TensorStack.packable(ts)}
+        for name, ts in kinds:
+            if name in old and old[name].holds(ts):
+                self._packs[name] = old[name]
+            elif TensorStack.packable(ts):
+                self._packs[name] = TensorStack(ts)
 
     def _apply(self, fn, recurse: bool = True):
         result = super()._apply(fn, recurse)

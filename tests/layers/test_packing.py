@@ -170,3 +170,14 @@ def test_a_tensor_given_new_storage_by_hand_falls_back_to_stacking():
     plain_y, _ = FlowSequence(*[FlowSequence(*s.layers) for s in level.layers])(h)
     assert max_abs(fused_y, plain_y) < 1e-10
     assert torch.isfinite(model(x)).all()
+
+
+def test_a_conversion_that_changes_nothing_keeps_the_packs():
+    model = small_glow()
+    before = {id(p) for level in levels(model) for p in level._packs.values()}
+    model.to(torch.float64)  # already float64 on the CPU: the tensors keep their storage
+    assert all_held(model)
+    assert {id(p) for level in levels(model) for p in level._packs.values()} == before
+    model.float()  # new storage for the floating-point tensors: packed again, in float32
+    assert all_held(model)
+    assert all(p.data.dtype == torch.float32 for level in levels(model) for p in level._packs.values())
