@@ -655,6 +655,10 @@ class _GlowSteps(torch.autograd.Function):
             grad_y, *step_grads = _step_backward(step, grad_y, grad_logdet, ctx.affine, needs)
             grads.append(step_grads)
         stacked = [torch.stack(g[::-1]) for g in zip(*grads, strict=True)]
+        padding = out.shape[1] - stacked[6].shape[1]  # zero filters of padded_out_channels, once for the K steps
+        if padding:
+            stacked[6] = F.pad(stacked[6], (0, 0, 0, 0, 0, 0, 0, padding))
+            stacked[7] = F.pad(stacked[7], (0, padding))
         return grad_y, *stacked, None, None
 
 
@@ -662,13 +666,14 @@ def _step_backward(saved, grad_y, grad_logdet, affine: bool, needs) -> tuple:
     """The hand-derived backward of one fused step (formulas in :func:`glow_step`) from what it saved (its
     activations, then its weights ``mix, conv1, conv1_bias, conv2, out``): the gradients of its input and of
     ``mix, mix_bias, conv1, conv1_bias, conv2, conv2_bias, out, out_bias``, those of the input / ``mix`` /
-    ``mix_bias`` only where ``needs`` says (None otherwise)."""
+    ``mix_bias`` only where ``needs`` says (None otherwise); ``out`` / ``out_bias``'s for the C_out filters the
+    coupling reads, without the zero filters of :func:`padded_out_channels` (whose outputs were never read: the
+    caller pads the K steps' stacked gradients once)."""
     x, y, a1, a2, scale, mix, conv1, conv1_bias, conv2, out = saved
     dtype = a2.dtype  # the conditioner's
     weights_dtype = conv1.dtype  # the gradients' dtype: bf16 where FlowSteps cast a level's weights once
     ca, cb = x.shape[1] // 2, x.shape[1] - x.shape[1] // 2
     c_out = 2 * cb if affine else cb
-    padding = out.shape[0] - c_out  # zero filters of padded_out_channels: their outputs were never read
     out = out[:c_out]
     if grad_y is None:
         grad_y = torch.zeros_like(y)
@@ -694,8 +699,6 @@ def _step_backward(saved, grad_y, grad_logdet, affine: bool, needs) -> tuple:
     g_a2, g_out, g_out_bias = conv_same_backward(g_net.to(dtype), a2, out)
     if dtype != y.dtype:  # a bf16 conditioner's: summed from the float32 gradient, then in weights_dtype
         g_out_bias = g_net.sum((0, 2, 3))
-    if padding:
-        g_out, g_out_bias = F.pad(g_out, (0, 0, 0, 0, 0, 0, 0, padding)), F.pad(g_out_bias, (0, padding))
     g_a2 = _rows(_relu_backward_(g_a2, a2))
     g_conv2, g_conv2_bias = rows_product(g_a2, _rows(a1)), channel_sum(g_a2, (0,))
     g_a1 = _relu_backward_(_image(matmul(g_a2, conv2), a1), a1)
