@@ -291,17 +291,12 @@ def report(results: dict, top: int, quick: bool = False) -> None:
         for lib, r in libs.items():
             for name in ("train", "eval", "sample"):
                 a = r[name]
-                rivals = {lo: o for lo, o in libs.items() if lo != lib and not _same_library(lo, lib)}
-                others = [o[name]["measured_s"] for o in rivals.values()]
+                rivals = _rivals(lib, libs)
                 now = best = ""
-                if others:
-                    fastest = min(others)
-                    fastest_min = min(o[name]["measured_min_s"] for o in rivals.values())
-                    if name == "sample":  # latency: lower is better
-                        now, best = a["measured_s"] / fastest, a["kernel_bound_s"] / fastest_min
-                    else:
-                        now, best = fastest / a["measured_s"], fastest_min / a["kernel_bound_s"]
-                    now, best = f"{now:.2f}x", f"{best:.2f}x"
+                if rivals:
+                    fastest = min(o[name]["measured_s"] for o in rivals)
+                    now = a["measured_s"] / fastest if name == "sample" else fastest / a["measured_s"]
+                    now, best = f"{now:.2f}x", f"{_best_ratio(name, a, rivals):.2f}x"
                 in_pass = a["kernel_in_step_s"]
                 eff = f"{100 * a['kernel_bound_s'] / in_pass:.0f} %" if in_pass == in_pass and in_pass > 0 else ""
                 print(f"| {lib} | {name} | {1e3 * a['measured_s']:.1f} / {1e3 * a['measured_min_s']:.1f} | "
@@ -340,15 +335,14 @@ def target_verdicts(lib: str, r: dict, libs: dict) -> list[str]:
     library's fastest round reaches the target (then the time around the kernels is what stands between), or not
     (then no amount of work around the kernels reaches it: it needs faster kernels, a proof of out of reach where
     they already run at >= 80 % of their own peak in the pass)."""
-    rivals = [o for lo, o in libs.items() if not _same_library(lo, lib)]
+    rivals = _rivals(lib, libs)
     lines = []
     for (name_lib, name), target in TARGETS.items():
         if name_lib != lib or not rivals:
             continue
         a = r[name]
-        fastest_min = min(o[name]["measured_min_s"] for o in rivals)
         latency = name == "sample"
-        best = a["kernel_bound_s"] / fastest_min if latency else fastest_min / a["kernel_bound_s"]
+        best = _best_ratio(name, a, rivals)
         reached = best <= target if latency else best >= target
         in_pass = a["kernel_in_step_s"]
         eff = a["kernel_bound_s"] / in_pass if in_pass == in_pass and in_pass > 0 else float("nan")
@@ -361,6 +355,18 @@ def target_verdicts(lib: str, r: dict, libs: dict) -> list[str]:
             why = f"not reachable at this bound, and the kernels run at {100 * eff:.0f} % of their own peak"
         lines.append(f"- {lib} {name} {sign} {target}x: {best:.2f}x at the kernel bound: {why}")
     return lines
+
+
+def _rivals(lib: str, libs: dict) -> list[dict]:
+    """The results of every other library than ``lib`` (glowflow-bf16 is not glowflow's rival)."""
+    return [o for lo, o in libs.items() if not _same_library(lo, lib)]
+
+
+def _best_ratio(name: str, a: dict, rivals: list[dict]) -> float:
+    """Pass ``name``'s kernel bound ``a`` against the rivals' fastest round: throughput other / this, sampling
+    latency this / other."""
+    fastest_min = min(o[name]["measured_min_s"] for o in rivals)
+    return a["kernel_bound_s"] / fastest_min if name == "sample" else fastest_min / a["kernel_bound_s"]
 
 
 def _same_library(a: str, b: str) -> bool:
