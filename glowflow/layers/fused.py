@@ -25,8 +25,9 @@ log-det and gradients against it in float64 and float32); they differ only in ro
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -802,3 +803,169 @@ def glow_step_inverse(
         h_b, logdet = _uncouple(y[:, ca:], net_out, affine)
         h = torch.cat([y_a, h_b], dim=1)
     return mix_channels(h, w.mix, w.mix_bias), logdet - y.shape[2] * y.shape[3] * w.mix_logdet
+
+
+# ---- the folded weights of K steps, with a hand-derived backward ---------------------------------------------------
+class StepParameters(NamedTuple):
+    """The parameters and buffers of one fused step of flow that its folding reads, or, field by field, those of K
+    steps stacked (a leading K dimension). Shapes for one step with C channels, C_a = C // 2 conditioner inputs,
+    H hidden channels, k x k kernels and C_out conditioner outputs: ActNorm ``an_bias`` / ``an_log_scale`` (C,); LU
+    ``perm`` / ``lower`` / ``upper`` (C, C), ``sign_s`` / ``log_s`` (C,); conditioner ``conv1`` (H, C_a, k, k)
+    with its ActNorm ``conv1_norm_bias`` / ``conv1_norm_log_scale`` (H,), ``conv2`` (H, H, 1, 1) with
+    ``conv2_norm_bias`` / ``conv2_norm_log_scale`` (H,), ``out`` (C_out, H, k, k) with ``out_bias`` (C_out,) and
+    ``out_logs`` (C_out, 1, 1)."""
+
+    an_bias: Tensor
+    an_log_scale: Tensor
+    perm: Tensor
+    lower: Tensor
+    upper: Tensor
+    sign_s: Tensor
+    log_s: Tensor
+    conv1: Tensor
+    conv1_norm_bias: Tensor
+    conv1_norm_log_scale: Tensor
+    conv2: Tensor
+    conv2_norm_bias: Tensor
+    conv2_norm_log_scale: Tensor
+    out: Tensor
+    out_bias: Tensor
+    out_logs: Tensor
+
+
+def fold_steps(
+    steps: StepParameters, read: Callable[[Sequence[Tensor]], StepParameters], inverse: bool, affine: bool
+) -> GlowStepWeights:
+    """The folded weights (:class:`GlowStepWeights`, leading dim K) of K fused steps whose tensors ``steps`` holds
+    field by field (K tensors each): the LU weight ``W = P L U'`` (:func:`lu_weight`, or ``W^-1``), the ActNorm +
+    1x1 conv map (:func:`fold_mixing` / :func:`fold_unmixing`) and its log-det per position ``sum(s) + sum(log_s)``,
+    the conditioner's ActNorms (:func:`fold_actnorm`) and gain (:func:`fold_gain`), Glow's ``+ 2``
+    (:func:`add_affine_shift`) and the out conv's zero filters (:func:`padded_out_channels`), its conv weights
+    channels-last (:func:`channels_last_weights`): the same values as those functions composed.
+
+    ``read`` turns the flat K * 16 tensors (field-major) into their (K, ...) stacks (a packed level's without
+    copying). With autograd recording, one :class:`_FoldedSteps` node with a hand-derived backward for the forward
+    direction (the inverse direction's weights are differentiated by :func:`lu_inverse_weight`'s composition:
+    the caller's)."""
+    flat = [t for kind in steps for t in kind]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in flat):
+        if inverse:
+            raise ValueError("fold_steps differentiates the forward direction only")
+        mix, mix_bias, mix_logdet, *net = _FoldedSteps.apply(read, affine, len(steps.log_s), *flat)
+        return GlowStepWeights(mix, mix_bias, mix_logdet, ConditionerWeights(*net))
+    return _fold_forward(read(flat), inverse, affine)[0]
+
+
+def _fold_forward(p: StepParameters, inverse: bool, affine: bool) -> tuple[GlowStepWeights, tuple]:
+    """:func:`fold_steps`' values from the stacked tensors ``p``, and what :func:`_fold_backward` reads again
+    (``L``, ``U'``, ``W``, ``e^s`` of the step's ActNorm, of the conditioner's two ActNorms and its gain; the first
+    four None for the inverse direction)."""
+    lu = (p.perm, p.lower, p.upper, p.sign_s, p.log_s)
+    if inverse:
+        mix, mix_bias = fold_unmixing(lu_inverse_weight(*lu), p.an_bias, p.an_log_scale)
+        lo = up = weight = scale = None
+    else:
+        lo, up = _lu_factors(*lu[1:])
+        weight, scale = p.perm @ (lo @ up), p.an_log_scale.exp()
+        mix, mix_bias = weight * scale.unsqueeze(-2), (weight @ (p.an_bias * scale).unsqueeze(-1)).squeeze(-1)
+    mix_logdet = p.an_log_scale.sum(-1) + p.log_s.sum(-1)
+    e1, e2 = p.conv1_norm_log_scale.exp(), p.conv2_norm_log_scale.exp()
+    gain = (3.0 * p.out_logs).exp().reshape(p.out_bias.shape)
+    c_out = p.out_bias.shape[-1]
+    rows = padded_out_channels(c_out, p.out_bias.device)
+    out_bias = p.out_bias.new_zeros(p.out_bias.shape[0], rows)
+    torch.mul(p.out_bias, gain, out=out_bias[:, :c_out])
+    if affine:
+        out_bias[:, c_out // 2 : c_out] += AFFINE_SHIFT
+    net = ConditionerWeights(
+        _scaled_channels_last(p.conv1, e1), p.conv1_norm_bias * e1,
+        p.conv2.flatten(2) * e2.unsqueeze(-1), p.conv2_norm_bias * e2,
+        _scaled_channels_last(p.out, gain, rows), out_bias,
+    )  # fmt: skip
+    return GlowStepWeights(mix, mix_bias, mix_logdet, net), (lo, up, weight, scale, e1, e2, gain)
+
+
+def _scaled_channels_last(weight: Tensor, scale: Tensor, rows: int | None = None) -> Tensor:
+    """``weight * scale`` per output channel for K conv weights (K, C_out, C_in, kh, kw), ``scale`` (K, C_out),
+    written straight into :func:`channels_last_weights`' layout (with ``rows - C_out`` zero filters appended)."""
+    k, c_out, c_in, kh, kw = weight.shape
+    buffer = weight.new_empty(k, rows or c_out, kh, kw, c_in).permute(0, 1, 4, 2, 3)
+    if rows and rows > c_out:
+        buffer[:, c_out:].zero_()
+    torch.mul(weight, scale.view(k, c_out, 1, 1, 1), out=buffer[:, :c_out])
+    return buffer
+
+
+class _FoldedSteps(torch.autograd.Function):
+    """:func:`fold_steps` with autograd on, forward direction: one node for the ~100 operations of a level's
+    folding, its backward derived by hand (:func:`_fold_backward`). Inputs: ``read``, ``affine``, K, then the K * 16
+    tensors field-major; it stores references to them (re-read as stacks in the backward pass) and the LU factors,
+    ``W`` and the scales, and hands each tensor its slice of its field's gradient."""
+
+    @staticmethod
+    def forward(ctx, read, affine, k, *tensors):
+        weights, saved = _fold_forward(read(tensors), inverse=False, affine=affine)
+        ctx.read, ctx.k = read, k
+        ctx.save_for_backward(*tensors, *saved)
+        return weights.mix, weights.mix_bias, weights.mix_logdet, *weights.net.tensors()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        n = len(StepParameters._fields) * ctx.k
+        stored = ctx.saved_tensors  # unpacked once (saved-tensor hooks, checkpointing)
+        tensors, saved = stored[:n], stored[n:]
+        needs = ctx.needs_input_grad[3:]
+        wanted = [any(needs[i * ctx.k : (i + 1) * ctx.k]) for i in range(len(StepParameters._fields))]
+        fields = _fold_backward(ctx.read(tensors), saved, grads, StepParameters(*wanted))
+        out: list[Tensor | None] = [None, None, None]
+        for i, g in enumerate(fields):
+            slices = g.unbind(0) if g is not None else (None,) * ctx.k
+            out += [s if need else None for s, need in zip(slices, needs[i * ctx.k : (i + 1) * ctx.k], strict=True)]
+        return tuple(out)
+
+
+def _fold_backward(
+    p: StepParameters, saved: Sequence[Tensor], grads: Sequence[Tensor], wanted: StepParameters
+) -> StepParameters:
+    """Gradients of :func:`_fold_forward`'s forward direction, field by field (None where not ``wanted``), from the
+    gradients of ``(A, c, mix_logdet, conv1, conv1_bias, conv2, conv2_bias, out, out_bias)``:
+
+    * a map ``w e`` with bias ``b e`` (``e = e^s`` per output channel; ActNorm, gain with ``s = 3 logs``):
+      ``dw = g_w e``,  ``db = g_b e``,  ``ds = e (sum(g_w w) + g_b b)`` (sums over each output channel's weights);
+    * ``A = W diag(e)``, ``c = W (b e)``: ``dW = g_A diag(e) + g_c (b e)^T``,  ``db = e W^T g_c``,
+      ``ds = e (diag(W^T g_A) + b W^T g_c) + g_logdet``;
+    * ``W = P L U'``: ``dlower = tril(P^T dW U'^T, -1)``,  ``dU' = L^T P^T dW``,  ``dupper = triu(dU', 1)``,
+      ``dlog_s = diag(dU') sign_s e^log_s + g_logdet``.
+    """
+    lo, up, weight, scale, e1, e2, gain = saved
+    g_mix, g_mix_bias, g_logdet, g_conv1, g_conv1_bias, g_conv2, g_conv2_bias, g_out, g_out_bias = grads
+    c_out = p.out_bias.shape[-1]
+    conv1 = _scaled_map_backward(p.conv1, p.conv1_norm_bias, e1, g_conv1, g_conv1_bias)
+    conv2 = _scaled_map_backward(p.conv2, p.conv2_norm_bias, e2, g_conv2.view(p.conv2.shape), g_conv2_bias)
+    out = _scaled_map_backward(p.out, p.out_bias, gain, g_out[:, :c_out], g_out_bias[:, :c_out])
+    g_logdet = g_logdet.unsqueeze(-1)
+    wt_gc = (weight.transpose(-1, -2) @ g_mix_bias.unsqueeze(-1)).squeeze(-1)
+    g_an_log_scale = scale * ((g_mix * weight).sum(-2) + wt_gc * p.an_bias) + g_logdet
+    g_weight = torch.baddbmm(g_mix * scale.unsqueeze(-2), g_mix_bias.unsqueeze(-1), (p.an_bias * scale).unsqueeze(-2))
+    g_lu = p.perm.transpose(-1, -2) @ g_weight
+    g_up = lo.transpose(-1, -2) @ g_lu
+    g_log_s = g_up.diagonal(dim1=-2, dim2=-1) * (p.sign_s * p.log_s.exp()) + g_logdet
+    fields = StepParameters(
+        wt_gc * scale, g_an_log_scale, None, torch.tril(g_lu @ up.transpose(-1, -2), -1), torch.triu(g_up, 1),
+        None, g_log_s, conv1[0], conv1[2], conv1[1], conv2[0], conv2[2], conv2[1],
+        out[0], out[2], 3.0 * out[1].view(p.out_logs.shape),
+    )  # fmt: skip
+    return StepParameters(*(g if want else None for g, want in zip(fields, wanted, strict=True)))
+
+
+def _scaled_map_backward(
+    weight: Tensor, bias: Tensor, scale: Tensor, g_weight: Tensor, g_bias: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """For K maps ``weight * scale`` (per output channel, ``weight`` (K, C_out, ...), ``scale`` (K, C_out)) with
+    biases ``bias * scale``: ``(dweight, d log scale, dbias)`` from the gradients of the scaled weight and bias;
+    ``dweight`` in ``weight``'s layout."""
+    view = scale.view(*scale.shape, *(1,) * (weight.dim() - 2))
+    g_w = torch.mul(g_weight, view, out=torch.empty_like(weight, memory_format=torch.contiguous_format))
+    g_log_scale = (g_w * weight).sum(tuple(range(2, weight.dim()))) + g_bias * bias * scale
+    return g_w, g_log_scale, g_bias * scale

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +17,13 @@ from glowflow.layers.coupling import PRECISIONS, AdditiveCoupling, AffineCouplin
 from glowflow.layers.fused import (
     ConditionerWeights,
     GlowStepWeights,
+    StepParameters,
     add_affine_shift,
     channels_last_weights,
     fold_actnorm,
     fold_gain,
     fold_mixing,
+    fold_steps,
     fold_unmixing,
     glow_step_inverse,
     glow_steps,
@@ -125,19 +127,41 @@ def glow_step_weights(
     steps: Sequence[FlowStep], inverse: bool, packs: dict[str, TensorStack] | None = None
 ) -> GlowStepWeights:
     """The folded weights of K fused steps (:meth:`FlowStep.fused_step`) as one :class:`GlowStepWeights` with a
-    leading K dimension, computed by one set of batched operations for all of them: the LU weights
-    (:func:`~glowflow.layers.fused.lu_weight`, or its inverse), the ActNorm + 1x1 conv map
-    (:func:`~glowflow.layers.fused.fold_mixing` / :func:`~glowflow.layers.fused.fold_unmixing`), the conditioner's
-    ActNorms (:func:`~glowflow.layers.fused.fold_actnorm`) and gain (:func:`~glowflow.layers.fused.fold_gain`), and
-    Glow's ``+ 2`` for affine couplings (:func:`~glowflow.layers.fused.add_affine_shift`); the out conv's filters
-    padded with zero ones to a whole block of the CPU's kernels (:func:`~glowflow.layers.fused.padded_out_channels`).
+    leading K dimension, computed by one set of batched operations for all of them
+    (:func:`~glowflow.layers.fused.fold_steps`): the LU weights, the ActNorm + 1x1 conv map, the conditioner's
+    ActNorms and gain, and Glow's ``+ 2`` for affine couplings; the out conv's filters padded with zero ones to a
+    whole block of the CPU's kernels (:func:`~glowflow.layers.fused.padded_out_channels`). With autograd on, the
+    forward direction is one autograd node with a hand-derived backward.
 
     ``packs`` (:meth:`FlowSteps.pack`): the steps' tensors of a kind that are the slices of one
-    :class:`~glowflow.layers.packing.TensorStack` are read as that stack, without copying; the others are stacked
-    (the convolution weights by the folding, which then stores references only)."""
-    t = _StepTensors(*zip(*(_step_tensors(step) for step in steps), strict=True))
+    :class:`~glowflow.layers.packing.TensorStack` are read as that stack, without copying; the others are stacked.
+    While torch.compile traces, and for the inverse direction with autograd on, the folding is the composition of
+    :func:`~glowflow.layers.fused.lu_weight` (or its inverse), :func:`~glowflow.layers.fused.fold_mixing` (or
+    :func:`~glowflow.layers.fused.fold_unmixing`), :func:`~glowflow.layers.fused.fold_actnorm` and
+    :func:`~glowflow.layers.fused.fold_gain`, differentiated by autograd."""
+    kinds = StepParameters(*zip(*(_step_tensors(step) for step in steps), strict=True))
+    affine = steps[0].affine
+    if torch.compiler.is_compiling() or (inverse and torch.is_grad_enabled()):
+        return _composed_step_weights(kinds, inverse, affine, packs)
+    return fold_steps(kinds, partial(_read_stacks, len(steps), packs or {}), inverse, affine)
+
+
+def _read_stacks(k: int, packs: dict[str, TensorStack], flat: Sequence[Tensor]) -> StepParameters:
+    """The K * 16 tensors ``flat`` (field-major) as their (K, ...) stacks: a pack's data where it holds them (no
+    copy), else ``torch.stack``."""
+    fields = StepParameters._fields
+    return StepParameters(
+        *(_stack(_packed(name, tuple(flat[i * k : (i + 1) * k]), packs)) for i, name in enumerate(fields))
+    )
+
+
+def _composed_step_weights(
+    t: StepParameters, inverse: bool, affine: bool, packs: dict[str, TensorStack] | None
+) -> GlowStepWeights:
+    """:func:`glow_step_weights` as the composition of the single folding functions (for torch.compile, which
+    traces them, and the inverse direction's gradients)."""
     if packs and not torch.compiler.is_compiling():
-        t = _StepTensors(*(_packed(name, ts, packs) for name, ts in zip(_StepTensors._fields, t, strict=True)))
+        t = StepParameters(*(_packed(name, ts, packs) for name, ts in zip(StepParameters._fields, t, strict=True)))
     stack = _stack
     an_bias, an_log_scale, log_s = stack(t.an_bias), stack(t.an_log_scale), stack(t.log_s)
     lu = (stack(t.perm), stack(t.lower), stack(t.upper), stack(t.sign_s), log_s)
@@ -149,7 +173,7 @@ def glow_step_weights(
     conv1, conv1_bias = fold_actnorm(t.conv1, stack(t.conv1_norm_bias), stack(t.conv1_norm_log_scale))
     conv2, conv2_bias = fold_actnorm(t.conv2, stack(t.conv2_norm_bias), stack(t.conv2_norm_log_scale))
     out, out_bias = fold_gain(t.out, stack(t.out_bias), stack(t.out_logs))
-    if steps[0].affine:
+    if affine:
         out_bias = add_affine_shift(out_bias)
     padding = padded_out_channels(out_bias.shape[-1], out_bias.device) - out_bias.shape[-1]
     if padding:
@@ -170,28 +194,7 @@ def _stack(tensors: Tensor | Sequence[Tensor]) -> Tensor:
     return tensors if isinstance(tensors, Tensor) else torch.stack(tensors)
 
 
-class _StepTensors(NamedTuple):
-    """The parameters and buffers of one fused step (or, field by field, of K steps) that its folding reads."""
-
-    an_bias: Tensor
-    an_log_scale: Tensor
-    perm: Tensor
-    lower: Tensor
-    upper: Tensor
-    sign_s: Tensor
-    log_s: Tensor
-    conv1: Tensor
-    conv1_norm_bias: Tensor
-    conv1_norm_log_scale: Tensor
-    conv2: Tensor
-    conv2_norm_bias: Tensor
-    conv2_norm_log_scale: Tensor
-    out: Tensor
-    out_bias: Tensor
-    out_logs: Tensor
-
-
-def _step_tensors(step: FlowStep) -> _StepTensors:
+def _step_tensors(step: FlowStep) -> StepParameters:
     """A fused step's tensors, read from its modules' registries (``_modules``, ``_parameters``, ``_buffers``; see
     :meth:`FlowStep._parts` for why). :meth:`FlowStep.fused_step` has checked the types these names belong to."""
     actnorm, mixer, coupling = step._parts()
@@ -201,7 +204,7 @@ def _step_tensors(step: FlowStep) -> _StepTensors:
     out_conv = out._modules["conv"]._parameters
     an, lu_p, lu_b = actnorm._parameters, lu._parameters, lu._buffers
     c1_norm, c2_norm = conv1["norm"]._parameters, conv2["norm"]._parameters
-    return _StepTensors(
+    return StepParameters(
         an["bias"], an["log_scale"], lu_b["perm"], lu_p["lower"], lu_p["upper"], lu_b["sign_s"], lu_p["log_s"],
         conv1["conv"]._parameters["weight"], c1_norm["bias"], c1_norm["log_scale"],
         conv2["conv"]._parameters["weight"], c2_norm["bias"], c2_norm["log_scale"],
@@ -239,7 +242,7 @@ class FlowSteps(FlowSequence):
         self._packs: dict[str, TensorStack] = {}
         if len(steps) < 2 or not all(_packable_step(s) for s in steps):
             return
-        kinds = zip(_StepTensors._fields, zip(*(_step_tensors(s) for s in steps), strict=True), strict=True)
+        kinds = zip(StepParameters._fields, zip(*(_step_tensors(s) for s in steps), strict=True), strict=True)
         for name, ts in kinds:
             if name in old and old[name].holds(ts):
                 self._packs[name] = old[name]

@@ -25,7 +25,7 @@ def all_held(model: torch.nn.Module) -> bool:
     """Whether every FlowSteps of ``model`` has its 16 kinds packed and each pack still holds its steps' tensors."""
     for level in levels(model):
         per_step = zip(*map(_step_tensors, level.layers), strict=True)
-        kinds = dict(zip(step_module._StepTensors._fields, per_step, strict=True))
+        kinds = dict(zip(step_module.StepParameters._fields, per_step, strict=True))
         if len(level._packs) != len(kinds) or not all(p.holds(kinds[n]) for n, p in level._packs.items()):
             return False
     return bool(levels(model))
