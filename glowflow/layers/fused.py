@@ -873,10 +873,8 @@ def _fold_forward(p: StepParameters, inverse: bool, affine: bool) -> tuple[GlowS
     gain = (3.0 * p.out_logs).exp().reshape(p.out_bias.shape)
     c_out = p.out_bias.shape[-1]
     rows = padded_out_channels(c_out, p.out_bias.device)
-    out_bias = p.out_bias.new_zeros(p.out_bias.shape[0], rows)
-    torch.mul(p.out_bias, gain, out=out_bias[:, :c_out])
-    if affine:
-        out_bias[:, c_out // 2 : c_out] += AFFINE_SHIFT
+    out_bias = p.out_bias * gain
+    out_bias = F.pad(add_affine_shift(out_bias) if affine else out_bias, (0, rows - c_out))
     net = ConditionerWeights(
         _scaled_channels_last(p.conv1, e1), p.conv1_norm_bias * e1,
         p.conv2.flatten(2) * e2.unsqueeze(-1), p.conv2_norm_bias * e2,
