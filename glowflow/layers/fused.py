@@ -548,25 +548,34 @@ def _conditioner_input(x_a: Tensor, dtype: torch.dtype) -> Tensor:
 
 def _couple_(h_b: Tensor, net_out: Tensor, affine: bool, keep_scale: bool) -> tuple[Tensor, Tensor | None]:
     """The coupling of the transformed half, in place on ``h_b`` (autograd off): ``y_b = (h_b + t) * s`` with
-    ``s = sigmoid(z) / sigmoid(2)`` (affine) or ``y_b = h_b + t`` (additive), ``(t, z)`` the first C_b and the next
-    C_b channels of ``net_out`` (any further channels, padding, are not read).
+    ``s = sigmoid(z) / sigmoid(2)`` (affine, :func:`_coupling_scale`) or ``y_b = h_b + t`` (additive), ``(t, z)`` the
+    first C_b and the next C_b channels of ``net_out`` (any further channels, padding, are not read).
     Returns ``(log|det| per example = sum(log s), s)``; ``s`` is None for the additive coupling or unless
-    ``keep_scale``.
-
-    Without ``keep_scale`` the sigmoid and log run over the whole of ``net_out``, a dense tensor, and only the ``z``
-    half is read: an elementwise op over the strided half of a channels-last tensor cost 62 us against 11 us over
-    the whole (16 x 12 x 16 x 16, Intel Xeon with AMX); S's evaluation 0.987x, M's 0.99x the time."""
+    ``keep_scale``."""
     cb = h_b.shape[1]
     if not affine:
         h_b.add_(net_out[:, :cb])
         return h_b.new_zeros(h_b.shape[0]), None
-    if not keep_scale:
-        full = torch.sigmoid(net_out).div_(SIGMOID_2)
-        h_b.add_(net_out[:, :cb]).mul_(full[:, cb : 2 * cb])
-        return full.log_()[:, cb : 2 * cb].sum((1, 2, 3)), None
-    scale = torch.sigmoid(net_out[:, cb : 2 * cb]).div_(SIGMOID_2)
+    scale = _coupling_scale(net_out, cb)
     h_b.add_(net_out[:, :cb]).mul_(scale)
-    return scale.log().sum((1, 2, 3)), scale
+    if keep_scale:
+        return scale.log().sum((1, 2, 3)), scale
+    return scale.log_().sum((1, 2, 3)), None
+
+
+def _coupling_scale(net_out: Tensor, cb: int) -> Tensor:
+    """``s = sigmoid(z) / sigmoid(2)`` for ``z = net_out[:, cb : 2 * cb]``, as a new dense channels-last tensor
+    (autograd off).
+
+    ``z`` is a strided half of a channels-last tensor, over which aten's elementwise kernels run element by element:
+    copied into a dense tensor first (one fast copy), the sigmoid runs there in place, vectorised. 16 x 6 x 16 x 16:
+    8.6 + 5 us against 62 us for the sigmoid of the strided half, and against 10 us for the sigmoid of the whole
+    dense ``net_out`` (the evaluation's former way: computing over both halves and reading one). Config S,
+    in-process A/B against the sigmoid of the half (training, sampling) or of the whole (evaluation): training
+    0.990-0.995x the time, sampling 0.981-0.984x, evaluation 0.982-0.990x, M's evaluation 0.990x (Intel Xeon with
+    AMX)."""
+    scale = torch.empty_like(net_out[:, cb : 2 * cb], memory_format=torch.channels_last)
+    return scale.copy_(net_out[:, cb : 2 * cb]).sigmoid_().div_(SIGMOID_2)
 
 
 def _uncouple(y_b: Tensor, net_out: Tensor, affine: bool) -> tuple[Tensor, Tensor]:
@@ -584,7 +593,7 @@ def _uncouple_(y_b: Tensor, net_out: Tensor, affine: bool) -> Tensor:
     if not affine:
         y_b.sub_(net_out[:, :cb])
         return y_b.new_zeros(y_b.shape[0])
-    scale = torch.sigmoid(net_out[:, cb : 2 * cb]).div_(SIGMOID_2)
+    scale = _coupling_scale(net_out, cb)
     y_b.div_(scale).sub_(net_out[:, :cb])
     return scale.log_().sum((1, 2, 3)).neg_()
 
