@@ -7,6 +7,7 @@ warm-up over the first ``warmup`` steps, times the product of the fault guard's 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -15,9 +16,10 @@ from torch import Tensor
 def make_optimizer(name: str, params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
     """``"adam"``: Adam with the fused implementation (one kernel for all parameters, a fifth of the default
     per-parameter loop's time on CPU; it also skips a step on device when told the gradients are not finite, see
-    :func:`skip_if_not_finite`); ``"adamax"``: Adamax with the multi-tensor implementation."""
+    :func:`skip_if_not_finite`), updating the parameters stored as slices of one tensor in one piece
+    (:class:`PackedAdam`); ``"adamax"``: Adamax with the multi-tensor implementation."""
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return PackedAdam(params, lr=lr)
     if name == "adamax":
         return torch.optim.Adamax(params, lr=lr, foreach=True)
     raise ValueError(f"unknown optimizer {name!r}; expected adam or adamax")
@@ -73,3 +75,153 @@ def skip_if_not_finite(optimizer: torch.optim.Optimizer, ok: Tensor) -> bool:
         optimizer.found_inf = (~ok).to(torch.float32)
         return True
     return bool(ok)
+
+
+@dataclass
+class _Run:
+    """Parameters of one group that are the consecutive slices of one tensor (a
+    :class:`~glowflow.layers.packing.TensorStack`), as one flat tensor for the optimiser's kernel, with their Adam
+    state likewise: ``exp_avg`` / ``exp_avg_sq`` flat tensors whose slices are the parameters' own states, and one
+    ``step`` tensor that every parameter's state holds."""
+
+    params: list[Tensor]
+    pointers: list[int]  # each parameter's data_ptr when the run was formed
+    flat: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    step: Tensor
+
+
+class PackedAdam(torch.optim.Adam):
+    """``torch.optim.Adam(params, lr, fused=True)`` that hands its kernel the parameters stored as the consecutive
+    slices of one tensor (the K steps of flow of a :class:`~glowflow.layers.step.FlowSteps` level, packed by kind) as
+    that one tensor, with their gradients and states likewise: the same elementwise update, in one piece per pack
+    instead of one per parameter (config S: 50 tensors instead of 344, the optimiser step 1.19 against 2.45 ms and the
+    training step 0.986-0.993x the time, bf16 0.980x, M 0.983x; Intel Xeon with AMX, in-process A/B).
+
+    A run is packed while its parameters keep their storage and every one of their gradients is the slice of one
+    tensor at the parameter's own offset (as the fused steps' backward hands them); any other parameter, or a step
+    whose gradients are laid out otherwise, takes torch's per-parameter path with the same state. Each parameter's
+    ``exp_avg`` / ``exp_avg_sq`` is a view of its run's state and its ``step`` the run's one tensor, so
+    ``state_dict`` keeps torch's per-parameter format: a saved state loads into torch's Adam and torch's into this
+    one (whose next step copies it into packed form). AMSGrad and differentiable groups are never packed."""
+
+    def __init__(self, params: Iterable[Tensor], lr: float) -> None:
+        super().__init__(params, lr=lr, fused=True)
+        self._runs: dict[int, tuple[list[_Run], dict]] = {}  # per group: its runs, and the rest as a group
+
+    def __setstate__(self, state: dict) -> None:  # load_state_dict, unpickling: the states were replaced
+        super().__setstate__(state)
+        self._runs = {}
+
+    def state_dict(self) -> dict:
+        """torch's format, each parameter's state with a ``step`` tensor of its own (a run's parameters share one)."""
+        saved = super().state_dict()
+        saved["state"] = {i: {**s, "step": s["step"].clone()} if "step" in s else s for i, s in saved["state"].items()}
+        return saved
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._runs = {}
+
+    def _init_group(self, group, params_with_grad, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps):
+        if group["amsgrad"] or group["differentiable"]:
+            return super()._init_group(
+                group, params_with_grad, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
+            )
+        index = next(i for i, g in enumerate(self.param_groups) if g is group)
+        cached = self._runs.get(index)
+        if cached is None or not all(_holds(run) for run in cached[0]):
+            runs = self._form_runs(group["params"])
+            cached = self._runs[index] = (runs, _others(group, runs))
+        runs, others = cached
+        flat_grads = [_flat_grad(run) for run in runs]
+        if any(grad is None for grad in flat_grads):  # those runs from now on per parameter, own step counts
+            for run, grad in zip(runs, flat_grads, strict=True):
+                if grad is None:
+                    for p in run.params:
+                        self.state[p]["step"] = run.step.clone()
+            runs = [run for run, grad in zip(runs, flat_grads, strict=True) if grad is not None]
+            self._runs[index] = (runs, _others(group, runs))
+            return self._init_group(group, params_with_grad, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+        for run, grad in zip(runs, flat_grads, strict=True):
+            params_with_grad.append(run.flat)
+            grads.append(grad)
+            exp_avgs.append(run.exp_avg)
+            exp_avg_sqs.append(run.exp_avg_sq)
+            state_steps.append(run.step)
+        return super()._init_group(others, params_with_grad, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+
+    def _form_runs(self, params: list[Tensor]) -> list[_Run]:
+        """The group's runs: parameters sharing a storage, covering a stretch of it slice after slice, of one dtype
+        and device, whose states are all new or all present with equal step counts (then copied into the run's)."""
+        by_storage: dict[int, list[Tensor]] = {}
+        for p in params:
+            if p.is_contiguous() and p.layout == torch.strided:
+                by_storage.setdefault(p.untyped_storage().data_ptr(), []).append(p)
+        runs = []
+        for members in by_storage.values():
+            if len(members) < 2:
+                continue
+            members.sort(key=lambda p: p.storage_offset())
+            first = members[0]
+            n = sum(p.numel() for p in members)
+            ends = [p.storage_offset() + p.numel() for p in members[:-1]]
+            if (
+                len({id(p) for p in members}) < len(members)
+                or any(p.dtype != first.dtype or p.device != first.device for p in members)
+                or ends != [p.storage_offset() for p in members[1:]]
+            ):
+                continue
+            run = self._new_run(members, first.detach().as_strided((n,), (1,)))
+            if run is not None:
+                runs.append(run)
+        return runs
+
+    def _new_run(self, members: list[Tensor], flat: Tensor) -> _Run | None:
+        states = [self.state[p] for p in members]
+        fresh = all(len(s) == 0 for s in states)
+        if not fresh and not (
+            all({"step", "exp_avg", "exp_avg_sq"} <= s.keys() for s in states)
+            and all(torch.equal(s["step"], states[0]["step"]) for s in states[1:])
+        ):
+            return None
+        exp_avg, exp_avg_sq = torch.zeros_like(flat), torch.zeros_like(flat)
+        step = torch.zeros((), dtype=torch.float32, device=flat.device) if fresh else states[0]["step"].clone()
+        offset = 0
+        for p, state in zip(members, states, strict=True):
+            views = exp_avg[offset : offset + p.numel()].view_as(p), exp_avg_sq[offset : offset + p.numel()].view_as(p)
+            if not fresh:
+                views[0].copy_(state["exp_avg"])
+                views[1].copy_(state["exp_avg_sq"])
+            state["step"], state["exp_avg"], state["exp_avg_sq"] = step, *views
+            offset += p.numel()
+        return _Run(members, [p.data_ptr() for p in members], flat, exp_avg, exp_avg_sq, step)
+
+
+def _holds(run: _Run) -> bool:
+    """Whether the run's parameters are still where it found them (not re-pointed by ``.data =``, ``.to``, ...)."""
+    return [p.data_ptr() for p in run.params] == run.pointers
+
+
+def _others(group: dict, runs: list[_Run]) -> dict:
+    """``group`` with only the parameters outside ``runs`` (torch's per-parameter path)."""
+    packed = {id(p) for run in runs for p in run.params}
+    return {**group, "params": [p for p in group["params"] if id(p) not in packed]}
+
+
+def _flat_grad(run: _Run) -> Tensor | None:
+    """The run's gradients as one flat tensor: each parameter's gradient the slice of the first one's storage at the
+    parameter's own offset (no copy), else None."""
+    first = run.params[0].grad
+    if first is None or first.layout != torch.strided or first.dtype != run.flat.dtype:
+        return None
+    base = first.data_ptr() - run.pointers[0]
+    for p, pointer in zip(run.params, run.pointers, strict=True):
+        g = p.grad
+        if g is None or g.layout != torch.strided or g.data_ptr() - pointer != base or not g.is_contiguous():
+            return None
+    n = run.flat.numel()
+    if first.storage_offset() + n > first.untyped_storage().nbytes() // first.element_size():
+        return None
+    return first.detach().as_strided((n,), (1,))
