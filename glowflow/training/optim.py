@@ -108,7 +108,7 @@ class PackedAdam(torch.optim.Adam):
 
     def __init__(self, params: Iterable[Tensor], lr: float) -> None:
         super().__init__(params, lr=lr, fused=True)
-        self._runs: dict[int, tuple[list[_Run], dict]] = {}  # per group: its runs, and the rest as a group
+        self._runs: dict[int, tuple[list[_Run], list[Tensor]]] = {}  # per group: its runs, its other parameters
 
     def __setstate__(self, state: dict) -> None:  # load_state_dict, unpickling: the states were replaced
         super().__setstate__(state)
@@ -133,7 +133,7 @@ class PackedAdam(torch.optim.Adam):
         cached = self._runs.get(index)
         if cached is None or not all(_holds(run) for run in cached[0]):
             runs = self._form_runs(group["params"])
-            cached = self._runs[index] = (runs, _others(group, runs))
+            cached = self._runs[index] = (runs, _others(group["params"], runs))
         runs, others = cached
         flat_grads = [_flat_grad(run) for run in runs]
         if any(grad is None for grad in flat_grads):  # those runs from now on per parameter, own step counts
@@ -142,7 +142,7 @@ class PackedAdam(torch.optim.Adam):
                     for p in run.params:
                         self.state[p]["step"] = run.step.clone()
             runs = [run for run, grad in zip(runs, flat_grads, strict=True) if grad is not None]
-            self._runs[index] = (runs, _others(group, runs))
+            self._runs[index] = (runs, _others(group["params"], runs))
             return self._init_group(group, params_with_grad, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
         for run, grad in zip(runs, flat_grads, strict=True):
             params_with_grad.append(run.flat)
@@ -150,7 +150,8 @@ class PackedAdam(torch.optim.Adam):
             exp_avgs.append(run.exp_avg)
             exp_avg_sqs.append(run.exp_avg_sq)
             state_steps.append(run.step)
-        return super()._init_group(others, params_with_grad, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+        rest = {**group, "params": others}  # the group's current options, for torch's per-parameter path
+        return super()._init_group(rest, params_with_grad, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
 
     def _form_runs(self, params: list[Tensor]) -> list[_Run]:
         """The group's runs: parameters sharing a storage, covering a stretch of it slice after slice, of one dtype
@@ -204,10 +205,10 @@ def _holds(run: _Run) -> bool:
     return [p.data_ptr() for p in run.params] == run.pointers
 
 
-def _others(group: dict, runs: list[_Run]) -> dict:
-    """``group`` with only the parameters outside ``runs`` (torch's per-parameter path)."""
+def _others(params: list[Tensor], runs: list[_Run]) -> list[Tensor]:
+    """The ``params`` outside ``runs`` (torch's per-parameter path)."""
     packed = {id(p) for run in runs for p in run.params}
-    return {**group, "params": [p for p in group["params"] if id(p) not in packed]}
+    return [p for p in params if id(p) not in packed]
 
 
 def _flat_grad(run: _Run) -> Tensor | None:
