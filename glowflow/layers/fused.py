@@ -24,12 +24,9 @@ log-det and gradients against it in float64 and float32); they differ only in ro
 
 from __future__ import annotations
 
-import functools
 import math
-import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -258,15 +255,20 @@ FEW_OUTPUT_CHANNELS = 8
 
 def _few_channels(x: Tensor, c_in: int, c_out: int) -> tuple[bool, bool]:
     """Whether :func:`conv_same` takes the im2col (few input channels) or the col2im form (few output channels).
-    Never for bfloat16, whose direct oneDNN convolutions ran faster at every channel count measured (Intel Xeon with
-    AMX, batch 32: 2 -> 256 on 16x16 forward 317 vs 532 us, backward 1137 vs 1394; 256 -> 4 forward 411 vs 950,
-    backward 1234 vs 1176; config M's bf16 evaluation 0.79x, sampling 0.84x, training 0.96x the time)."""
-    if x.dtype == torch.bfloat16:
+    Never for bfloat16 on a CPU with AMX (:func:`_cpu_has_amx`), whose direct oneDNN convolutions ran faster at every
+    channel count measured (Intel Xeon with AMX, batch 32: 2 -> 256 on 16x16 forward 317 vs 532 us, backward 1137 vs
+    1394; 256 -> 4 forward 411 vs 950, backward 1234 vs 1176; config M's bf16 evaluation 0.79x, sampling 0.84x,
+    training 0.96x the time). Without AMX, bfloat16 takes them as float32 does: on an AMD EPYC (Zen 4, AVX512-BF16)
+    config M's bf16 training 0.919-0.961x, evaluation 0.933-0.960x the time of the direct convolutions (their
+    backward is the slow part there: 2 -> 256 on 16x16 2,555 against 1,803 us)."""
+    if x.dtype == torch.bfloat16 and _cpu_has_amx():
         return False, False
     return c_in <= FEW_INPUT_CHANNELS, c_out <= FEW_OUTPUT_CHANNELS
 
 
-def conv_same(x: Tensor, weight: Tensor, bias: Tensor, relu: bool = False) -> Tensor:
+def conv_same(
+    x: Tensor, weight: Tensor, bias: Tensor, relu: bool = False, out_dtype: torch.dtype | None = None
+) -> Tensor:
     """``conv(x, w) + b`` (then ReLU if ``relu``), stride 1, "same" padding (odd k x k kernels), by whichever of
     three equal computations suits the channel counts and dtype (:func:`_few_channels`; differentiable when autograd
     records):
@@ -276,27 +278,32 @@ def conv_same(x: Tensor, weight: Tensor, bias: Tensor, relu: bool = False) -> Te
       flipped kernel: fold adds each position's patch of outputs around it, :func:`_fold_rows`);
     * otherwise oneDNN's direct convolution (:func:`conv_relu` with the ReLU fused).
 
-    Shapes: (B, C_in, H, W) -> (B, C_out, H, W).
+    Shapes: (B, C_in, H, W) -> (B, C_out, H, W), in ``out_dtype`` (default ``x``'s). The col2im form's fold sums
+    the k*k products in ``out_dtype``: a bfloat16 convolution with a float32 output rounds each product once and the
+    sum not at all, where a bfloat16 fold would round the sum a second time.
     """
     c_out, c_in, k, _ = weight.shape
+    out_dtype = out_dtype or x.dtype
     few_in, few_out = _few_channels(x, c_in, c_out)
     if few_in:
         cols, flat = _unfold_rows(x, k), weight.permute(0, 2, 3, 1).reshape(c_out, -1)
-        rows = linear_relu(cols, flat, bias) if relu else F.linear(cols, flat, bias)
-        return _image(rows, x)
-    if few_out:
-        out = _fold_rows(matmul(_rows(x), _fold_weight(weight)), x, k, bias)
+        out = _image(linear_relu(cols, flat, bias) if relu else F.linear(cols, flat, bias), x)
+    elif few_out:
+        cols = matmul(_rows(x), _fold_weight(weight))
+        out = _fold_rows(cols.to(out_dtype), x, k, bias.to(out_dtype))
         return out.relu_() if relu and not torch.is_grad_enabled() else (out.relu() if relu else out)
-    if relu:
-        return conv_relu(x, weight, bias)
-    return F.conv2d(x, weight, bias, padding=k // 2)
+    elif relu:
+        out = conv_relu(x, weight, bias)
+    else:
+        out = F.conv2d(x, weight, bias, padding=k // 2)
+    return out.to(out_dtype)
 
 
 def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (input, weight, bias) of :func:`conv_same` without the ReLU, by the same computation as its forward:
     ``dx = fold(dy_rows w)``, ``dw_flat = dy_rows^T unfold(x)`` (im2col); ``dx = unfold(dy) W'``,
     ``dW' = x_rows^T unfold(dy)`` with ``W'[(i, j, c), h] = w[c, h, k-1-i, k-1-j]`` (col2im); or oneDNN's
-    convolution backward. In bfloat16 (direct convolutions, :func:`_few_channels`) a convolution with few output
+    convolution backward. In bfloat16 on AMX (direct convolutions, :func:`_few_channels`) a convolution with few output
     channels takes only ``dx`` from oneDNN and ``dW'`` as in col2im (MKL's bf16 product; oneDNN's weight gradient
     took 759 against 554 us for 256 -> 4 channels on 32 x 16 x 16, config M's bf16 training 0.965x the time, Intel
     Xeon with AMX). The bias gradient, a sum over all positions, is :func:`channel_sum`'s (for bfloat16 with
@@ -307,7 +314,9 @@ def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor,
     if few_in:
         g_rows = _rows(grad)
         g_w = rows_product(g_rows, _unfold_rows(x, k)).view(c_out, k, k, c_in).permute(0, 3, 1, 2)
-        return _fold_rows(matmul(g_rows, weight.reshape(c_out, -1)), x, k), g_w, channel_sum(grad, (0, 2, 3))
+        g_cols = matmul(g_rows, weight.reshape(c_out, -1))  # bf16's k*k terms summed in float32 by the fold
+        g_x = _fold_rows(g_cols.float() if g_cols.dtype == torch.bfloat16 else g_cols, x, k)
+        return g_x, g_w, channel_sum(grad, (0, 2, 3))
     if few_out:
         g_cols = _unfold_rows(grad, k)
         g_x = _image(matmul(g_cols, weight.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, c_in)), x)
@@ -367,18 +376,28 @@ def _channel_rows(grad: Tensor, dims: tuple[int, ...]) -> Tensor | None:
     return None
 
 
-@functools.cache
+def _cpu_capabilities() -> dict:
+    """This CPU's name and instruction sets as torch's cpuinfo reads them (``torch.cpu.get_capabilities()``); empty
+    where it cannot tell. Read once, at import: a constant to torch.compile, which does not trace the query."""
+    try:
+        return dict(torch.cpu.get_capabilities())
+    except (AttributeError, RuntimeError):
+        return {}
+
+
+_CPU = _cpu_capabilities()
+
+
 def _mkl_gemv_is_fast() -> bool:
     """Whether this CPU is an Intel one, where MKL (torch's CPU BLAS) takes its tuned code paths; on other vendors'
-    CPUs it takes generic ones, and its matrix-vector product lost to aten's reduction (:func:`channel_sum`). Read
-    from ``/proc/cpuinfo``'s ``vendor_id`` on Linux, ``platform.processor()`` elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return "GenuineIntel" in line
-    except OSError:
-        pass
-    return "intel" in platform.processor().lower()
+    CPUs it takes generic ones, and its matrix-vector product lost to aten's reduction (:func:`channel_sum`)."""
+    return "intel" in str(_CPU.get("cpu_name", "")).lower()
+
+
+def _cpu_has_amx() -> bool:
+    """Whether this CPU has AMX's bfloat16 tiles, on which oneDNN's direct bfloat16 convolutions beat the im2col and
+    col2im forms (:func:`_few_channels`)."""
+    return bool(_CPU.get("amx_bf16", False))
 
 
 _ONES: dict[tuple[torch.dtype, torch.device], Tensor] = {}
@@ -555,8 +574,7 @@ def _conditioner(x_a: Tensor, net: ConditionerWeights, dtype: torch.dtype) -> tu
         net = net.cast(dtype)
     a1 = conv_same(net_in, net.conv1, net.conv1_bias, relu=True)
     a2 = _image(linear_relu(_rows(a1), net.conv2, net.conv2_bias), a1)
-    h = conv_same(a2, net.out, net.out_bias, relu=False)
-    return net_in, a1, a2, h.to(x_a.dtype)
+    return net_in, a1, a2, conv_same(a2, net.out, net.out_bias, out_dtype=x_a.dtype)
 
 
 def _conditioner_input(x_a: Tensor, dtype: torch.dtype) -> Tensor:

@@ -381,26 +381,35 @@ def test_conv_same_and_its_backward_equal_conv2d(c_in, c_out, k):
     assert all(max_abs(a, e) < 1e-12 for a, e in zip(auto, expected_grads, strict=True))
 
 
+@pytest.mark.parametrize("amx", [True, False])
 @pytest.mark.parametrize(("c_in", "c_out"), [(2, 16), (16, 4)])
-def test_bf16_convolutions_with_few_channels_run_direct(c_in, c_out, monkeypatch):
-    """In bf16 the convolutions and their data gradients are oneDNN's direct ones, never the im2col / col2im forms
-    (faster there); only the weight gradient of a convolution with few output channels is the col2im product of the
-    unfolded output gradient. The result and the gradients are the convolution's to bf16 precision."""
+def test_bf16_convolutions_with_few_channels(c_in, c_out, amx, monkeypatch):
+    """On a CPU with AMX the bf16 convolutions and their data gradients are oneDNN's direct ones, never the im2col /
+    col2im forms (faster there); only the weight gradient of a convolution with few output channels is the col2im
+    product of the unfolded output gradient. Without AMX bf16 takes the rows forms as float32 does. Either way the
+    result and the gradients are the convolution's to bf16 precision."""
     import glowflow.layers.fused as fused
 
-    unfolded = []
+    unfolded, rows_forms = [], []
 
     def unfold_spy(t, k):
         unfolded.append(t)
         return unfold_rows(t, k)
 
-    def not_taken(*args):
-        raise AssertionError("a rows form of the convolution was taken in bf16")
+    def rows_spy(f):
+        def spy(*args):
+            if amx:
+                raise AssertionError("a rows form of the convolution was taken in bf16 on AMX")
+            rows_forms.append(f.__name__)
+            return f(*args)
+
+        return spy
 
     unfold_rows = fused._unfold_rows
+    monkeypatch.setattr(fused, "_cpu_has_amx", lambda: amx)
     monkeypatch.setattr(fused, "_unfold_rows", unfold_spy)
-    monkeypatch.setattr(fused, "_fold_rows", not_taken)
-    monkeypatch.setattr(fused, "matmul", not_taken)
+    monkeypatch.setattr(fused, "_fold_rows", rows_spy(fused._fold_rows))
+    monkeypatch.setattr(fused, "matmul", rows_spy(fused.matmul))
     torch.manual_seed(0)
     x = torch.randn(2, c_in, 6, 6).contiguous(memory_format=CL).requires_grad_()
     w, b = torch.randn(c_out, c_in, 3, 3, requires_grad=True), torch.randn(c_out, requires_grad=True)
@@ -408,11 +417,20 @@ def test_bf16_convolutions_with_few_channels_run_direct(c_in, c_out, monkeypatch
     expected = F.conv2d(x, w, b, padding=1)
     expected_grads = torch.autograd.grad(expected, (x, w, b), g)
     bf = [t.detach().bfloat16() for t in (x, w, b, g)]
+    few_in = c_in <= fused.FEW_INPUT_CHANNELS
     with torch.no_grad():
         out = conv_same(bf[0], bf[1], bf[2])
-        assert not unfolded
+        if amx:
+            assert not unfolded
+        else:
+            assert [t is bf[0] for t in unfolded] == ([True] if few_in else [])
+            assert rows_forms == ([] if few_in else ["matmul", "_fold_rows"])
+        unfolded.clear()
         grads = conv_same_backward(bf[3], bf[0], bf[1])
-    assert [t is bf[3] for t in unfolded] == ([True] if c_out <= fused.FEW_OUTPUT_CHANNELS else [])
+    if amx:
+        assert [t is bf[3] for t in unfolded] == ([True] if c_out <= fused.FEW_OUTPUT_CHANNELS else [])
+    else:
+        assert [t is (bf[0] if few_in else bf[3]) for t in unfolded] == [True]
     scale = expected.abs().max()
     assert max_abs(out.float(), expected) < 0.02 * scale
     for got, want in zip(grads, expected_grads, strict=True):
