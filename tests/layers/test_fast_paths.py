@@ -381,6 +381,22 @@ def test_conv_same_and_its_backward_equal_conv2d(c_in, c_out, k):
     assert all(max_abs(a, e) < 1e-12 for a, e in zip(auto, expected_grads, strict=True))
 
 
+@pytest.mark.parametrize(("c_in", "c_out"), [(3, 16), (16, 5), (16, 12)])  # im2col, col2im, direct
+@pytest.mark.parametrize("k", [1, 3])
+def test_conv_same_and_its_backward_in_float32(c_in, c_out, k):
+    """The float32 forms (im2col's weight gradient is oneDNN's convolution backward there, not the product) equal
+    the float64 convolution to float32 rounding, values and gradients."""
+    x, w, b, g, expected, expected_grads = conv_case(c_in, c_out, k)
+    x32, w32, b32, g32 = (t.detach().float() for t in (x, w, b, g))
+    with torch.no_grad():
+        out = conv_same(x32, w32, b32)
+        grads = conv_same_backward(g32, x32, w32)
+    assert out.dtype == torch.float32 and max_abs(out, expected) < 1e-5 * expected.abs().max()
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        assert max_abs(got, want) < 1e-5 * want.abs().max()
+
+
 @pytest.mark.parametrize("amx", [True, False])
 @pytest.mark.parametrize(("c_in", "c_out"), [(2, 16), (16, 4)])
 def test_bf16_convolutions_with_few_channels(c_in, c_out, amx, monkeypatch):
