@@ -6,10 +6,11 @@
     PYTHONPATH=/path/to/other/checkout python benchmarks/profile_step.py   # the same for another version
 
 Configs as in bench.py: S = 3x32x32, L=3, K=8, width 128, batch 16; M = 1x32x32, L=2, K=16, width 256, batch 32;
-random 8-bit pixels, Adam (``--optimizer fused`` for ``torch.optim.Adam(fused=True)``, what ``glowflow.train`` uses;
-``plain`` for the default implementation). Run it under the same ``GLIBC_TUNABLES`` as bench.py's timing cases for
-comparable numbers. ``--clock cpu`` times with ``time.process_time`` (this process's CPU time): with one thread it
-leaves out the time the process waits for a CPU, which on a shared machine is most of the noise.
+random 8-bit pixels, Adam (``--optimizer packed``, the default, for ``glowflow.training.optim.PackedAdam``, what
+``glowflow.train`` uses; ``fused`` for ``torch.optim.Adam(fused=True)``; ``plain`` for torch's default
+implementation). Run it under the same ``GLIBC_TUNABLES`` as bench.py's timing cases for comparable numbers.
+``--clock cpu`` times with ``time.process_time`` (this process's CPU time): with one thread it leaves out the time
+the process waits for a CPU, which on a shared machine is most of the noise.
 
 ``--profile`` prints, per training step, the split between the kernels that do the arithmetic (convolutions and
 matrix products: their FLOPs counted by ``FlopCounterMode``) and everything else, each kernel's GFLOP/s as a
@@ -38,6 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import glowflow
 from glowflow import Glow
+from glowflow.training.optim import PackedAdam
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import CONFIGS, OpTimes, fused_kernel_flop_formulas  # noqa: E402
@@ -112,7 +114,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
-    parser.add_argument("--optimizer", choices=("fused", "plain"), default="fused")
+    parser.add_argument("--optimizer", choices=("packed", "fused", "plain"), default="packed")
     parser.add_argument("--profile", action="store_true", help="the profile split of a training step")
     args = parser.parse_args()
     if args.threads:
@@ -120,7 +122,10 @@ def main() -> None:
     cfg = CONFIGS[args.config]
     torch.manual_seed(0)
     model = Glow(cfg.shape, levels=cfg.levels, steps=cfg.steps, hidden=cfg.hidden)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=args.optimizer == "fused")
+    if args.optimizer == "packed":
+        opt = PackedAdam(model.parameters(), lr=1e-4)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=args.optimizer == "fused")
     batch = (cfg.batch, *cfg.shape)
     with torch.no_grad():
         model(torch.randint(0, 256, batch))  # ActNorm initialisation, excluded from the timings

@@ -19,6 +19,7 @@ from glowflow import Glow
 from glowflow.layers.conditioners import ZeroConv2d
 from glowflow.layers.dequantization import bits_per_dim, to_continuous
 from glowflow.layers.priors import Split
+from glowflow.training.optim import PackedAdam
 from tests.helpers import load_script
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -372,7 +373,7 @@ def test_profile_step_split_of_a_training_step(capsys):
     """The split of a tiny Glow's training step: kernels with their FLOP rates, the other operations, the calls."""
     torch.manual_seed(0)
     model = Glow((3, 8, 8), levels=2, steps=2, hidden=8)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as profile_step.py's (plain Adam syncs)
+    opt = PackedAdam(model.parameters(), lr=1e-4)  # profile_step.py's default, glowflow.train's (plain Adam syncs)
     batch = (4, 3, 8, 8)
     with torch.no_grad():
         model(torch.randint(0, 256, batch))
