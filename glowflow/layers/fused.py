@@ -254,14 +254,14 @@ FEW_OUTPUT_CHANNELS = 8
 
 
 def _few_channels(x: Tensor, c_in: int, c_out: int) -> tuple[bool, bool]:
-    """Whether :func:`conv_same` takes the im2col (few input channels) or the col2im form (few output channels).
-    Never for bfloat16 on a CPU with AMX (:func:`_cpu_has_amx`), whose direct oneDNN convolutions ran faster at every
-    channel count measured (Intel Xeon with AMX, batch 32: 2 -> 256 on 16x16 forward 317 vs 532 us, backward 1137 vs
-    1394; 256 -> 4 forward 411 vs 950, backward 1234 vs 1176; config M's bf16 evaluation 0.79x, sampling 0.84x,
-    training 0.96x the time). Without AMX, bfloat16 takes them as float32 does: on an AMD EPYC (Zen 4, AVX512-BF16)
-    config M's bf16 training 0.919-0.961x, evaluation 0.933-0.960x the time of the direct convolutions (their
-    backward is the slow part there: 2 -> 256 on 16x16 2,555 against 1,803 us)."""
-    if x.dtype == torch.bfloat16 and _cpu_has_amx():
+    """Whether :func:`conv_same` takes the im2col (few input channels) or the col2im form (few output channels). Never
+    for bfloat16 on a CPU with AMX (:func:`_cpu_has_amx`) or on another device, whose direct oneDNN convolutions ran
+    faster at every channel count measured (Intel Xeon with AMX, batch 32: 2 -> 256 on 16x16 forward 317 vs 532 us,
+    backward 1137 vs 1394; 256 -> 4 forward 411 vs 950, backward 1234 vs 1176; config M's bf16 evaluation 0.79x,
+    sampling 0.84x, training 0.96x the time). Without AMX, bfloat16 takes them as float32 does: on an AMD EPYC (Zen
+    4, AVX512-BF16) config M's bf16 training 0.919-0.961x, evaluation 0.933-0.960x the time of the direct
+    convolutions (their backward is the slow part there: 2 -> 256 on 16x16 2,555 against 1,803 us)."""
+    if x.dtype == torch.bfloat16 and (x.device.type != "cpu" or _cpu_has_amx()):
         return False, False
     return c_in <= FEW_INPUT_CHANNELS, c_out <= FEW_OUTPUT_CHANNELS
 
@@ -301,22 +301,21 @@ def conv_same(
 
 def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (input, weight, bias) of :func:`conv_same` without the ReLU, by the same computation as its forward:
-    ``dx = fold(dy_rows w)``, ``dw_flat = dy_rows^T unfold(x)`` (im2col; in float32 oneDNN's weight gradient of the
-    convolution instead, which on an AMD EPYC (Zen 4) took 444-565 us against 1,565-1,982 for the unfold and product
-    at 2 -> 256 channels on 32 x 16 x 16, config M's training step 0.965-0.987x the time; in bf16 it gained nothing
-    there); ``dx = unfold(dy) W'``,
-    ``dW' = x_rows^T unfold(dy)`` with ``W'[(i, j, c), h] = w[c, h, k-1-i, k-1-j]`` (col2im); or oneDNN's
-    convolution backward. In bfloat16 on AMX (direct convolutions, :func:`_few_channels`) a convolution with few output
-    channels takes only ``dx`` from oneDNN and ``dW'`` as in col2im (MKL's bf16 product; oneDNN's weight gradient
-    took 759 against 554 us for 256 -> 4 channels on 32 x 16 x 16, config M's bf16 training 0.965x the time, Intel
-    Xeon with AMX). The bias gradient, a sum over all positions, is :func:`channel_sum`'s (for bfloat16 with
-    oneDNN's weight gradient the same rounding computed inside its convolution backward, sparing a pass over
-    ``grad``)."""
+    ``dx = fold(dy_rows w)``, ``dw_flat = dy_rows^T unfold(x)`` (im2col; in float32 on CPU oneDNN's weight gradient
+    of the convolution instead, which on an AMD EPYC (Zen 4) took 444-565 us against 1,565-1,982 for the unfold and
+    product at 2 -> 256 channels on 32 x 16 x 16, config M's training step 0.965-0.987x the time; in bf16 it gained
+    nothing there); ``dx = unfold(dy) W'``, ``dW' = x_rows^T unfold(dy)`` with ``W'[(i, j, c), h] = w[c, h, k-1-i,
+    k-1-j]`` (col2im); or oneDNN's convolution backward. In bfloat16 on AMX (direct convolutions,
+    :func:`_few_channels`) a convolution with few output channels takes only ``dx`` from oneDNN and ``dW'`` as in
+    col2im (MKL's bf16 product; oneDNN's weight gradient took 759 against 554 us for 256 -> 4 channels on 32 x 16 x
+    16, config M's bf16 training 0.965x the time, Intel Xeon with AMX). The bias gradient, a sum over all positions,
+    is :func:`channel_sum`'s (for bfloat16 with oneDNN's weight gradient the same rounding computed inside its
+    convolution backward, sparing a pass over ``grad``)."""
     c_out, c_in, k, _ = weight.shape
     few_in, few_out = _few_channels(x, c_in, c_out)
     if few_in:
         g_rows = _rows(grad)
-        if grad.dtype == torch.float32:
+        if grad.dtype == torch.float32 and grad.device.type == "cpu":
             g_w = torch.ops.aten.convolution_backward(
                 grad, x, weight, [c_out], [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1, [False, True, False]
             )[1]  # fmt: skip
