@@ -394,13 +394,25 @@ def _cpu_capabilities() -> dict:
         return {}
 
 
+def _intel_cpu(capabilities: dict) -> bool:
+    """Whether the CPU is an Intel one: by its name in ``capabilities``, else by ``/proc/cpuinfo``'s vendor."""
+    if "intel" in str(capabilities.get("cpu_name", "")).lower():
+        return True
+    try:
+        with open("/proc/cpuinfo") as info:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in info)
+    except OSError:
+        return False
+
+
 _CPU = _cpu_capabilities()
+_INTEL = _intel_cpu(_CPU)
 
 
 def _mkl_gemv_is_fast() -> bool:
     """Whether this CPU is an Intel one, where MKL (torch's CPU BLAS) takes its tuned code paths; on other vendors'
     CPUs it takes generic ones, and its matrix-vector product lost to aten's reduction (:func:`channel_sum`)."""
-    return "intel" in str(_CPU.get("cpu_name", "")).lower()
+    return _INTEL
 
 
 def _cpu_has_amx() -> bool:

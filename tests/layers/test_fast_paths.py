@@ -708,3 +708,25 @@ def test_first_hidden_activation_is_kept_where_recomputing_it_is_dear():
     assert [keeps_first_hidden(conv1[c], a1_fp32) for c in (2, 4, 6, 12, 24)] == [False] * 4 + [True]
     bf16 = [keeps_first_hidden(conv1[c].bfloat16(), a1_bf16) for c in (2, 4, 6, 12, 24)]
     assert bf16 == [False] * 3 + [True] * 2
+
+
+def test_intel_cpu_by_name_then_by_the_kernel_vendor(monkeypatch, tmp_path):
+    """The vendor rule of ``channel_sum``: an Intel name decides; otherwise /proc/cpuinfo's vendor_id, and a CPU
+    that cannot be told (no such file) is not taken for an Intel one."""
+    import builtins
+
+    from glowflow.layers import fused
+
+    assert fused._intel_cpu({"cpu_name": "Intel(R) Xeon(R) Platinum"})
+    real_open = builtins.open
+    for vendor, expected in (("GenuineIntel", True), ("AuthenticAMD", False)):
+        info = tmp_path / f"cpuinfo-{vendor}"
+        info.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nmodel name\t: Some CPU\n")
+        monkeypatch.setattr(builtins, "open", lambda path, *a, info=info, **k: real_open(info, *a, **k))
+        assert fused._intel_cpu({"cpu_name": "Some CPU"}) is expected
+
+    def missing(*args, **kwargs):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(builtins, "open", missing)
+    assert fused._intel_cpu({}) is False
