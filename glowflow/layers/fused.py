@@ -374,9 +374,8 @@ def channel_sum(grad: Tensor, dims: tuple[int, ...]) -> Tensor:
 def _channel_rows(grad: Tensor, dims: tuple[int, ...]) -> Tensor | None:
     """``grad`` as its (N, C) matrix of channel vectors when that is a view and :func:`channel_sum` takes the
     product (an Intel CPU, float32 / float64, eager mode), else None."""
-    if grad.device.type != "cpu" or grad.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
-        return None
-    if not _mkl_gemv_is_fast():
+    cpu_float = grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.float64)
+    if not cpu_float or torch.compiler.is_compiling() or not _mkl_gemv_is_fast():
         return None
     if grad.dim() == 2 and dims == (0,) and grad.is_contiguous():
         return grad
@@ -395,14 +394,16 @@ def _cpu_capabilities() -> dict:
 
 
 def _intel_cpu(capabilities: dict) -> bool:
-    """Whether the CPU is an Intel one: by its name in ``capabilities``, else by ``/proc/cpuinfo``'s vendor."""
+    """Whether the CPU is an Intel one: by its name in ``capabilities``, else by ``/proc/cpuinfo``'s first
+    ``vendor_id`` line (read up to it, not the whole file: this runs at import)."""
     if "intel" in str(capabilities.get("cpu_name", "")).lower():
         return True
     try:
         with open("/proc/cpuinfo") as info:
-            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in info)
+            vendor = next((line for line in info if line.startswith("vendor_id")), "")
     except OSError:
         return False
+    return "GenuineIntel" in vendor
 
 
 _CPU = _cpu_capabilities()
