@@ -39,7 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import glowflow
 from glowflow import Glow
-from glowflow.training.optim import PackedAdam
+from glowflow.training.optim import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import CONFIGS, OpTimes, fused_kernel_flop_formulas  # noqa: E402
@@ -123,7 +123,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = Glow(cfg.shape, levels=cfg.levels, steps=cfg.steps, hidden=cfg.hidden)
     if args.optimizer == "packed":
-        opt = PackedAdam(model.parameters(), lr=1e-4)
+        opt = make_optimizer("adam", model.parameters(), lr=1e-4)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=args.optimizer == "fused")
     batch = (cfg.batch, *cfg.shape)
