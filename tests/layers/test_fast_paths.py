@@ -501,21 +501,43 @@ def test_channel_sum_of_every_layout_equals_the_reduction(dtype, layout, intel, 
     assert all(bool((ones == 1).all()) and ones.shape[0] >= 300 for ones in fused._ONES.values())
 
 
+@pytest.mark.parametrize("size", [(5, 7), (1, 2), (2, 1)])
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fold_rows_is_col2im_plus_bias(k, dtype):
-    """``_fold_rows`` (a grouped convolution with one-hot kernels) adds every row's k x k patch around its position,
-    as ``F.fold`` does, plus the bias; the result is channels-last."""
+def test_fold_rows_is_col2im_plus_bias(k, dtype, size):
+    """``_fold_rows`` adds every row's k x k patch (columns in (i, j, c) order) around its position, as ``F.fold``
+    does with (c, i, j) columns, plus the bias; the result is channels-last. Images smaller than the kernel too."""
     torch.manual_seed(0)
-    b, c, h, w = 2, 3, 5, 7
-    rows, bias = torch.randn(b * h * w, c * k * k, dtype=dtype), torch.randn(c, dtype=dtype)
+    (b, c), (h, w) = (2, 3), size
+    rows, bias = torch.randn(b * h * w, k * k * c, dtype=dtype), torch.randn(c, dtype=dtype)
     like = torch.empty(b, c, h, w, dtype=dtype)
-    expected = F.fold(rows.view(b, h * w, -1).transpose(1, 2), (h, w), k, padding=k // 2)
+    cij = rows.view(b, h * w, k, k, c).permute(0, 4, 2, 3, 1).reshape(b, c * k * k, h * w)
+    expected = F.fold(cij, (h, w), k, padding=k // 2)
     got = _fold_rows(rows, like, k, bias)
     assert got.shape == (b, c, h, w) and got.is_contiguous(memory_format=CL)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     assert max_abs(got, expected + bias.view(1, -1, 1, 1)) < tol
     assert max_abs(_fold_rows(rows, like, k), expected) < tol
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_fold_rows_gradients_are_the_unfold(k):
+    """Where autograd records, ``_fold_rows``' backward (``_Fold``: the unfold of the output gradient) gives the
+    gradients of rows and bias that autograd of ``F.fold`` gives, and passes gradcheck (float64)."""
+    torch.manual_seed(1)
+    b, c, h, w = 2, 3, 4, 6
+    like = torch.empty(b, c, h, w, dtype=torch.float64)
+    rows = torch.randn(b * h * w, k * k * c, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(c, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(b, c, h, w, dtype=torch.float64)
+    (_fold_rows(rows, like, k, bias) * weights).sum().backward()
+    got = rows.grad.clone(), bias.grad.clone()
+    rows.grad = bias.grad = None
+    cij = rows.view(b, h * w, k, k, c).permute(0, 4, 2, 3, 1).reshape(b, c * k * k, h * w)
+    ((F.fold(cij, (h, w), k, padding=k // 2) + bias.view(1, -1, 1, 1)) * weights).sum().backward()
+    assert max_abs(got[0], rows.grad) < 1e-12 and max_abs(got[1], bias.grad) < 1e-12
+    assert torch.autograd.gradcheck(lambda r, s: _fold_rows(r, like, k, s), (rows.detach().requires_grad_(),
+                                    bias.detach().requires_grad_()))  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -657,23 +679,6 @@ def test_padded_out_channels_give_the_same_level(monkeypatch, block):
     lp_plain.sum().backward()
     assert max_abs(lp, lp_plain) < 1e-9
     assert max(max_abs(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True)) < 1e-9
-
-
-def test_fold_rows_kernel_made_in_inference_mode_serves_autograd():
-    """``_fold_rows`` keeps its one-hot kernel between calls; one first built under ``torch.inference_mode`` must
-    still be usable where autograd records (an inference tensor cannot be saved for backward)."""
-    from glowflow.layers import fused
-
-    fused._SHIFT_KERNELS.clear()
-    rows = torch.randn(2 * 4 * 4, 5 * 9, dtype=torch.float64)
-    like = torch.empty(2, 5, 4, 4, dtype=torch.float64)
-    with torch.inference_mode():
-        first = _fold_rows(rows, like, 3)
-    rows.requires_grad_(True)
-    again = _fold_rows(rows, like, 3)
-    again.sum().backward()
-    assert max_abs(again.detach(), first) < 1e-12
-    assert torch.all(rows.grad.view(32, 5, 3, 3)[:, :, 1, 1] == 1.0)  # the centre tap of every row lands once
 
 
 @pytest.mark.parametrize("keep", [True, False])
