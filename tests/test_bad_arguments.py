@@ -89,6 +89,12 @@ MODEL_ROWS = [
     Bad("log_prob NaN", lambda o: o.tabular.log_prob(torch.full((2, 2), math.nan)), "input contains NaN or inf"),
     Bad("log_prob integers", lambda o: o.glow.log_prob(o.k), "expected floating-point continuous data"),
     Bad("label, unconditional", lambda o: o.tabular.log_prob(torch.zeros(2, 2), 1), "not class-conditional"),
+    Bad(
+        "decode encode's pair",
+        lambda o: o.glow.decode(o.glow.encode(o.k.double() / 17 - 0.5)),
+        "got encode's whole (zs, logdet) pair: pass encode(x)[0]",
+    ),  # fmt: skip
+    Bad("decode one tensor", lambda o: o.glow.decode(torch.zeros(2, 4, 4, 4)), "latent tensors, as returned by encode"),
 ]
 
 LAYER_ROWS = [

@@ -394,6 +394,8 @@ class FlowModel(nn.Module):
     def _check_latents(self, zs: list[Tensor] | tuple[Tensor, ...]) -> list[Tensor]:
         if isinstance(zs, (Tensor, np.ndarray)) or not isinstance(zs, (list, tuple)):
             raise ValueError(f"expected a list of {len(self.latent_shapes)} latent tensors, as returned by encode")
+        if len(zs) == 2 and isinstance(zs[0], (list, tuple)) and isinstance(zs[1], Tensor):
+            raise ValueError("expected the latents zs, got encode's whole (zs, logdet) pair: pass encode(x)[0]")
         zs = [self._as_tensor(z, "latents") for z in zs]
         if len(zs) != len(self.latent_shapes):
             raise ValueError(f"expected {len(self.latent_shapes)} latent tensors, got {len(zs)}")
