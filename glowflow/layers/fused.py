@@ -482,23 +482,24 @@ def _fold_rows(rows: Tensor, like: Tensor, k: int, bias: Tensor | None = None) -
 
 def _fold_separable(rows: Tensor, shape: Sequence[int], k: int, bias: Tensor | None = None) -> Tensor:
     """:func:`_fold_rows` without autograd: first ``t[y, x, (j, c)] = sum_i rows[(y - i + p, x), (i, j, c)]``, then
-    ``out[y, x, c] = bias + sum_j t[y, x - j + p, (j, c)]`` (p = k // 2), each sum a copy of the centre tap and
-    k - 1 in-place additions of the in-image part of the others."""
+    ``out[y, x, c] = bias + sum_j t[y, x - j + p, (j, c)]`` (p = k // 2), each by :func:`_sum_shifted_taps`."""
     b, h, w = shape[0], shape[2], shape[3]
-    p, c = k // 2, rows.shape[1] // (k * k)
-    patches = rows.view(b, h, w, k, k * c)
-    t = patches[:, :, :, p].clone()
+    c = rows.shape[1] // (k * k)
+    t = _sum_shifted_taps(rows.view(b, h, w, k, k * c), dim=1)
+    return _sum_shifted_taps(t.view(b, h, w, k, c), dim=2, bias=bias).permute(0, 3, 1, 2)
+
+
+def _sum_shifted_taps(taps: Tensor, dim: int, bias: Tensor | None = None) -> Tensor:
+    """``(bias +) sum_i taps[:, :, :, i]`` shifted by ``i - k//2`` along ``dim`` (1 or 2 of the (B, H, W) axes; the
+    k taps on axis 3): a copy of the centre tap, then k - 1 in-place additions of the in-image part of the others."""
+    k, n = taps.shape[3], taps.shape[dim]
+    centre = taps[:, :, :, k // 2]
+    out = centre + bias if bias is not None else centre.clone()
     for i in range(k):
-        d = i - p
-        if d != 0 and abs(d) < h:
-            t[:, max(d, 0) : h + min(d, 0)] += patches[:, max(-d, 0) : h + min(-d, 0), :, i]
-    t = t.view(b, h, w, k, c)
-    out = t[:, :, :, p] + bias if bias is not None else t[:, :, :, p].clone()
-    for j in range(k):
-        d = j - p
-        if d != 0 and abs(d) < w:
-            out[:, :, max(d, 0) : w + min(d, 0)] += t[:, :, max(-d, 0) : w + min(-d, 0), j]
-    return out.permute(0, 3, 1, 2)
+        d = i - k // 2
+        if d != 0 and abs(d) < n:
+            out.narrow(dim, max(d, 0), n - abs(d)).add_(taps[:, :, :, i].narrow(dim, max(-d, 0), n - abs(d)))
+    return out
 
 
 class _Fold(torch.autograd.Function):
