@@ -440,9 +440,20 @@ def rows_product(a: Tensor, b: Tensor) -> Tensor:
     positions of outer products), -> (P, Q). For a narrower ``b`` computed as ``(b^T a)^T`` (a transposed view):
     MKL's product with the few columns as its rows ran 1.6-2x faster on an Intel Xeon with AMX (8192 rows, 256 @ 36:
     600 against 961 us; 256 @ 18: 434 against 874 us, hot), config M's float32 training 0.96-0.97x the time; equal
-    on Zen 4 (cold)."""
+    on Zen 4 (cold).
+
+    On a CPU with T > 1 threads and at least 2048 rows per thread, the rows are cut into T blocks, one product per
+    block in a batched product (each thread reads its own rows of both operands once, instead of each streaming all
+    N rows of one of them), and the T partial products summed: on an AMD EPYC (Zen 4), 2 threads, 8192 rows, 256 @
+    256: 5.9 against 6.4 ms; 36 @ 256: 0.90 against 1.20 ms (hot); config M's float32 training 0.96x the time. Not
+    while torch.compile traces (the thread count is not part of its graph)."""
     if b.shape[1] < a.shape[1]:
-        return (b.t() @ a).t()
+        return rows_product(b, a).t()
+    n = a.shape[0]
+    if a.device.type == "cpu" and not torch.compiler.is_compiling() and a.is_contiguous() and b.is_contiguous():
+        parts = torch.get_num_threads()
+        if parts > 1 and n % parts == 0 and n // parts >= 2048:
+            return torch.bmm(a.view(parts, n // parts, -1).transpose(1, 2), b.view(parts, n // parts, -1)).sum(0)
     return a.t() @ b
 
 

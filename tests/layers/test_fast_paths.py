@@ -569,6 +569,27 @@ def test_rows_product_is_a_transposed_times_b_in_either_orientation(p, q, dtype)
     assert got.is_contiguous() == (q >= p)
 
 
+@pytest.mark.parametrize(("threads", "n"), [(2, 4096), (3, 6144), (2, 4097), (1, 4096)])
+@pytest.mark.parametrize(("p", "q"), [(40, 9), (9, 40), (16, 16)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_rows_product_in_row_blocks_per_thread_is_a_transposed_times_b(threads, n, p, q, dtype):
+    """With >= 2048 rows per thread the rows are cut into one block per thread and the blocks' products summed (the
+    first two cases); with rows that do not divide, or one thread, it is one product: ``a^T b`` either way."""
+    torch.manual_seed(0)
+    a, b = torch.randn(n, p, dtype=dtype), torch.randn(n, q, dtype=dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = rows_product(a, b)
+    finally:
+        torch.set_num_threads(before)
+    expected = a.double().t() @ b.double()
+    assert got.shape == (p, q) and got.dtype == dtype
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype]
+    assert max_abs(got, expected) < tol * expected.abs().max()
+    assert got.is_contiguous() == (q >= p)
+
+
 @pytest.mark.parametrize(("c_in", "c_out"), [(3, 16), (16, 5)])  # im2col, col2im
 @pytest.mark.parametrize("k", [1, 3])
 def test_conv_same_and_its_backward_equal_conv2d_under_torch_compile(c_in, c_out, k):
