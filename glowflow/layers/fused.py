@@ -251,10 +251,19 @@ slower from 6 input channels on)."""
 FEW_OUTPUT_CHANNELS = 8
 """At or below this many output channels a float32 convolution runs as matrix product + fold (measured: 2x faster for
 256 -> 4 channels on 16x16, 1.1-1.8x for 256 -> 8 on 8x8; slower for 128 -> 12)."""
+FEW_OUTPUT_CHANNELS_BACKWARD: int = {"AVX2": 12}.get(torch.backends.cpu.get_cpu_capability(), FEW_OUTPUT_CHANNELS)
+"""At or below this many output channels a convolution's backward runs in the col2im form (:func:`conv_same_backward`;
+float32, and bfloat16 where :func:`_few_channels` lets it). With AVX2 (blocks of 8 output channels) from 12 on as
+well: on an AMD EPYC (Zen 3, AVX2 only), batch 16, 128 -> 12 channels on 16x16 1,909 against 2,501 us (interleaved
+medians; 128 -> 8 1,328 against 1,500; 128 -> 24 on 8x8 1,079 against 992), config S's training 0.956x the time;
+the forward stays direct there (its 12 channels padded to 16, :func:`padded_out_channels`). With AVX-512 the same
+change made S's training 1.032x the time (Zen 4)."""
 
 
-def _few_channels(x: Tensor, c_in: int, c_out: int) -> tuple[bool, bool]:
-    """Whether :func:`conv_same` takes the im2col (few input channels) or the col2im form (few output channels). Never
+def _few_channels(x: Tensor, c_in: int, c_out: int, backward: bool = False) -> tuple[bool, bool]:
+    """Whether :func:`conv_same` (or with ``backward`` :func:`conv_same_backward`, whose col2im bound is
+    :data:`FEW_OUTPUT_CHANNELS_BACKWARD`) takes the im2col (few input channels) or the col2im form (few output
+    channels). Never
     for bfloat16 on a CPU with AMX (:func:`_cpu_has_amx`) or on another device, whose direct oneDNN convolutions ran
     faster at every channel count measured (Intel Xeon with AMX, batch 32: 2 -> 256 on 16x16 forward 317 vs 532 us,
     backward 1137 vs 1394; 256 -> 4 forward 411 vs 950, backward 1234 vs 1176; config M's bf16 evaluation 0.79x,
@@ -263,7 +272,7 @@ def _few_channels(x: Tensor, c_in: int, c_out: int) -> tuple[bool, bool]:
     convolutions (their backward is the slow part there: 2 -> 256 on 16x16 2,555 against 1,803 us)."""
     if x.dtype == torch.bfloat16 and (x.device.type != "cpu" or _cpu_has_amx()):
         return False, False
-    return c_in <= FEW_INPUT_CHANNELS, c_out <= FEW_OUTPUT_CHANNELS
+    return c_in <= FEW_INPUT_CHANNELS, c_out <= (FEW_OUTPUT_CHANNELS_BACKWARD if backward else FEW_OUTPUT_CHANNELS)
 
 
 def conv_same(
@@ -312,7 +321,7 @@ def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor,
     is :func:`channel_sum`'s (for bfloat16 with oneDNN's weight gradient the same rounding computed inside its
     convolution backward, sparing a pass over ``grad``)."""
     c_out, c_in, k, _ = weight.shape
-    few_in, few_out = _few_channels(x, c_in, c_out)
+    few_in, few_out = _few_channels(x, c_in, c_out, backward=True)
     if few_in:
         g_rows = _rows(grad)
         if grad.dtype == torch.float32 and grad.device.type == "cpu":

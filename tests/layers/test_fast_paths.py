@@ -397,6 +397,36 @@ def test_conv_same_and_its_backward_in_float32(c_in, c_out, k):
         assert max_abs(got, want) < 1e-5 * want.abs().max()
 
 
+@pytest.mark.parametrize("bound", [8, 12])
+def test_the_backward_takes_col2im_up_to_its_own_bound(bound, monkeypatch):
+    """A float32 convolution to 12 channels: its forward stays direct (12 > FEW_OUTPUT_CHANNELS), its backward takes
+    the col2im form (unfold of the output gradient) exactly when FEW_OUTPUT_CHANNELS_BACKWARD >= 12 (AVX2's bound),
+    and either way values and gradients are the float64 convolution's to float32 rounding."""
+    import glowflow.layers.fused as fused
+
+    unfolded = []
+    unfold_rows = fused._unfold_rows
+
+    def unfold_spy(t, k):
+        unfolded.append(t)
+        return unfold_rows(t, k)
+
+    monkeypatch.setattr(fused, "FEW_OUTPUT_CHANNELS", 8)
+    monkeypatch.setattr(fused, "FEW_OUTPUT_CHANNELS_BACKWARD", bound)
+    monkeypatch.setattr(fused, "_unfold_rows", unfold_spy)
+    x, w, b, g, expected, expected_grads = conv_case(16, 12, 3)
+    x32, w32, b32, g32 = (t.detach().float() for t in (x, w, b, g))
+    with torch.no_grad():
+        out = conv_same(x32, w32, b32)
+        assert not unfolded
+        grads = conv_same_backward(g32, x32, w32)
+    assert [t is g32 for t in unfolded] == ([True] if bound >= 12 else [])
+    assert max_abs(out, expected) < 1e-5 * expected.abs().max()
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        assert max_abs(got, want) < 1e-5 * want.abs().max()
+
+
 @pytest.mark.parametrize("amx", [True, False])
 @pytest.mark.parametrize(("c_in", "c_out"), [(2, 16), (16, 4)])
 def test_bf16_convolutions_with_few_channels(c_in, c_out, amx, monkeypatch):
