@@ -263,12 +263,11 @@ change made S's training 1.032x the time (Zen 4)."""
 def _few_channels(x: Tensor, c_in: int, c_out: int, backward: bool = False) -> tuple[bool, bool]:
     """Whether :func:`conv_same` (or with ``backward`` :func:`conv_same_backward`, whose col2im bound is
     :data:`FEW_OUTPUT_CHANNELS_BACKWARD`) takes the im2col (few input channels) or the col2im form (few output
-    channels). Never
-    for bfloat16 on a CPU with AMX (:func:`_cpu_has_amx`) or on another device, whose direct oneDNN convolutions ran
-    faster at every channel count measured (Intel Xeon with AMX, batch 32: 2 -> 256 on 16x16 forward 317 vs 532 us,
-    backward 1137 vs 1394; 256 -> 4 forward 411 vs 950, backward 1234 vs 1176; config M's bf16 evaluation 0.79x,
-    sampling 0.84x, training 0.96x the time). Without AMX, bfloat16 takes them as float32 does: on an AMD EPYC (Zen
-    4, AVX512-BF16) config M's bf16 training 0.919-0.961x, evaluation 0.933-0.960x the time of the direct
+    channels). Never for bfloat16 on a CPU with AMX (:func:`_cpu_has_amx`) or on another device, whose direct oneDNN
+    convolutions ran faster at every channel count measured (Intel Xeon with AMX, batch 32: 2 -> 256 on 16x16 forward
+    317 vs 532 us, backward 1137 vs 1394; 256 -> 4 forward 411 vs 950, backward 1234 vs 1176; config M's bf16 evaluation
+    0.79x, sampling 0.84x, training 0.96x the time). Without AMX, bfloat16 takes them as float32 does: on an AMD EPYC
+    (Zen 4, AVX512-BF16) config M's bf16 training 0.919-0.961x, evaluation 0.933-0.960x the time of the direct
     convolutions (their backward is the slow part there: 2 -> 256 on 16x16 2,555 against 1,803 us)."""
     if x.dtype == torch.bfloat16 and (x.device.type != "cpu" or _cpu_has_amx()):
         return False, False
