@@ -345,7 +345,11 @@ def export_onnx(
 ) -> dict:
     """Write ``METHOD.onnx`` (``torch.onnx.export(..., dynamo=True)`` of the ``torch.export`` program; ``opset``:
     the ONNX opset, the exporter's default if None) for each of ``methods`` (all of :func:`available_methods` by
-    default) and ``onnx.json`` describing them. Returns that description. Needs the ``onnx`` extra."""
+    default) and ``onnx.json`` describing them. Returns that description. Needs the ``onnx`` extra.
+
+    Each graph is simplified by :func:`_fold_graph` (constant folding and clean-up passes), not by the whole of
+    onnxscript's optimizer that ``torch.onnx.export`` runs by default, whose pattern rewrites take time that grows
+    faster than the graph."""
     if isinstance(model, FlowModel) and model.precision == "bf16":
         raise ValueError(
             "ONNX has no bfloat16 convolutions: set model.precision = 'fp32' before exporting to ONNX (the weights "
@@ -366,13 +370,40 @@ def export_onnx(
             output_names=[s.name for s in outputs],
             opset_version=opset,
             custom_translation_table=translations,
+            optimize=False,
             verbose=False,
         )
+        _fold_graph(onnx_program.model)
         proto = onnx_program.model_proto
         atomic_write_bytes(path, lambda f: f.write(proto.SerializeToString()))
         return {"opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))}
 
     return _export(model, directory, methods, dynamic_batch, "onnx", write)
+
+
+def _fold_graph(model) -> None:
+    """Simplify an exported ONNX model (an ``onnx_ir.Model``) in place: fold the operations on constants (the
+    matrices and convolution weights the frozen model computes from its parameters), lift the constants to
+    initializers and remove duplicates, common subexpressions and unused nodes.
+
+    These are the passes of onnxscript's optimizer without its pattern rewrites, whose cost grows faster than the
+    graph. Measured on an AMD EPYC (Zen 3, 2 threads): a 1x32x32 Glow (L=2, width 256) exported ``log_prob`` and
+    ``sample`` in 83.3 s against 130.6 s with the whole optimizer at K=4, and 246.5 s against 1,107.7 s at K=16. Its
+    ``log_prob.onnx`` holds 1,124 nodes against 1,022 (5.2 against 5.0 MB). ONNX Runtime 1.32, which optimizes a
+    graph itself when it loads it, gave the same outputs bit for bit at 0.971x / 1.002x the time (batch 16). A
+    runtime that wants the rewrites can run ``onnxscript.optimizer.optimize`` on a file."""
+    import onnx_ir as ir
+    import onnx_ir.passes.common as passes
+    import onnxscript.optimizer
+
+    onnxscript.optimizer.fold_constants(model)
+    ir.passes.Sequential(
+        passes.RemoveUnusedNodesPass(),
+        passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        passes.DeduplicateInitializersPass(),
+        passes.CommonSubexpressionEliminationPass(),
+        passes.RemoveUnusedNodesPass(),
+    )(model)
 
 
 def _onnx_translations() -> dict:

@@ -17,6 +17,7 @@ from glowflow.export import (
     METHODS,
     FrozenMatrix,
     MethodModule,
+    _fold_graph,
     _onnx_translations,
     available_methods,
     example_inputs,
@@ -262,6 +263,29 @@ def test_onnx_tabular_with_lu_matrices(tmp_path):
         inputs = example_inputs(model, method, batch=3, seed=2)
         got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)})
         torch.testing.assert_close(torch.from_numpy(got[0]), eager(model, method, inputs)[0], **ONNX_TOL)
+
+
+@needs_onnxruntime
+def test_fold_graph_computes_the_constant_part_once():
+    import onnxruntime
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("w", torch.randn(3, 4))
+
+        def forward(self, x):
+            return x @ (self.w.t().flip(0) * 2.0 + 1.0)
+
+    module, x = Scaled().eval(), torch.randn(5, 4)
+    program = torch.onnx.export(module, (x,), dynamo=True, optimize=False, verbose=False)
+    assert len(program.model.graph) > 1
+    _fold_graph(program.model)
+    assert [node.op_type for node in program.model.graph] == ["MatMul"]
+    proto = program.model_proto
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    torch.testing.assert_close(got, module(x), rtol=1e-6, atol=1e-6)
 
 
 @needs_onnxruntime
