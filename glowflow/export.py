@@ -48,6 +48,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +60,9 @@ from glowflow.layers.actnorm import ActNorm
 from glowflow.layers.conv1x1 import InvertibleMatrix
 from glowflow.layers.dequantization import VariationalDequantization, bits_per_dim, check_discrete
 from glowflow.models import FlowModel, Glow
+
+if TYPE_CHECKING:
+    import onnx_ir  # the onnx extra
 
 FORMAT = "glowflow-export"
 VERSION = 1
@@ -381,18 +385,18 @@ def export_onnx(
     return _export(model, directory, methods, dynamic_batch, "onnx", write)
 
 
-def _fold_graph(model) -> None:
-    """Simplify an exported ONNX model (an ``onnx_ir.Model``) in place: fold the operations on constants (the
-    matrices and convolution weights the frozen model computes from its parameters), lift the constants to
-    initializers and remove duplicates, common subexpressions and unused nodes.
+def _fold_graph(model: onnx_ir.Model) -> None:
+    """Simplify an exported ONNX model in place: fold the operations on constants (the matrices and convolution
+    weights the frozen model computes from its parameters), lift the constants to initializers and remove
+    duplicates, common subexpressions and unused nodes.
 
     These are the passes of onnxscript's optimizer without its pattern rewrites, whose cost grows faster than the
-    graph. Measured on an AMD EPYC (Zen 3, 2 threads): a 1x32x32 Glow (L=2, width 256) exported ``log_prob`` and
-    ``sample`` in 83.3 s against 130.6 s with the whole optimizer at K=4, and 246.5 s against 1,107.7 s at K=16. Its
-    ``log_prob.onnx`` holds 1,124 nodes against 1,022 (5.2 against 5.0 MB). Every method of the shipped digits Glow:
-    354 against 994 s. ONNX Runtime 1.32, which optimizes a
-    graph itself when it loads it, gave the same outputs bit for bit at 0.971x / 1.002x the time (batch 16). A
-    runtime that wants the rewrites can run ``onnxscript.optimizer.optimize`` on a file."""
+    graph. Measured on an AMD EPYC (Zen 3, 2 threads), against the whole optimizer: a 1x32x32 Glow (L=2, width 256)
+    exported ``log_prob`` and ``sample`` in 83.3 against 130.6 s at K=4 (``log_prob.onnx``: 1,124 against 1,022
+    nodes, 5.2 against 5.0 MB; ONNX Runtime 1.32, which optimizes a graph itself when it loads it, gave the same
+    outputs bit for bit at 0.971x / 1.002x the time, batch 16) and in 246.5 against 1,107.7 s at K=16; every method
+    of the shipped digits Glow in 354 against 994 s. A runtime that wants the rewrites can run
+    ``onnxscript.optimizer.optimize`` on a file."""
     import onnx_ir as ir
     import onnx_ir.passes.common as passes
     import onnxscript.optimizer
