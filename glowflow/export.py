@@ -45,6 +45,7 @@ import copy
 import importlib.util
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,11 +334,18 @@ def _trace(frozen: FlowModel, method: str, dynamic_batch: bool) -> torch.export.
 
 
 def export_pt2(
-    model: FlowModel, directory: str | os.PathLike, methods: Sequence[str] | None = None, dynamic_batch: bool = True
+    model: FlowModel,
+    directory: str | os.PathLike,
+    methods: Sequence[str] | None = None,
+    dynamic_batch: bool = True,
+    report: Callable[[str], None] | None = None,
 ) -> dict:
     """Write ``METHOD.pt2`` (``torch.export.save``; load with ``torch.export.load``) for each of ``methods`` (all
-    of :func:`available_methods` by default) and ``pt2.json`` describing them. Returns that description."""
-    return _export(model, directory, methods, dynamic_batch, "pt2", _write_pt2)
+    of :func:`available_methods` by default) and ``pt2.json`` describing them. Returns that description.
+
+    ``report``: called with a line of text as each file is begun and when it is written, with its time (a graph
+    of a large model takes minutes)."""
+    return _export(model, directory, methods, dynamic_batch, "pt2", _write_pt2, report)
 
 
 def export_onnx(
@@ -346,10 +354,12 @@ def export_onnx(
     methods: Sequence[str] | None = None,
     dynamic_batch: bool = True,
     opset: int | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> dict:
     """Write ``METHOD.onnx`` (``torch.onnx.export(..., dynamo=True)`` of the ``torch.export`` program; ``opset``:
     the ONNX opset, the exporter's default if None) for each of ``methods`` (all of :func:`available_methods` by
-    default) and ``onnx.json`` describing them. Returns that description. Needs the ``onnx`` extra.
+    default) and ``onnx.json`` describing them. Returns that description. Needs the ``onnx`` extra. ``report``: as
+    for :func:`export_pt2`.
 
     Each graph is simplified by :func:`_fold_graph` (constant folding and clean-up passes), not by the whole of
     onnxscript's optimizer that ``torch.onnx.export`` runs by default, whose pattern rewrites take time that grows
@@ -382,7 +392,7 @@ def export_onnx(
         atomic_write_bytes(path, lambda f: f.write(proto.SerializeToString()))
         return {"opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))}
 
-    return _export(model, directory, methods, dynamic_batch, "onnx", write)
+    return _export(model, directory, methods, dynamic_batch, "onnx", write, report)
 
 
 def _fold_graph(model: onnx_ir.Model) -> None:
@@ -438,6 +448,7 @@ def _export(
     dynamic_batch: bool,
     suffix: str,
     write: Callable[[torch.export.ExportedProgram, str, Path], dict],
+    report: Callable[[str], None] | None,
 ) -> dict:
     if isinstance(methods, str) or (methods is not None and not methods):
         raise ValueError(f"methods must be a non-empty list of method names from {METHODS}")
@@ -447,9 +458,14 @@ def _export(
     frozen = frozen_copy(model)
     directory = Path(directory)
     described = {}
-    for method in methods:
+    for number, method in enumerate(methods, 1):
         path = directory / f"{method}.{suffix}"
+        if report is not None:
+            report(f"exporting {path.name} ({number} of {len(methods)})")
+        start = time.perf_counter()
         extra = write(_trace(frozen, method, dynamic_batch), method, path)
+        if report is not None:
+            report(f"wrote {path.name} in {time.perf_counter() - start:.1f} s")
         inputs, outputs = signature(model, method)
         described[method] = {
             "file": path.name,

@@ -23,7 +23,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ def export_run(
     data_dir: str | None = None,
     command: str | None = None,
     note: str | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write the pretrained-model directory of ``run`` (see the module docstring) and return what it holds:
     ``{"directory", "files", "metrics", "training_command"}``.
@@ -65,7 +66,8 @@ def export_run(
     write a check subset of that many test examples, chosen with ``seed`` (scored as the run's evaluations were:
     with its ``eval_samples`` dequantization draws). ``data_dir``: where the data set is, for those two.
     ``command``: the command that exported, quoted in the card; ``note``: a paragraph of your own for the card (the
-    machine it was trained on, say).
+    machine it was trained on, say). ``report``: called with a line of text as each graph file is begun and
+    written (see :func:`glowflow.export.export_onnx`).
     """
     target = Path(directory)
     _check_request(run, target, formats, measure_samples, check_size)
@@ -81,7 +83,7 @@ def export_run(
                        "their score and how it was computed"), (CHECK_INPUTS, "the check subset's inputs")]  # fmt: skip
         model = run.model.cpu()
         for fmt in formats:
-            written = _write_graphs(model, building, fmt, methods)
+            written = _write_graphs(model, building, fmt, methods, report)
             files = ", ".join(f"`{m['file']}`" for m in written["methods"].values())
             kind = "ONNX graphs" if fmt == "onnx" else "torch.export programs"
             extra.append((f"{fmt}.json", f"describes the {kind} {files}: inputs, outputs, versions"))
@@ -212,10 +214,12 @@ def _write_check(run: OpenRun, folder: Path, size: int, seed: int, data_dir: str
     return {metric: value}
 
 
-def _write_graphs(model: FlowModel, folder: Path, fmt: str, methods: Sequence[str] | None) -> dict[str, Any]:
+def _write_graphs(
+    model: FlowModel, folder: Path, fmt: str, methods: Sequence[str] | None, report: Callable[[str], None] | None
+) -> dict[str, Any]:
     if fmt == "onnx":
-        return export.export_onnx(model, folder, methods)
-    return export.export_pt2(model, folder, methods)
+        return export.export_onnx(model, folder, methods, report=report)
+    return export.export_pt2(model, folder, methods, report=report)
 
 
 def _description(run: OpenRun, which: str, command: str | None, note: str | None) -> str:

@@ -150,14 +150,14 @@ def test_graphs(tabular_source, tmp_path, monkeypatch):
 
     calls = []  # ONNX export itself is tested in tests/test_export.py (and slow); here: what export_run asks of it
 
-    def export_onnx(model, folder, methods):
-        calls.append((model, methods))
+    def export_onnx(model, folder, methods, report):
+        calls.append((model, methods, report))
         (folder / "encode.onnx").write_bytes(b"graph")
         return {"methods": {"encode": {"file": "encode.onnx"}}}
 
     monkeypatch.setattr("glowflow.export.export_onnx", export_onnx)
-    result = export_run(run, tmp_path / "o", formats=["onnx"], methods=["encode"])
-    assert calls == [(run.model, ["encode"])] and "encode.onnx" in result["files"]
+    result = export_run(run, tmp_path / "o", formats=["onnx"], methods=["encode"], report=print)
+    assert calls == [(run.model, ["encode"], print)] and "encode.onnx" in result["files"]
     assert "- `onnx.json`: describes the ONNX graphs `encode.onnx`" in (tmp_path / "o" / "README.md").read_text()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from typing import Any
 
 from glowflow.checks import NON_NEGATIVE, POSITIVE, SEED
@@ -41,7 +42,8 @@ def add_parsers(sub: Any) -> None:
         "configuration, the test figures), model.safetensors (the weights; loading runs no code) and a model card "
         "README.md with the glowflow train command that reproduces the run, the data and the test figures (the "
         "checkpoint's own test evaluation, or --measure). --onnx / --pt2 add deployment graphs of log_prob, "
-        "bits_per_dim, encode, decode and sample. DIR must be new or empty; it appears only when complete.",
+        "bits_per_dim, encode, decode and sample (each graph's start and time are reported on stderr). DIR must be "
+        "new or empty; it appears only when complete.",
     )
     p.add_argument("run", metavar="RUN", help=RUN_HELP)
     p.add_argument("directory", metavar="DIR", help="the directory to write (new, or empty)")
@@ -82,6 +84,11 @@ def _command(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+def _report(line: str) -> None:
+    """Each graph's start and time, on stderr as they happen: a graph of a large model takes minutes."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def _export(args: argparse.Namespace) -> int:
     from glowflow.runs import open_run
     from glowflow.sharing import export_run
@@ -92,7 +99,7 @@ def _export(args: argparse.Namespace) -> int:
     formats = [fmt for fmt in ("onnx", "pt2") if getattr(args, fmt)]
     result = export_run(run, args.directory, formats=formats, methods=args.methods, measure_samples=args.measure,
                         check_size=args.check, seed=args.seed, data_dir=args.data_dir, command=_command(args),
-                        note=args.note)  # fmt: skip
+                        note=args.note, report=_report)  # fmt: skip
     metrics = result["metrics"]
     key = "test_bpd" if run.is_image else "test_nll"
     unit = "bits/dim" if run.is_image else "nats"

@@ -129,3 +129,17 @@ def test_hub_id_offline_is_one_line(tmp_path, capsys, monkeypatch):
         "glowflow info: error: 'someone/glow-mnist' is not a local directory, and fetching it from the Hugging Face "
         "Hub failed: LocalEntryNotFoundError: Cannot reach the Hub: no connection and no cached snapshot."
     )
+
+
+def test_graph_export_reports_each_file_on_stderr(run_dir, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "export", run_dir, tmp_path / "graphs", "--pt2", "--methods", "log_prob,decode")
+    assert code == 0 and out.splitlines()[0].startswith(f"wrote {tmp_path / 'graphs'}: ")
+    lines = err.splitlines()
+    assert [line.split(" in ")[0] for line in lines] == [
+        "exporting log_prob.pt2 (1 of 2)", "wrote log_prob.pt2", "exporting decode.pt2 (2 of 2)",
+        "wrote decode.pt2",
+    ]  # fmt: skip
+    for line in lines[1::2]:
+        seconds = float(line.rsplit(" in ", 1)[1].removesuffix(" s"))
+        assert 0 < seconds < 600
+    assert {"log_prob.pt2", "decode.pt2", "pt2.json"} <= {p.name for p in (tmp_path / "graphs").iterdir()}
