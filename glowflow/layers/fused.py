@@ -251,13 +251,15 @@ slower from 6 input channels on)."""
 FEW_OUTPUT_CHANNELS = 8
 """At or below this many output channels a float32 convolution runs as matrix product + fold (measured: 2x faster for
 256 -> 4 channels on 16x16, 1.1-1.8x for 256 -> 8 on 8x8; slower for 128 -> 12)."""
-FEW_OUTPUT_CHANNELS_BACKWARD = 12 if CPU_OUTPUT_CHANNEL_BLOCK == 8 else FEW_OUTPUT_CHANNELS
+FEW_OUTPUT_CHANNELS_BACKWARD = 24 if CPU_OUTPUT_CHANNEL_BLOCK == 8 else FEW_OUTPUT_CHANNELS
 """At or below this many output channels a convolution's backward runs in the col2im form (:func:`conv_same_backward`;
-float32, and bfloat16 where :func:`_few_channels` lets it). With AVX2 (:data:`CPU_OUTPUT_CHANNEL_BLOCK` 8) up to 12
-as well: on an AMD EPYC (Zen 3, AVX2 only), batch 16, 128 -> 12 channels on 16x16 1,909 against 2,501 us (interleaved
-medians; 128 -> 8 1,328 against 1,500; 128 -> 24 on 8x8 1,079 against 992), config S's training 0.956x the time;
-the forward stays direct there (its 12 channels padded to 16, :func:`padded_out_channels`). With AVX-512 the same
-change made S's training 1.032x the time (Zen 4)."""
+float32, and bfloat16 where :func:`_few_channels` lets it). With AVX2 (:data:`CPU_OUTPUT_CHANNEL_BLOCK` 8) up to 24
+as well, the forward staying direct (12 channels padded to 16, :func:`padded_out_channels`). On an AMD EPYC (Zen 3,
+AVX2 only), batch 16: 128 -> 12 channels on 16x16 1,909 against 2,501 us (interleaved medians; 128 -> 8 1,328
+against 1,500), config S's training 0.956x the time with the bound at 12; 128 -> 24 on 8x8 1,079 against 992 us hot,
+yet in the step the bound at 24 made S's training 0.990-0.993x the time (paired medians of four in-process A/Bs, 20-40
+rounds each) and at 48 (S's third level too) 1.010x. With AVX-512 the bound stays 8: 12 there made S's training
+1.032x the time (Zen 4)."""
 
 
 def _few_channels(x: Tensor, c_in: int, c_out: int, backward: bool = False) -> tuple[bool, bool]:

@@ -397,11 +397,11 @@ def test_conv_same_and_its_backward_in_float32(c_in, c_out, k):
         assert max_abs(got, want) < 1e-5 * want.abs().max()
 
 
-@pytest.mark.parametrize("bound", [8, 12])
-def test_the_backward_takes_col2im_up_to_its_own_bound(bound, monkeypatch):
-    """A float32 convolution to 12 channels: its forward stays direct (12 > FEW_OUTPUT_CHANNELS), its backward takes
-    the col2im form (unfold of the output gradient) exactly when FEW_OUTPUT_CHANNELS_BACKWARD >= 12 (AVX2's bound),
-    and either way values and gradients are the float64 convolution's to float32 rounding."""
+@pytest.mark.parametrize(("c_out", "bound"), [(12, 8), (12, 24), (24, 12), (24, 24)])
+def test_the_backward_takes_col2im_up_to_its_own_bound(c_out, bound, monkeypatch):
+    """A float32 convolution to 12 or 24 channels: its forward stays direct (more than FEW_OUTPUT_CHANNELS), its
+    backward takes the col2im form (unfold of the output gradient) exactly when FEW_OUTPUT_CHANNELS_BACKWARD >= c_out
+    (AVX2's bound is 24), and either way values and gradients are the float64 convolution's to float32 rounding."""
     import glowflow.layers.fused as fused
 
     unfolded = []
@@ -414,13 +414,13 @@ def test_the_backward_takes_col2im_up_to_its_own_bound(bound, monkeypatch):
     monkeypatch.setattr(fused, "FEW_OUTPUT_CHANNELS", 8)
     monkeypatch.setattr(fused, "FEW_OUTPUT_CHANNELS_BACKWARD", bound)
     monkeypatch.setattr(fused, "_unfold_rows", unfold_spy)
-    x, w, b, g, expected, expected_grads = conv_case(16, 12, 3)
+    x, w, b, g, expected, expected_grads = conv_case(16, c_out, 3)
     x32, w32, b32, g32 = (t.detach().float() for t in (x, w, b, g))
     with torch.no_grad():
         out = conv_same(x32, w32, b32)
         assert not unfolded
         grads = conv_same_backward(g32, x32, w32)
-    assert [t is g32 for t in unfolded] == ([True] if bound >= 12 else [])
+    assert [t is g32 for t in unfolded] == ([True] if bound >= c_out else [])
     assert max_abs(out, expected) < 1e-5 * expected.abs().max()
     for got, want in zip(grads, expected_grads, strict=True):
         assert got.dtype == torch.float32 and got.shape == want.shape
