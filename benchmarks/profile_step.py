@@ -16,7 +16,8 @@ the process waits for a CPU, which on a shared machine is most of the noise.
 matrix products: their FLOPs counted by ``FlopCounterMode``) and everything else, each kernel's GFLOP/s as a
 fraction of this process's float32 matrix-product rate (a 2048 x 2048 ``torch.mm``, best of 5) and of a 3x3
 convolution's (16 x 128 x 16 x 16, 128 -> 128 channels, channels-last, best of 5), the costliest operations, the
-number of aten calls, and the host synchronisations (``aten._local_scalar_dense``) of one training step.
+number of aten calls, the host synchronisations (``aten._local_scalar_dense``) of one training step, and the
+costliest kernels by operand shapes (``KernelShapeTimes``: which convolution of a kind is the slow one).
 Every operation is timed at the dispatcher (bench.py's ``OpTimes``, a ``TorchDispatchMode`` around each call: CPU
 operations are synchronous, so the clock brackets the kernel), not by ``torch.profiler``: under the profiler torch
 2.13's oneDNN calls ran about 2x slower than without it (config M on an Intel Xeon: 396 against 198 ms of
@@ -36,12 +37,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry, shape_wrapper
 
 import glowflow
 from glowflow import Glow
 from glowflow.training.optim import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from bench import CONFIGS, OpTimes, fused_kernel_flop_formulas  # noqa: E402
 
 # dispatcher op (overload packet) -> FlopCounterMode op of the same kernel
@@ -161,6 +164,50 @@ def main() -> None:
         profile_split(model, opt, train_step, batch, args.clock, medians["train step"])
 
 
+class KernelShapeTimes(TorchDispatchMode):
+    """Wall time, calls and FLOPs of every kernel (:data:`KERNELS`) dispatched while active, by operation and operand
+    shapes: ``rows[(name, shapes)] = [calls, seconds, flops]``, FLOPs from torch's ``flop_registry`` (and
+    ``fused_kernel_flop_formulas`` for oneDNN's fused kernels), ``shapes`` the shapes of the tensor arguments in
+    order. Which call of a kind is slow, not only which kind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict = {}
+        formulas = {k: shape_wrapper(f) for k, f in fused_kernel_flop_formulas().items()}
+        self.formulas = {**flop_registry, **formulas}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        start = time.perf_counter()
+        out = func(*args, **kwargs)
+        seconds = time.perf_counter() - start
+        name = str(func.overloadpacket)
+        if name in KERNELS:
+            shapes = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
+            formula = self.formulas.get(func.overloadpacket)
+            flops = int(formula(*args, out_val=out, **kwargs)) if formula else 0
+            entry = self.rows.setdefault((name, shapes), [0, 0.0, 0])
+            entry[0] += 1
+            entry[1] += seconds
+            entry[2] += flops
+        return out
+
+
+def print_kernel_shapes(train_step, mm_rate: float, steps: int = 3, top: int = 12) -> None:
+    """The ``top`` costliest (kernel, operand shapes) rows of a training step: ms per step, calls, GFLOP/s and its
+    share of the matmul rate ``mm_rate`` (GFLOP/s)."""
+    shapes = KernelShapeTimes()
+    with shapes:
+        for _ in range(steps):
+            train_step()
+    print("\ncostliest kernels per step by operand shapes:")
+    for (name, operands), (calls, sec, flops) in sorted(shapes.rows.items(), key=lambda kv: -kv[1][1])[:top]:
+        rate = flops / sec / 1e9 if sec else 0.0
+        operand_shapes = " ".join("x".join(map(str, shape)) for shape in operands)
+        print(f"  {name:32s} {sec * 1e3 / steps:8.2f} ms {calls // steps:4d} calls {rate:7.1f} GFLOP/s "
+              f"({100 * rate / mm_rate:3.0f} % of mm)  {operand_shapes}")  # fmt: skip
+
+
 def profile_split(model, opt, train_step, batch, clock: str, step_ms: float) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -208,6 +255,7 @@ def profile_split(model, opt, train_step, batch, clock: str, step_ms: float) -> 
     print("\ncostliest operations per step:")
     for name, (n, ms) in sorted(per_op.items(), key=lambda kv: -kv[1][1])[:12]:
         print(f"  {name:32s} {ms:8.2f} ms {n:6d} calls")
+    print_kernel_shapes(train_step, mm_rate)
 
 
 if __name__ == "__main__":

@@ -390,6 +390,21 @@ def test_profile_step_split_of_a_training_step(capsys):
     assert "aten.convolution_backward" in out and "costliest operations per step" in out
     calls = int(out.split(" aten calls")[0].rsplit(" ", 1)[1])
     assert calls > 100  # every operation of the step reached the timer
+    by_shape = out.split("costliest kernels per step by operand shapes:\n")[1].splitlines()
+    assert 0 < len(by_shape) <= 12 and all(" ms " in line and "GFLOP/s" in line for line in by_shape)
+
+
+def test_kernel_shape_times_group_kernels_by_operands():
+    """Each (kernel, operand shapes) row counts its calls and the FLOPs of every call; other operations are left out."""
+    a, b, c = torch.randn(64, 32), torch.randn(32, 16), torch.randn(32, 8)
+    with profile_step.KernelShapeTimes() as shapes:
+        torch.mm(a, b)
+        torch.mm(a, b)
+        torch.mm(a, c).relu_()
+    assert set(shapes.rows) == {("aten.mm", ((64, 32), (32, 16))), ("aten.mm", ((64, 32), (32, 8)))}
+    calls, seconds, flops = shapes.rows[("aten.mm", ((64, 32), (32, 16)))]
+    assert calls == 2 and seconds > 0 and flops == 2 * 2 * 64 * 32 * 16
+    assert shapes.rows[("aten.mm", ((64, 32), (32, 8)))][2] == 2 * 64 * 32 * 8
 
 
 def test_kernel_bound_times_the_kernels_in_a_pass_at_the_dispatcher():
