@@ -257,9 +257,9 @@ float32, and bfloat16 where :func:`_few_channels` lets it). With AVX2 (:data:`CP
 as well, the forward staying direct (12 channels padded to 16, :func:`padded_out_channels`). On an AMD EPYC (Zen 3,
 AVX2 only), batch 16: 128 -> 12 channels on 16x16 1,909 against 2,501 us (interleaved medians; 128 -> 8 1,328
 against 1,500), config S's training 0.956x the time with the bound at 12; 128 -> 24 on 8x8 1,079 against 992 us hot,
-yet in the step the bound at 24 made S's training 0.990-0.993x the time (paired medians of four in-process A/Bs, 20-40
-rounds each) and at 48 (S's third level too) 1.010x. With AVX-512 the bound stays 8: 12 there made S's training
-1.032x the time (Zen 4)."""
+yet in the step the bound at 24 made S's training 0.989-0.997x the time (paired medians of six in-process A/Bs, 20-40
+rounds each; a null A/B read 0.994) and at 48 (S's third level too) 1.010x. With AVX-512 the bound stays 8: 12
+there made S's training 1.032x the time (Zen 4)."""
 
 
 def _few_channels(x: Tensor, c_in: int, c_out: int, backward: bool = False) -> tuple[bool, bool]:
