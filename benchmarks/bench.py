@@ -356,12 +356,17 @@ class OpTimes(TorchDispatchMode):
         self.times: dict = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         start = time.perf_counter()
-        out = func(*args, **(kwargs or {}))
+        out = func(*args, **kwargs)
+        self.record(func, args, kwargs, out, time.perf_counter() - start)
+        return out
+
+    def record(self, func, args: tuple, kwargs: dict, out, seconds: float) -> None:
+        """Account one call of ``func`` that took ``seconds`` (a subclass may record more of it)."""
         entry = self.times.setdefault(func, [0, 0.0])
         entry[0] += 1
-        entry[1] += time.perf_counter() - start
-        return out
+        entry[1] += seconds
 
 
 def fused_kernel_flop_formulas() -> dict:

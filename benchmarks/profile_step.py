@@ -22,8 +22,10 @@ Every operation is timed at the dispatcher (bench.py's ``OpTimes``, a ``TorchDis
 operations are synchronous, so the clock brackets the kernel), not by ``torch.profiler``: under the profiler torch
 2.13's oneDNN calls ran about 2x slower than without it (config M on an Intel Xeon: 396 against 198 ms of
 ``mkldnn._linear_pointwise`` per training step), which inflated the kernels' share. The timer adds a few
-microseconds per call; the split reports the instrumented step beside the plain one. The table in
-benchmarks/README.md ("Optimisation log") was made by alternating this script over checkouts of successive commits.
+microseconds per call (and the by-shape table's FLOP formula per kernel call, outside each call's bracket: one
+instrumented pass serves the split and the table); the split reports the instrumented step beside the plain one.
+The table in benchmarks/README.md ("Optimisation log") was made by alternating this script over checkouts of
+successive commits.
 """
 
 from __future__ import annotations
@@ -164,9 +166,9 @@ def main() -> None:
         profile_split(model, opt, train_step, batch, args.clock, medians["train step"])
 
 
-class KernelShapeTimes(TorchDispatchMode):
-    """Wall time, calls and FLOPs of every kernel (:data:`KERNELS`) dispatched while active, by operation and operand
-    shapes: ``rows[(name, shapes)] = [calls, seconds, flops]``, FLOPs from torch's ``flop_registry`` (and
+class KernelShapeTimes(OpTimes):
+    """:class:`OpTimes` that also keeps, for every kernel (:data:`KERNELS`), its calls, wall time and FLOPs by operation
+    and operand shapes: ``rows[(name, shapes)] = [calls, seconds, flops]``, FLOPs from torch's ``flop_registry`` (and
     ``fused_kernel_flop_formulas`` for oneDNN's fused kernels), ``shapes`` the shapes of the tensor arguments in
     order. Which call of a kind is slow, not only which kind."""
 
@@ -176,11 +178,8 @@ class KernelShapeTimes(TorchDispatchMode):
         formulas = {k: shape_wrapper(f) for k, f in fused_kernel_flop_formulas().items()}
         self.formulas = {**flop_registry, **formulas}
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        start = time.perf_counter()
-        out = func(*args, **kwargs)
-        seconds = time.perf_counter() - start
+    def record(self, func, args: tuple, kwargs: dict, out, seconds: float) -> None:
+        super().record(func, args, kwargs, out, seconds)
         name = str(func.overloadpacket)
         if name in KERNELS:
             shapes = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
@@ -190,16 +189,11 @@ class KernelShapeTimes(TorchDispatchMode):
             entry[0] += 1
             entry[1] += seconds
             entry[2] += flops
-        return out
 
 
-def print_kernel_shapes(train_step, mm_rate: float, steps: int = 3, top: int = 12) -> None:
-    """The ``top`` costliest (kernel, operand shapes) rows of a training step: ms per step, calls, GFLOP/s and its
-    share of the matmul rate ``mm_rate`` (GFLOP/s)."""
-    shapes = KernelShapeTimes()
-    with shapes:
-        for _ in range(steps):
-            train_step()
+def print_kernel_shapes(shapes: KernelShapeTimes, steps: int, mm_rate: float, top: int = 12) -> None:
+    """The ``top`` costliest (kernel, operand shapes) rows that ``shapes`` recorded over ``steps`` training steps: ms
+    per step, calls, GFLOP/s and its share of the matmul rate ``mm_rate`` (GFLOP/s)."""
     print("\ncostliest kernels per step by operand shapes:")
     for (name, operands), (calls, sec, flops) in sorted(shapes.rows.items(), key=lambda kv: -kv[1][1])[:top]:
         rate = flops / sec / 1e9 if sec else 0.0
@@ -217,7 +211,7 @@ def profile_split(model, opt, train_step, batch, clock: str, step_ms: float) -> 
     opt.zero_grad(set_to_none=True)
     flops = {str(op).split(".")[-1]: n for op, n in counter.get_flop_counts()["Global"].items()}
     steps = 3
-    timer_ = OpTimes()
+    timer_ = KernelShapeTimes()  # one instrumented pass for the split and the by-shape table
     start = time.perf_counter()
     with timer_:
         for _ in range(steps):
@@ -255,7 +249,7 @@ def profile_split(model, opt, train_step, batch, clock: str, step_ms: float) -> 
     print("\ncostliest operations per step:")
     for name, (n, ms) in sorted(per_op.items(), key=lambda kv: -kv[1][1])[:12]:
         print(f"  {name:32s} {ms:8.2f} ms {n:6d} calls")
-    print_kernel_shapes(train_step, mm_rate)
+    print_kernel_shapes(timer_, steps, mm_rate)
 
 
 if __name__ == "__main__":
