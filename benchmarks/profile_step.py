@@ -1,7 +1,7 @@
 """Time and profile glowflow's training step, evaluation and sampling on config S or M, for before/after comparisons.
 
     python benchmarks/profile_step.py                    # medians of train / eval / sample timings, config S
-    python benchmarks/profile_step.py --config M --profile   # plus the profile split of a training step
+    python benchmarks/profile_step.py --config M --profile   # plus the profile splits: train, eval, sample
     python benchmarks/profile_step.py --threads 1 --clock cpu # on a busy machine: process CPU time, one thread
     PYTHONPATH=/path/to/other/checkout python benchmarks/profile_step.py   # the same for another version
 
@@ -17,7 +17,9 @@ matrix products: their FLOPs counted by ``FlopCounterMode``) and everything else
 fraction of this process's float32 matrix-product rate (a 2048 x 2048 ``torch.mm``, best of 5) and of a 3x3
 convolution's (16 x 128 x 16 x 16, 128 -> 128 channels, channels-last, best of 5), the costliest operations, the
 number of aten calls, the host synchronisations (``aten._local_scalar_dense``) of one training step, and the
-costliest kernels by operand shapes (``KernelShapeTimes``: which convolution of a kind is the slow one).
+costliest kernels by operand shapes (``KernelShapeTimes``: which convolution of a kind is the slow one); then, for
+the evaluation and the sampling call, the time in the kernels against all operations and their costliest kernels by
+operand shapes (``profile_inference``).
 Every operation is timed at the dispatcher (bench.py's ``OpTimes``, a ``TorchDispatchMode`` around each call: CPU
 operations are synchronous, so the clock brackets the kernel), not by ``torch.profiler``: under the profiler torch
 2.13's oneDNN calls ran about 2x slower than without it (config M on an Intel Xeon: 396 against 198 ms of
@@ -58,6 +60,9 @@ KERNELS = {
     "aten.mm": "mm",
     "aten.addmm": "addmm",
     "aten.bmm": "bmm",
+    # under torch.inference_mode (evaluation, sampling) these reach the dispatcher themselves, not decomposed
+    "aten.conv2d": "conv2d",
+    "aten.linear": "linear",
 }
 
 
@@ -120,7 +125,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--optimizer", choices=("packed", "fused", "plain"), default="packed")
-    parser.add_argument("--profile", action="store_true", help="the profile split of a training step")
+    parser.add_argument("--profile", action="store_true", help="the profile splits of training, evaluation, sampling")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -163,7 +168,9 @@ def main() -> None:
         medians[name] = ms
         print(f"{name:12s} {ms:8.1f} ms   {n / ms * 1e3:7.1f} img/s   (fastest {fastest:.1f} ms)")
     if args.profile:
-        profile_split(model, opt, train_step, batch, args.clock, medians["train step"])
+        mm_rate = profile_split(model, opt, train_step, batch, args.clock, medians["train step"])
+        profile_inference("evaluation", evaluate, medians["eval"], mm_rate)
+        profile_inference("sampling", sample, medians["sample 16"], mm_rate)
 
 
 class KernelShapeTimes(OpTimes):
@@ -175,7 +182,7 @@ class KernelShapeTimes(OpTimes):
     def __init__(self) -> None:
         super().__init__()
         self.rows: dict = {}
-        formulas = {k: shape_wrapper(f) for k, f in fused_kernel_flop_formulas().items()}
+        formulas = {k: shape_wrapper(f) for k, f in {**fused_kernel_flop_formulas(), **_inference_formulas()}.items()}
         self.formulas = {**flop_registry, **formulas}
 
     def record(self, func, args: tuple, kwargs: dict, out, seconds: float) -> None:
@@ -191,10 +198,21 @@ class KernelShapeTimes(OpTimes):
             entry[2] += flops
 
 
-def print_kernel_shapes(shapes: KernelShapeTimes, steps: int, mm_rate: float, top: int = 12) -> None:
-    """The ``top`` costliest (kernel, operand shapes) rows that ``shapes`` recorded over ``steps`` training steps: ms
-    per step, calls, GFLOP/s and its share of the matmul rate ``mm_rate`` (GFLOP/s)."""
-    print("\ncostliest kernels per step by operand shapes:")
+def _inference_formulas() -> dict:
+    """FLOP formulas for ``aten.conv2d`` and ``aten.linear``, which ``flop_registry`` does not hold (where autograd
+    records they reach the dispatcher as the ``aten.convolution`` / ``aten.addmm`` it counts): the same as oneDNN's
+    fused convolution's and linear's (``fused_kernel_flop_formulas``)."""
+    fused = fused_kernel_flop_formulas()
+    if not fused:
+        return {}
+    ops, aten = torch.ops.mkldnn, torch.ops.aten
+    return {aten.conv2d: fused[ops._convolution_pointwise], aten.linear: fused[ops._linear_pointwise]}
+
+
+def print_kernel_shapes(shapes: KernelShapeTimes, steps: int, mm_rate: float, top: int = 12, per: str = "step") -> None:
+    """The ``top`` costliest (kernel, operand shapes) rows that ``shapes`` recorded over ``steps`` calls of a pass: ms
+    per call, calls, GFLOP/s and its share of the matmul rate ``mm_rate`` (GFLOP/s)."""
+    print(f"\ncostliest kernels per {per} by operand shapes:")
     for (name, operands), (calls, sec, flops) in sorted(shapes.rows.items(), key=lambda kv: -kv[1][1])[:top]:
         rate = flops / sec / 1e9 if sec else 0.0
         operand_shapes = " ".join("x".join(map(str, shape)) for shape in operands)
@@ -202,7 +220,25 @@ def print_kernel_shapes(shapes: KernelShapeTimes, steps: int, mm_rate: float, to
               f"({100 * rate / mm_rate:3.0f} % of mm)  {operand_shapes}")  # fmt: skip
 
 
-def profile_split(model, opt, train_step, batch, clock: str, step_ms: float) -> None:
+def profile_inference(name: str, fn, call_ms: float, mm_rate: float, calls: int = 3, top: int = 10) -> None:
+    """One instrumented pass of ``calls`` calls of ``fn`` (an evaluation or a sampling call): the time in the kernels
+    (``KERNELS``) against all operations per call, beside ``call_ms`` (the untimed call), the aten calls, and the
+    ``top`` costliest kernels by operand shapes."""
+    timer_ = KernelShapeTimes()
+    with timer_:
+        for _ in range(calls):
+            fn()
+    op_ms = sum(sec for _, sec in timer_.times.values()) * 1e3 / calls
+    kernel_ms = sum(sec for f, (_, sec) in timer_.times.items() if str(f.overloadpacket) in KERNELS) * 1e3 / calls
+    ops = sum(n for n, _ in timer_.times.values()) // calls
+    print(f"\n{name} ({call_ms:.1f} ms a call without the op timer): convolutions and matrix products "
+          f"{kernel_ms:.1f} ms ({100 * kernel_ms / call_ms:.0f} % of the untimed call), other operations "
+          f"{op_ms - kernel_ms:.1f} ms; {ops} aten calls")  # fmt: skip
+    print_kernel_shapes(timer_, calls, mm_rate, top, per=f"{name} call")
+
+
+def profile_split(model, opt, train_step, batch, clock: str, step_ms: float) -> float:
+    """Print the split of a training step (module docstring); returns this process's matmul rate (GFLOP/s)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False, custom_mapping=fused_kernel_flop_formulas())
@@ -250,6 +286,7 @@ def profile_split(model, opt, train_step, batch, clock: str, step_ms: float) -> 
     for name, (n, ms) in sorted(per_op.items(), key=lambda kv: -kv[1][1])[:12]:
         print(f"  {name:32s} {ms:8.2f} ms {n:6d} calls")
     print_kernel_shapes(timer_, steps, mm_rate)
+    return mm_rate
 
 
 if __name__ == "__main__":

@@ -407,6 +407,36 @@ def test_kernel_shape_times_group_kernels_by_operands():
     assert shapes.rows[("aten.mm", ((64, 32), (32, 8)))][2] == 2 * 64 * 32 * 8
 
 
+def test_kernel_shape_times_count_the_convolutions_and_products_of_inference_mode():
+    """Under ``torch.inference_mode`` ``conv2d`` and ``linear`` reach the timer themselves: rows with their FLOPs."""
+    x, w, b, m = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4), torch.randn(16, 5)
+    with torch.inference_mode(), profile_step.KernelShapeTimes() as shapes:
+        torch.nn.functional.conv2d(x, w, b, padding=1)
+        torch.nn.functional.linear(m, torch.randn(7, 5))
+    conv = shapes.rows[("aten.conv2d", ((2, 3, 8, 8), (4, 3, 3, 3), (4,)))]
+    assert conv[0] == 1 and conv[2] == 2 * (2 * 4 * 8 * 8) * 3 * 3 * 3
+    assert shapes.rows[("aten.linear", ((16, 5), (7, 5)))][2] == 2 * 16 * 5 * 7
+
+
+def test_profile_inference_splits_an_evaluation_call(capsys):
+    """The evaluation split of a tiny Glow: kernels against the other operations, the calls, the by-shape table."""
+    torch.manual_seed(0)
+    model = Glow((3, 8, 8), levels=2, steps=2, hidden=8)
+    with torch.no_grad():
+        model(torch.randint(0, 256, (4, 3, 8, 8)))
+    x = torch.rand(4, 3, 8, 8) - 0.5
+    with torch.no_grad():  # as profile_step.py evaluates
+        profile_step.profile_inference("evaluation", lambda: model.log_prob(x), 10.0, 100.0)
+    out = capsys.readouterr().out
+    kernel_ms = float(out.split("convolutions and matrix products ")[1].split(" ms")[0])
+    calls = int(out.split(" aten calls")[0].rsplit(" ", 1)[1])
+    assert kernel_ms > 0 and calls > 50
+    by_shape = out.split("costliest kernels per evaluation call by operand shapes:\n")[1].splitlines()
+    assert 0 < len(by_shape) <= 10 and all(" ms " in line and "GFLOP/s" in line for line in by_shape)
+    assert all(line.split()[0] in profile_step.KERNELS for line in by_shape)
+    assert any(line.split()[0] == "aten.conv2d" for line in by_shape)  # the out convs, direct at these channels
+
+
 def test_kernel_bound_times_the_kernels_in_a_pass_at_the_dispatcher():
     """In-pass kernel time: only the kernel ops (``KERNELS``) are timed, each once."""
     a = torch.randn(256, 256)
