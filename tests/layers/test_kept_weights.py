@@ -1,0 +1,206 @@
+"""A level of fused steps keeps its folded weights, convolutions prepacked, from one pass with autograd off to the
+next (FlowSteps._inference_weights): the same values as folding in every pass, and never stale."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import glowflow.layers.step as step_module
+from glowflow import Glow
+from glowflow.layers.fused import conv_same, prepack_conv_weight
+from tests.helpers import max_abs, randomize_
+from tests.layers.test_fast_paths import make_steps
+
+CL = torch.channels_last
+PREPACKS = prepack_conv_weight(torch.zeros(16, 10, 3, 3).contiguous(memory_format=CL), (2, 10, 4, 4)).is_mkldnn
+needs_prepacking = pytest.mark.skipif(not PREPACKS, reason="oneDNN's direct convolution is not available here")
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 2e-5) -> bool:
+    return max_abs(a, b) <= tol * max(1.0, b.abs().max().item())
+
+
+def _reference(level, x: torch.Tensor, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The level's pass with autograd on (weights folded afresh, convolutions unpacked)."""
+    with torch.enable_grad():
+        y, logdet = (level.inverse if inverse else level)(x.clone().requires_grad_())
+    return y.detach(), logdet.detach()
+
+
+def _count_folds(monkeypatch) -> list[int]:
+    calls = [0]
+    fold = step_module.fold_steps
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return fold(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "fold_steps", counted)
+    return calls
+
+
+@needs_prepacking
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize(("c_in", "c_out", "size"), [(6, 16, 8), (12, 24, 4), (16, 48, 2), (128, 16, 4)])
+def test_a_prepacked_weight_gives_the_convolution_for_inputs_of_any_shape(c_in, c_out, size, relu):
+    torch.manual_seed(0)
+    weight = torch.randn(c_out, c_in, 3, 3).contiguous(memory_format=CL) * 0.2
+    bias = torch.randn(c_out)
+    packed = prepack_conv_weight(weight, (4, c_in, size, size))
+    assert packed.is_mkldnn and packed.shape == weight.shape
+    with torch.no_grad():
+        for shape in [(4, c_in, size, size), (3, c_in, size, size), (2, c_in, 2 * size, size)]:
+            x = torch.randn(shape).contiguous(memory_format=CL)
+            expected = F.conv2d(x, weight, bias, padding=1)
+            expected = expected.relu() if relu else expected
+            out = conv_same(x, packed, bias, relu=relu)
+            assert out.shape == expected.shape and _close(out, expected, 1e-5), shape
+            assert _close(out, conv_same(x, weight, bias, relu=relu), 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("c_out", "c_in", "dtype"),
+    [(16, 2, torch.float32), (4, 16, torch.float32), (16, 8, torch.float64)],  # im2col, col2im, not oneDNN's
+)
+def test_weights_of_the_other_forms_stay_as_they_are(c_out, c_in, dtype):
+    weight = torch.randn(c_out, c_in, 3, 3, dtype=dtype)
+    assert prepack_conv_weight(weight, (2, c_in, 4, 4)) is weight
+    recording = torch.randn(16, 8, 3, 3, requires_grad=True)  # autograd records: oneDNN's kernels have no derivative
+    assert prepack_conv_weight(recording, (2, 8, 4, 4)) is recording
+
+
+@needs_prepacking
+@pytest.mark.parametrize("coupling", ["affine", "additive"])
+def test_kept_weights_serve_the_next_passes_with_the_values_of_folding_every_pass(coupling, monkeypatch):
+    level = make_steps(3, coupling, torch.float32, channels=20, hidden=16)[0]
+    x = torch.randn(3, 20, 4, 4).contiguous(memory_format=CL)
+    folds = _count_folds(monkeypatch)
+    with torch.no_grad():
+        y, logdet = level(x)
+        assert level._kept is not None and folds[0] == 1
+        assert all(s.net.conv1.is_mkldnn and s.net.out.is_mkldnn for s in level._kept.steps)
+        y2, logdet2 = level(x)
+        assert folds[0] == 1  # kept: not folded again
+        x_back, logdet_back = level.inverse(y)  # the other direction folds its own
+        x_back2, _ = level.inverse(y)
+        assert folds[0] == 2
+    y_ref, logdet_ref = _reference(level, x)
+    assert _close(y, y_ref) and _close(logdet, logdet_ref)
+    assert torch.equal(y, y2) and torch.equal(logdet, logdet2)
+    assert _close(x_back, x, 1e-5) and torch.equal(x_back, x_back2)
+    assert _close(logdet_back, -logdet)
+
+
+def _change_data(level):
+    conv1 = level[1].layers[2].net.conv1.conv.weight
+    conv1.data.mul_(1.5)  # through .data: the version counter does not move
+
+
+def _change_in_place(level):
+    with torch.no_grad():
+        level[0].layers[0].bias.add_(0.25)  # an ActNorm bias
+
+
+def _change_by_an_optimizer(level):
+    optimizer = torch.optim.Adam(level.parameters(), lr=0.01)
+    y, logdet = level(torch.randn(3, 20, 4, 4))
+    (y.square().sum() - logdet.sum()).backward()
+    optimizer.step()
+
+
+def _change_by_loading(level):
+    other = make_steps(3, "affine", torch.float32, channels=20, hidden=16, seed=1)[0]
+    level.load_state_dict(other.state_dict())
+
+
+def _change_an_lu_buffer(level):
+    level[2].layers[1].matrix.sign_s.data[0] *= -1
+
+
+@needs_prepacking
+@pytest.mark.parametrize(
+    "change", [_change_data, _change_in_place, _change_by_an_optimizer, _change_by_loading, _change_an_lu_buffer]
+)
+@pytest.mark.parametrize("inverse", [False, True])
+def test_kept_weights_follow_every_change_of_the_parameters(change, inverse):
+    level = make_steps(3, "affine", torch.float32, channels=20, hidden=16)[0]
+    run = level.inverse if inverse else level
+    x = torch.randn(3, 20, 4, 4).contiguous(memory_format=CL)
+    with torch.no_grad():
+        before, _ = run(x)
+        assert level._kept is not None
+    change(level)
+    fresh = copy.deepcopy(level)  # a copy keeps nothing: it folds the changed parameters afresh
+    assert fresh._kept is None
+    with torch.no_grad():
+        after, logdet = run(x)  # the same direction and shape as before: only the parameters tell
+        expected, expected_logdet = (fresh.inverse if inverse else fresh)(x)
+    assert max_abs(after, before) > 1e-3  # the change is real
+    assert _close(after, expected, 1e-6) and _close(logdet, expected_logdet, 1e-6)
+
+
+@needs_prepacking
+def test_kept_weights_are_refolded_for_another_input_shape_and_dropped_by_training_and_moves():
+    level = make_steps(3, "affine", torch.float32, channels=20, hidden=16)[0]
+    with torch.no_grad():
+        for batch, size in [(3, 4), (5, 4), (2, 8), (3, 4)]:
+            x = torch.randn(batch, 20, size, size).contiguous(memory_format=CL)
+            y, logdet = level(x)
+            assert level._kept.key[-1] == x.shape
+            y_ref, logdet_ref = _reference(level, x)
+            assert _close(y, y_ref) and _close(logdet, logdet_ref)
+    pickle.loads(pickle.dumps(level))  # the opaque oneDNN tensors are not part of the state
+    assert copy.deepcopy(level)._kept is None
+    level.double()
+    assert level._kept is None
+    x64 = torch.randn(3, 20, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        y64, _ = level(x64)
+    assert y64.dtype == torch.float64 and _close(y64, _reference(level, x64)[0], 1e-12)
+    level.float()
+    with torch.no_grad():
+        level(x.float())
+    assert level._kept is not None
+    level(x)  # autograd on: training is about to change the parameters
+    assert level._kept is None
+
+
+def test_nothing_is_kept_where_no_convolution_is_prepacked():
+    level = make_steps(3, "affine", torch.float32, channels=4)[0]  # im2col / col2im conditioner convolutions
+    with torch.no_grad():
+        level(torch.randn(3, 4, 4, 4))
+    assert level._kept is None
+
+
+@needs_prepacking
+def test_a_glow_scores_round_trips_and_samples_with_kept_weights_after_its_parameters_change():
+    torch.manual_seed(0)
+    model = Glow((3, 8, 8), levels=1, steps=3, hidden=16)
+    k = torch.randint(0, 256, (6, 3, 8, 8))
+    x = (k + torch.rand(k.shape)) / 256 - 0.5
+    model.log_prob(x)  # ActNorm initialisation
+    with torch.no_grad():
+        zs = model.encode(x)[0]
+    for _ in range(2):  # each pass runs after the same pass with other parameters
+        with torch.no_grad():
+            randomize_(model, 0.02)
+            fresh = copy.deepcopy(model)
+            lp, lp_again = model.log_prob(x), model.log_prob(x)
+            assert torch.equal(lp, lp_again) and _close(lp, fresh.log_prob(x), 1e-6)
+            assert _close(model.decode(zs), fresh.decode(zs), 1e-6)
+            zs = model.encode(x)[0]
+            assert _close(model.decode(zs), x, 1e-5)
+    for _ in range(2):
+        torch.manual_seed(1)
+        samples = model.sample(4, 0.7)
+        torch.manual_seed(1)
+        assert _close(samples, copy.deepcopy(model).sample(4, 0.7), 1e-6)
+        with torch.no_grad():
+            randomize_(model, 0.02)
+    kept = model.levels[0].layers[1]._kept  # made under the inference mode of sample: ordinary tensors all the same
+    assert kept is not None and not any(t.is_inference() for t in (*kept.params, kept.mix_logdet, kept.steps[0].mix))
