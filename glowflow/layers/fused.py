@@ -172,6 +172,25 @@ def padded_out_channels(c_out: int, device: torch.device) -> int:
     return -(-c_out // block) * block
 
 
+MKL_INFERENCE_PRODUCTS: bool = CPU_OUTPUT_CHANNEL_BLOCK == 8
+"""Whether the fused steps' passes with autograd off (evaluation, sampling; not the forward of a training step)
+compute their float32 matrix products by MKL (``F.linear`` then ``relu_``, ``torch.mm``) instead of oneDNN's: on a
+CPU whose kernels are AVX2 only (:data:`CPU_OUTPUT_CHANNEL_BLOCK` 8), read once. On an AMD EPYC (Zen 3, AVX2),
+hot and interleaved, MKL's ran 0.71-0.87x the time of oneDNN's for every 1x1-conv shape of S and M (256 x 128 @
+128 x 128 rows: 65 against 92 us, with the ReLU; 8192 x 256 @ 256 x 256: 5.8 against 6.9 ms); in-process A/Bs
+against oneDNN's products (paired medians): config M evaluation 0.930x, sampling 0.920x the time, S's evaluation
+and sampling 0.985-1.015x (within the host's noise; toggled in one model 0.97-0.98x). In a training step's forward
+they were neutral to slower (S 0.99x, M 1.01x; M 1.064x for the backward's products, fifteenth pass), so it keeps
+oneDNN's. With AVX-512 oneDNN's stay, faster
+there: on Zen 4 1.2-1.9x ``torch.mm``'s speed (:func:`matmul`), and on an Intel Xeon with AMX MKL's made M's
+evaluation 1.024x the time."""
+
+
+def _mkl_products(x: Tensor, inference: bool) -> bool:
+    """Whether an ``inference`` product of ``x`` goes to MKL (:data:`MKL_INFERENCE_PRODUCTS`)."""
+    return inference and MKL_INFERENCE_PRODUCTS and x.dtype == torch.float32 and x.device.type == "cpu"
+
+
 def mix_channels(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``W x (+ bias)`` applied to the channel vector at every position of ``x`` (B, C) or (B, C, H, W).
 
@@ -219,9 +238,10 @@ def conv_relu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return out.relu() if torch.is_grad_enabled() else out.relu_()
 
 
-def linear_relu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``relu(x W^T + b)`` for rows ``x`` (N, C_in) -> (N, C_out), the ReLU fused where the backend can."""
-    if _onednn(x, weight, bias):
+def linear_relu(x: Tensor, weight: Tensor, bias: Tensor, inference: bool = False) -> Tensor:
+    """``relu(x W^T + b)`` for rows ``x`` (N, C_in) -> (N, C_out), the ReLU fused where the backend can;
+    ``inference``: in a pass with autograd off (:data:`MKL_INFERENCE_PRODUCTS`)."""
+    if _onednn(x, weight, bias) and not _mkl_products(x, inference):
         try:
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu", [], "")
         except RuntimeError:
@@ -230,13 +250,15 @@ def linear_relu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return out.relu() if torch.is_grad_enabled() else out.relu_()
 
 
-def matmul(a: Tensor, b: Tensor) -> Tensor:
+def matmul(a: Tensor, b: Tensor, inference: bool = False) -> Tensor:
     """``a @ b`` for a row-major (M, K) ``a`` and a (K, N) ``b``, by oneDNN's matrix product where it serves (CPU
     float32 / bfloat16, autograd not recording, see :func:`_onednn`), otherwise ``torch.mm``. The step's backward and
     the col2im convolutions use it: on Zen 4 (torch 2.13, MKL 2024.2, oneDNN 3.12) it ran 1.2-1.9x faster than
     ``torch.mm`` for their shapes (8192x256 @ 256x256: 189 vs 147 GFLOP/s; 8192x36 @ 36x256: 148 vs 79). The
-    weight-gradient products ``a^T b`` stay with ``torch.mm``, which takes the transposed operand without a copy."""
-    if a.is_contiguous() and a.dtype == b.dtype and _onednn(a, b):
+    weight-gradient products ``a^T b`` stay with ``torch.mm``, which takes the transposed operand without a copy.
+    ``inference``: in a pass with autograd off, where AVX2-only CPUs take ``torch.mm``
+    (:data:`MKL_INFERENCE_PRODUCTS`)."""
+    if a.is_contiguous() and a.dtype == b.dtype and _onednn(a, b) and not _mkl_products(a, inference):
         try:
             return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")
         except RuntimeError:
@@ -277,7 +299,12 @@ def _few_channels(x: Tensor, c_in: int, c_out: int, backward: bool = False) -> t
 
 
 def conv_same(
-    x: Tensor, weight: Tensor, bias: Tensor, relu: bool = False, out_dtype: torch.dtype | None = None
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    relu: bool = False,
+    out_dtype: torch.dtype | None = None,
+    inference: bool = False,
 ) -> Tensor:
     """``conv(x, w) + b`` (then ReLU if ``relu``), stride 1, "same" padding (odd k x k kernels), by whichever of
     three equal computations suits the channel counts and dtype (:func:`_few_channels`; differentiable when autograd
@@ -288,7 +315,8 @@ def conv_same(
       flipped kernel: fold adds each position's patch of outputs around it, :func:`_fold_rows`);
     * otherwise oneDNN's direct convolution (:func:`conv_relu` with the ReLU fused).
 
-    Shapes: (B, C_in, H, W) -> (B, C_out, H, W), in ``out_dtype`` (default ``x``'s). The col2im form's fold sums
+    Shapes: (B, C_in, H, W) -> (B, C_out, H, W), in ``out_dtype`` (default ``x``'s). ``inference``: in a pass with
+    autograd off, for the products of the first two forms (:data:`MKL_INFERENCE_PRODUCTS`). The col2im form's fold sums
     the k*k products in ``out_dtype``: a bfloat16 convolution with a float32 output rounds each product once and the
     sum not at all, where a bfloat16 fold would round the sum a second time.
     """
@@ -297,9 +325,9 @@ def conv_same(
     few_in, few_out = _few_channels(x, c_in, c_out)
     if few_in:
         cols, flat = _unfold_rows(x, k), weight.permute(0, 2, 3, 1).reshape(c_out, -1)
-        out = _image(linear_relu(cols, flat, bias) if relu else F.linear(cols, flat, bias), x)
+        out = _image(linear_relu(cols, flat, bias, inference) if relu else F.linear(cols, flat, bias), x)
     elif few_out:
-        cols = matmul(_rows(x), _fold_weight(weight))
+        cols = matmul(_rows(x), _fold_weight(weight), inference)
         out = _fold_rows(cols.to(out_dtype), x, k, bias.to(out_dtype))
         return out.relu_() if relu and not torch.is_grad_enabled() else (out.relu() if relu else out)
     elif weight.is_mkldnn:  # prepacked by prepack_conv_weight
@@ -658,16 +686,19 @@ def _image(rows: Tensor, like: Tensor) -> Tensor:
     return rows.view(b, h, w, -1).permute(0, 3, 1, 2)
 
 
-def _conditioner(x_a: Tensor, net: ConditionerWeights, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``out(relu(conv2 relu(conv1 x_a)))`` computed in ``dtype``; differentiable when autograd records.
+def _conditioner(
+    x_a: Tensor, net: ConditionerWeights, dtype: torch.dtype, inference: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``out(relu(conv2 relu(conv1 x_a)))`` computed in ``dtype``; differentiable when autograd records;
+    ``inference``: in a pass with autograd off (:data:`MKL_INFERENCE_PRODUCTS`).
     Returns ``(the conv1 input as computed: x_a in dtype, channels-last; hidden 1; hidden 2; output in x_a's dtype)``.
     """
     net_in = _conditioner_input(x_a, dtype)
     if net.conv1.dtype != dtype:  # FlowSteps casts a level's weights once (GlowStepWeights.conditioner_in)
         net = net.cast(dtype)
-    a1 = conv_same(net_in, net.conv1, net.conv1_bias, relu=True)
-    a2 = _image(linear_relu(_rows(a1), net.conv2, net.conv2_bias), a1)
-    return net_in, a1, a2, conv_same(a2, net.out, net.out_bias, out_dtype=x_a.dtype)
+    a1 = conv_same(net_in, net.conv1, net.conv1_bias, relu=True, inference=inference)
+    a2 = _image(linear_relu(_rows(a1), net.conv2, net.conv2_bias, inference), a1)
+    return net_in, a1, a2, conv_same(a2, net.out, net.out_bias, out_dtype=x_a.dtype, inference=inference)
 
 
 def _conditioner_input(x_a: Tensor, dtype: torch.dtype) -> Tensor:
@@ -732,13 +763,21 @@ def _uncouple_(y_b: Tensor, net_out: Tensor, affine: bool) -> Tensor:
 
 
 def _step_forward(
-    x: Tensor, mix: Tensor, mix_bias: Tensor, net: ConditionerWeights, affine: bool, dtype, keep_scale: bool
+    x: Tensor,
+    mix: Tensor,
+    mix_bias: Tensor,
+    net: ConditionerWeights,
+    affine: bool,
+    dtype,
+    keep_scale: bool,
+    inference: bool = False,
 ):
     """The forward math of :func:`glow_step` with autograd off; returns ``(y, logdet_coupling, saved)`` (the scale
-    in ``saved`` only with ``keep_scale``, for the backward pass)."""
+    in ``saved`` only with ``keep_scale``, for the backward pass). ``inference``: not a training step's forward
+    (:data:`MKL_INFERENCE_PRODUCTS`)."""
     y = mix_channels(x, mix, mix_bias)  # h = A x + c (a new channels-last tensor), turned into y in place
     ca = x.shape[1] // 2
-    net_in, a1, a2, net_out = _conditioner(y[:, :ca], net, dtype)
+    net_in, a1, a2, net_out = _conditioner(y[:, :ca], net, dtype, inference)
     logdet, scale = _couple_(y[:, ca:], net_out, affine, keep_scale)
     return y, logdet, (net_in, a1, a2, scale)
 
@@ -925,7 +964,7 @@ def run_steps(
     total_mix_logdet = x.shape[2] * x.shape[3] * mix_logdet.sum()
     logdet = None
     for step in steps:
-        x, ld, _ = _step_forward(x, step.mix, step.mix_bias, step.net, affine, dtype, keep_scale=False)
+        x, ld, _ = _step_forward(x, step.mix, step.mix_bias, step.net, affine, dtype, False, inference=True)
         logdet = ld if logdet is None else logdet + ld
     return x, logdet + total_mix_logdet
 
@@ -946,7 +985,7 @@ def glow_step_inverse(
     dtype = dtype or y.dtype
     ca = y.shape[1] // 2
     y_a = y[:, :ca]
-    net_out = _conditioner(y_a, w.net, dtype)[-1]
+    net_out = _conditioner(y_a, w.net, dtype, inference=not torch.is_grad_enabled())[-1]
     if overwrite and not torch.is_grad_enabled():
         logdet = _uncouple_(y[:, ca:], net_out, affine)
         h = y

@@ -320,8 +320,9 @@ class FlowSteps(FlowSequence):
         pass) evaluation 0.90x, sampling 0.92x the time, of which the prepacking 0.95-0.97x; config M, whose
         convolutions take the im2col / col2im forms (nothing to prepack), 1.005-1.035x, so M folds in every pass.
         What is kept, the folded weights and the copy, takes about twice the level's parameter memory. A pass with
-        autograd on (training) drops it, as do ``Module.to`` and its kin, loading a state dict and copying. On other devices, and while torch.compile traces, the weights are folded in every pass (the
-        comparison would wait for the device)."""
+        autograd on (training) drops it, as do ``Module.to`` and its kin, loading a state dict and copying. On other
+        devices, and while torch.compile traces, the weights are folded in every pass (the comparison would wait
+        for the device)."""
         steps = list(self._modules["layers"]._modules.values())
         if x.device.type != "cpu" or torch.compiler.is_compiling():
             w = glow_step_weights(steps, inverse, packs=self._packs).conditioner_in(setting[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from glowflow.export import FrozenMatrix
 from glowflow.layers import FlowSequence
@@ -786,3 +787,56 @@ def test_intel_cpu_by_name_then_by_the_kernel_vendor(monkeypatch, tmp_path):
 
     monkeypatch.setattr(builtins, "open", missing)
     assert fused._intel_cpu({}) is False
+
+
+class _Ops(TorchDispatchMode):
+    """The names of the operators a block dispatches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mkl", [False, True])
+def test_inference_products_take_mkl_by_the_rule_with_the_same_values(mkl, monkeypatch):
+    """``inference`` products go to MKL where :data:`MKL_INFERENCE_PRODUCTS` says so (AVX2-only CPUs), to oneDNN
+    otherwise; a training step's (``inference`` False) always to oneDNN; the values are the plain products'."""
+    from glowflow.layers import fused
+
+    monkeypatch.setattr(fused, "MKL_INFERENCE_PRODUCTS", mkl)
+    torch.manual_seed(0)
+    rows, w, b = torch.randn(300, 40), torch.randn(24, 40), torch.randn(24)
+    expected = F.relu(F.linear(rows.double(), w.double(), b.double()))
+    onednn = "mkldnn._linear_pointwise"
+    with torch.no_grad():
+        for inference in (False, True):
+            with _Ops() as ops:
+                out, product = linear_relu(rows, w, b, inference), matmul(rows, w.t().contiguous(), inference)
+            assert max_abs(out, expected) < 1e-5 * expected.abs().max().item()
+            assert max_abs(product, rows.double() @ w.double().t()) < 1e-4
+            if torch.backends.mkldnn.is_available():
+                assert (onednn in ops.names) == (not (mkl and inference)), (inference, ops.names)
+
+
+@pytest.mark.parametrize("channels", [4, 20])  # im2col / col2im products and the direct convolutions' 1x1 product
+def test_a_level_scores_and_inverts_alike_with_either_product_library(channels, monkeypatch):
+    from glowflow.layers import fused
+
+    level = make_steps(3, "affine", torch.float32, channels=channels, hidden=16)[0]
+    x = torch.randn(3, channels, 4, 4).contiguous(memory_format=CL)
+    results = []
+    for mkl in (False, True):
+        monkeypatch.setattr(fused, "MKL_INFERENCE_PRODUCTS", mkl)
+        level.pack()  # drop the kept weights: each library's pass from the start
+        with torch.no_grad():
+            y, logdet = level(x)
+            x_back, _ = level.inverse(y)
+        results.append((y, logdet))
+        assert max_abs(x_back, x) < 1e-5
+    (y0, ld0), (y1, ld1) = results
+    assert max_abs(y0, y1) < 1e-5 * max(1.0, y0.abs().max().item())
+    assert max_abs(ld0, ld1) < 1e-5 * max(1.0, ld0.abs().max().item())
