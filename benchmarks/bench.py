@@ -369,6 +369,27 @@ class OpTimes(TorchDispatchMode):
         entry[1] += seconds
 
 
+KERNEL_OPS = {
+    "aten.convolution": "convolution",
+    "aten.convolution_backward": "convolution_backward",
+    "mkldnn._convolution_pointwise": "_convolution_pointwise",
+    "mkldnn._linear_pointwise": "_linear_pointwise",
+    "aten.mm": "mm",
+    "aten.addmm": "addmm",
+    "aten.bmm": "bmm",
+    "aten.baddbmm": "baddbmm",
+    "aten.conv1d": "conv1d",
+    "aten.conv2d": "conv2d",
+    "aten.linear": "linear",
+    "aten.matmul": "matmul",
+}
+"""The kernels of a pass, the convolutions and matrix products, by dispatcher op (overload packet name) -> the name
+``FlopCounterMode`` counts that op under: what ``profile_step.py`` and ``kernel_bound.py`` set against the other
+operations. Under ``torch.inference_mode`` (glowflow's evaluation and sampling) the composite ops (conv2d, linear,
+matmul) reach a dispatcher mode themselves instead of as the ``aten.convolution`` / ``aten.addmm`` / ``aten.mm``
+they run."""
+
+
 def fused_kernel_flop_formulas() -> dict:
     """FLOP formulas for the oneDNN fused-activation kernels glowflow calls directly (``mkldnn._convolution_pointwise``,
     ``mkldnn._linear_pointwise``), which ``FlopCounterMode`` does not know: the FLOPs of the plain convolution /

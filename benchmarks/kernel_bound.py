@@ -55,6 +55,7 @@ from _normflows_glow import nf  # noqa: E402
 from bench import (  # noqa: E402
     CONFIGS,
     DEFAULT_MNIST_DIR,
+    KERNEL_OPS,
     PEERS,
     QUICK_CONFIGS,
     Batches,
@@ -64,24 +65,13 @@ from bench import (  # noqa: E402
     sync,
 )
 
-_aten, _mkldnn = torch.ops.aten, getattr(torch.ops, "mkldnn", None)
-# Under torch.inference_mode (glowflow's evaluation and sampling) the composite convolution and linear ops reach the
-# dispatcher mode themselves instead of as aten.convolution / aten.addmm, so they are kernels too.
-KERNELS = {
-    _aten.conv1d.default,
-    _aten.conv2d.default,
-    _aten.linear.default,
-    _aten.matmul.default,
-    _aten.mm.default,
-    _aten.addmm.default,
-    _aten.bmm.default,
-    _aten.baddbmm.default,
-    _aten.convolution.default,
-    _aten.convolution_backward.default,
-}
-if _mkldnn is not None and hasattr(_mkldnn, "_convolution_pointwise"):
-    KERNELS |= {_mkldnn._convolution_pointwise.default, _mkldnn._linear_pointwise.default}
+_aten = torch.ops.aten
 SKIP = {_aten._local_scalar_dense.default, _aten.item.default}  # host reads: no kernel, nothing to replay
+
+
+def is_kernel(func) -> bool:
+    """Whether the dispatcher op ``func`` is a convolution or matrix product (:data:`bench.KERNEL_OPS`)."""
+    return str(func.overloadpacket) in KERNEL_OPS
 
 
 @dataclass
@@ -96,7 +86,7 @@ class Call:
 
     @property
     def kernel(self) -> bool:
-        return self.func in KERNELS
+        return is_kernel(self.func)
 
 
 @dataclass(frozen=True)
@@ -172,13 +162,13 @@ def replay(calls: list[Call], repeats: int, device: str) -> None:
 
 
 def in_step_kernel_time(fn: Callable[[], object], calls: int = 3) -> float:
-    """Seconds per call spent in the kernel ops (``KERNELS``) inside ``fn``, each timed at the dispatcher (bench.py's
-    :class:`OpTimes`, not ``torch.profiler``, which slowed oneDNN's calls)."""
+    """Seconds per call spent in the kernel ops (``bench.KERNEL_OPS``) inside ``fn``, each timed at the dispatcher
+    (bench.py's :class:`OpTimes`, not ``torch.profiler``, which slowed oneDNN's calls)."""
     timer = OpTimes()
     with timer:
         for _ in range(calls):
             fn()
-    return sum(sec for func, (_, sec) in timer.times.items() if func in KERNELS) / calls
+    return sum(sec for func, (_, sec) in timer.times.items() if is_kernel(func)) / calls
 
 
 def _name(func) -> str:

@@ -49,21 +49,7 @@ from glowflow.training.optim import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import CONFIGS, OpTimes, fused_kernel_flop_formulas  # noqa: E402
-
-# dispatcher op (overload packet) -> FlopCounterMode op of the same kernel
-KERNELS = {
-    "aten.convolution": "convolution",
-    "aten.convolution_backward": "convolution_backward",
-    "mkldnn._convolution_pointwise": "_convolution_pointwise",
-    "mkldnn._linear_pointwise": "_linear_pointwise",
-    "aten.mm": "mm",
-    "aten.addmm": "addmm",
-    "aten.bmm": "bmm",
-    # under torch.inference_mode (evaluation, sampling) these reach the dispatcher themselves, not decomposed
-    "aten.conv2d": "conv2d",
-    "aten.linear": "linear",
-}
+from bench import CONFIGS, KERNEL_OPS, OpTimes, fused_kernel_flop_formulas  # noqa: E402
 
 
 def timer(clock: str):
@@ -174,10 +160,10 @@ def main() -> None:
 
 
 class KernelShapeTimes(OpTimes):
-    """:class:`OpTimes` that also keeps, for every kernel (:data:`KERNELS`), its calls, wall time and FLOPs by operation
-    and operand shapes: ``rows[(name, shapes)] = [calls, seconds, flops]``, FLOPs from torch's ``flop_registry`` (and
-    ``fused_kernel_flop_formulas`` for oneDNN's fused kernels), ``shapes`` the shapes of the tensor arguments in
-    order. Which call of a kind is slow, not only which kind."""
+    """:class:`OpTimes` that also keeps, for every kernel (:data:`bench.KERNEL_OPS`), its calls, wall time and FLOPs
+    by operation and operand shapes: ``rows[(name, shapes)] = [calls, seconds, flops]``, FLOPs from torch's
+    ``flop_registry`` (and ``fused_kernel_flop_formulas`` for oneDNN's fused kernels), ``shapes`` the shapes of the
+    tensor arguments in order. Which call of a kind is slow, not only which kind."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -188,7 +174,7 @@ class KernelShapeTimes(OpTimes):
     def record(self, func, args: tuple, kwargs: dict, out, seconds: float) -> None:
         super().record(func, args, kwargs, out, seconds)
         name = str(func.overloadpacket)
-        if name in KERNELS:
+        if name in KERNEL_OPS:
             shapes = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
             formula = self.formulas.get(func.overloadpacket)
             flops = int(formula(*args, out_val=out, **kwargs)) if formula else 0
@@ -222,14 +208,14 @@ def print_kernel_shapes(shapes: KernelShapeTimes, steps: int, mm_rate: float, to
 
 def profile_inference(name: str, fn, call_ms: float, mm_rate: float, calls: int = 3, top: int = 10) -> None:
     """One instrumented pass of ``calls`` calls of ``fn`` (an evaluation or a sampling call): the time in the kernels
-    (``KERNELS``) against all operations per call, beside ``call_ms`` (the untimed call), the aten calls, and the
-    ``top`` costliest kernels by operand shapes."""
+    (``bench.KERNEL_OPS``) against all operations per call, beside ``call_ms`` (the untimed call), the aten calls,
+    and the ``top`` costliest kernels by operand shapes."""
     timer_ = KernelShapeTimes()
     with timer_:
         for _ in range(calls):
             fn()
     op_ms = sum(sec for _, sec in timer_.times.values()) * 1e3 / calls
-    kernel_ms = sum(sec for f, (_, sec) in timer_.times.items() if str(f.overloadpacket) in KERNELS) * 1e3 / calls
+    kernel_ms = sum(sec for f, (_, sec) in timer_.times.items() if str(f.overloadpacket) in KERNEL_OPS) * 1e3 / calls
     ops = sum(n for n, _ in timer_.times.values()) // calls
     print(f"\n{name} ({call_ms:.1f} ms a call without the op timer): convolutions and matrix products "
           f"{kernel_ms:.1f} ms ({100 * kernel_ms / call_ms:.0f} % of the untimed call), other operations "
@@ -260,7 +246,7 @@ def profile_split(model, opt, train_step, batch, clock: str, step_ms: float) -> 
     mm_rate, conv_rate = reference_rates(clock)
     rows, kernel_ms, kernel_flops = [], 0.0, 0
     for name, (_, ms) in per_op.items():
-        op = KERNELS.get(name)
+        op = KERNEL_OPS.get(name)
         if op is None:
             continue
         f = flops.get(op, 0)

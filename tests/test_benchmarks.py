@@ -433,12 +433,12 @@ def test_profile_inference_splits_an_evaluation_call(capsys):
     assert kernel_ms > 0 and calls > 50
     by_shape = out.split("costliest kernels per evaluation call by operand shapes:\n")[1].splitlines()
     assert 0 < len(by_shape) <= 10 and all(" ms " in line and "GFLOP/s" in line for line in by_shape)
-    assert all(line.split()[0] in profile_step.KERNELS for line in by_shape)
+    assert all(line.split()[0] in profile_step.KERNEL_OPS for line in by_shape)
     assert any(line.split()[0] == "aten.conv2d" for line in by_shape)  # the out convs, direct at these channels
 
 
 def test_kernel_bound_times_the_kernels_in_a_pass_at_the_dispatcher():
-    """In-pass kernel time: only the kernel ops (``KERNELS``) are timed, each once."""
+    """In-pass kernel time: only the kernel ops (``bench.KERNEL_OPS``) are timed, each once."""
     a = torch.randn(256, 256)
     assert kernel_bound.in_step_kernel_time(lambda: a.exp().relu_(), calls=2) == 0.0
     assert kernel_bound.in_step_kernel_time(lambda: torch.mm(a, a).relu_(), calls=2) > 0.0
