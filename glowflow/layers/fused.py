@@ -327,7 +327,7 @@ def conv_same(
         cols, flat = _unfold_rows(x, k), weight.permute(0, 2, 3, 1).reshape(c_out, -1)
         out = _image(linear_relu(cols, flat, bias, inference) if relu else F.linear(cols, flat, bias), x)
     elif few_out:
-        cols = matmul(_rows(x), _fold_weight(weight), inference)
+        cols = matmul(_rows(x), weight.matrix if isinstance(weight, Col2imWeight) else _fold_weight(weight), inference)
         out = _fold_rows(cols.to(out_dtype), x, k, bias.to(out_dtype))
         return out.relu_() if relu and not torch.is_grad_enabled() else (out.relu() if relu else out)
     elif weight.is_mkldnn:  # prepacked by prepack_conv_weight
@@ -340,19 +340,43 @@ def conv_same(
     return out.to(out_dtype)
 
 
-def prepack_conv_weight(weight: Tensor, x_shape: Sequence[int]) -> Tensor:
+class Col2imWeight(NamedTuple):
+    """A convolution weight (C_out, C_in, k, k) that :func:`conv_same` takes in the col2im form, prepared once for
+    passes with autograd off (:func:`prepack_conv_weight`): ``matrix`` is its ``_fold_weight`` (C_in, k * k * C_out),
+    which every call with the plain weight computes again (a flip: about 58 us for config M's 256 -> 4 / 8
+    channels, 32 of them in each of M's sampling calls)."""
+
+    shape: torch.Size
+    matrix: Tensor
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.matrix.dtype
+
+
+def is_prepacked(weight: Tensor | Col2imWeight) -> bool:
+    """Whether ``weight`` came out of :func:`prepack_conv_weight` changed (oneDNN's blocked layout or col2im's)."""
+    return isinstance(weight, Col2imWeight) or weight.is_mkldnn
+
+
+def prepack_conv_weight(weight: Tensor, x_shape: Sequence[int]) -> Tensor | Col2imWeight:
     """``weight`` (C_out, C_in, k, k) reordered once into the blocked layout that oneDNN's direct convolution reads
     for inputs of ``x_shape`` (B, C_in, H, W): an opaque mkldnn tensor of the same values, which :func:`conv_same`
     takes in place of ``weight`` with autograd off (for inputs of any shape; of ``x_shape`` without a reorder).
     Given the plain weight, every such call first reorders it (oneDNN's verbose log: 50 weight reorders in each
-    evaluation of config S). ``weight`` is returned as it is where :func:`conv_same` takes another form
-    (:func:`_few_channels`), for a bfloat16 weight on a CPU without native bfloat16, on other devices and where
-    oneDNN does not serve. Hot on an AMD EPYC (Zen 3, AVX2), batch 16, float32, prepacked against plain (interleaved
-    medians): 6 -> 128 channels on 16x16 819 against 975 us, 12 -> 128 on 8x8 295 / 304, 24 -> 128 on 4x4
-    145 / 206, 128 -> 16 on 16x16 931 / 971, 128 -> 48 on 4x4 208 / 244."""
+    evaluation of config S). A weight that :func:`conv_same` takes in the col2im form comes back as its
+    :class:`Col2imWeight`; ``weight`` as it is where it takes the im2col form (:func:`_few_channels`), for a
+    bfloat16 weight on a CPU without native bfloat16, on other devices and where oneDNN does not serve. Hot on an
+    AMD EPYC (Zen 3, AVX2), batch 16, float32, prepacked against plain (interleaved medians): 6 -> 128 channels on
+    16x16 819 against 975 us, 12 -> 128 on 8x8 295 / 304, 24 -> 128 on 4x4 145 / 206, 128 -> 16 on 16x16
+    931 / 971, 128 -> 48 on 4x4 208 / 244."""
     c_out, c_in, k, _ = weight.shape
+    few_in, few_out = _few_channels(weight, c_in, c_out)  # the weight's dtype and device are its input's
+    if few_out and not few_in and not (torch.is_grad_enabled() and weight.requires_grad):
+        return Col2imWeight(weight.shape, _fold_weight(weight))
     if (
-        any(_few_channels(weight, c_in, c_out))  # the weight's dtype and device are its input's
+        few_in
+        or few_out
         or not _onednn(weight)
         or (weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported())
     ):
@@ -621,8 +645,9 @@ class ConditionerWeights:
         return ConditionerWeights(*(t.to(dtype) for t in self.tensors()))
 
     def prepacked(self, x_shape: Sequence[int]) -> ConditionerWeights:
-        """One step's weights with both k x k convolutions' weights prepacked (:func:`prepack_conv_weight`) for a
-        conditioner input of ``x_shape`` (B, C_a, H, W); for computing with autograd off."""
+        """One step's weights with both k x k convolutions' weights prepacked (:func:`prepack_conv_weight`: opaque
+        oneDNN tensors or :class:`Col2imWeight` matrices, which only :func:`conv_same` reads) for a conditioner input of
+        ``x_shape`` (B, C_a, H, W); for computing with autograd off."""
         b, _, h, w = x_shape
         out = prepack_conv_weight(self.out, (b, self.conv2.shape[0], h, w))
         return ConditionerWeights(prepack_conv_weight(self.conv1, x_shape), *self.tensors()[1:4], out, self.out_bias)

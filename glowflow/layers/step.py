@@ -28,6 +28,7 @@ from glowflow.layers.fused import (
     fold_unmixing,
     glow_step_inverse,
     glow_steps,
+    is_prepacked,
     lu_inverse_weight,
     lu_weight,
     mix_channels,
@@ -311,14 +312,15 @@ class FlowSteps(FlowSequence):
         their mixing log-dets per position (K,), for a pass with autograd off on input ``x`` (B, C, H, W).
 
         On the CPU, the convolutions are prepacked for ``x``'s shape
-        (:meth:`~glowflow.layers.fused.ConditionerWeights.prepacked`), and where one of them is, the weights are
-        kept from one such pass to the next beside a copy of the parameters and buffers they were folded from: a
-        pass whose direction, setting and input shape match and whose steps' tensors equal the copy bit for bit
-        reuses them; any other folds again. Comparing values, not version counters, catches every change (writes
-        through ``.data`` leave a tensor's version as it was). It reads the parameters twice, about what the folding
-        costs, so keeping pays by the reorders it spares: config S (Zen 3, in-process A/B against folding in every
-        pass) evaluation 0.90x, sampling 0.92x the time, of which the prepacking 0.95-0.97x; config M, whose
-        convolutions take the im2col / col2im forms (nothing to prepack), 1.005-1.035x, so M folds in every pass.
+        (:meth:`~glowflow.layers.fused.ConditionerWeights.prepacked`: oneDNN's blocked layout, or col2im's matrix),
+        and where one of them is, the weights are kept from one such pass to the next beside a copy of the
+        parameters and buffers they were folded from: a pass whose direction, setting and input shape match and
+        whose steps' tensors equal the copy bit for bit reuses them; any other folds again. Comparing values, not
+        version counters, catches every change (writes through ``.data`` leave a tensor's version as it was). It
+        reads the parameters twice, about what the folding costs, so keeping pays by the work on the weights it
+        spares: config S (Zen 3, in-process A/B against folding in every pass) evaluation 0.90x, sampling 0.92x the
+        time, of which the prepacking 0.95-0.97x; config M kept without its col2im matrices 1.005-1.035x, with them
+        (:class:`~glowflow.layers.fused.Col2imWeight`) evaluation 0.98x, sampling 0.97-0.98x.
         What is kept, the folded weights and the copy, takes about twice the level's parameter memory. A pass with
         autograd on (training) drops it, as do ``Module.to`` and its kin, loading a state dict and copying. On other
         devices, and while torch.compile traces, the weights are folded in every pass (the comparison would wait
@@ -341,7 +343,7 @@ class FlowSteps(FlowSequence):
                 GlowStepWeights(step.mix, step.mix_bias, step.mix_logdet, step.net.prepacked(x_a_shape))
                 for step in w.unbind()
             ]
-            if any(step.net.conv1.is_mkldnn or step.net.out.is_mkldnn for step in folded):
+            if any(is_prepacked(step.net.conv1) or is_prepacked(step.net.out) for step in folded):
                 self._kept = _KeptWeights(key, StepParameters(*(t.clone() for t in params)), folded, w.mix_logdet)
         return folded, w.mix_logdet
 

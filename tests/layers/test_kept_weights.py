@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import glowflow.layers.step as step_module
 from glowflow import Glow
-from glowflow.layers.fused import conv_same, prepack_conv_weight
+from glowflow.layers.fused import Col2imWeight, conv_same, prepack_conv_weight
 from tests.helpers import max_abs, randomize_
 from tests.layers.test_fast_paths import make_steps
 
@@ -65,13 +65,25 @@ def test_a_prepacked_weight_gives_the_convolution_for_inputs_of_any_shape(c_in, 
 
 @pytest.mark.parametrize(
     ("c_out", "c_in", "dtype"),
-    [(16, 2, torch.float32), (4, 16, torch.float32), (16, 8, torch.float64)],  # im2col, col2im, not oneDNN's
+    [(16, 2, torch.float32), (16, 8, torch.float64)],  # im2col, not oneDNN's
 )
 def test_weights_of_the_other_forms_stay_as_they_are(c_out, c_in, dtype):
     weight = torch.randn(c_out, c_in, 3, 3, dtype=dtype)
     assert prepack_conv_weight(weight, (2, c_in, 4, 4)) is weight
-    recording = torch.randn(16, 8, 3, 3, requires_grad=True)  # autograd records: oneDNN's kernels have no derivative
-    assert prepack_conv_weight(recording, (2, 8, 4, 4)) is recording
+    for recording in (torch.randn(16, 8, 3, 3, requires_grad=True), torch.randn(4, 16, 3, 3, requires_grad=True)):
+        assert prepack_conv_weight(recording, (2, recording.shape[1], 4, 4)) is recording  # autograd records
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_col2im_weight_is_prepared_once_with_the_convolution_s_values(dtype):
+    torch.manual_seed(0)
+    weight, bias = torch.randn(4, 16, 3, 3, dtype=dtype), torch.randn(4, dtype=dtype)  # few output channels
+    prepared = prepack_conv_weight(weight, (2, 16, 4, 4))
+    assert isinstance(prepared, Col2imWeight) and prepared.shape == weight.shape and prepared.dtype == dtype
+    x = torch.randn(3, 16, 5, 6, dtype=dtype).contiguous(memory_format=CL)
+    with torch.no_grad():
+        expected = F.conv2d(x, weight, bias, padding=1)
+        assert _close(conv_same(x, prepared, bias), expected, 1e-12 if dtype == torch.float64 else 1e-5)
 
 
 @needs_prepacking
@@ -170,10 +182,21 @@ def test_kept_weights_are_refolded_for_another_input_shape_and_dropped_by_traini
     assert level._kept is None
 
 
-def test_nothing_is_kept_where_no_convolution_is_prepacked():
+def test_a_level_with_few_channels_keeps_its_col2im_weights():
     level = make_steps(3, "affine", torch.float32, channels=4)[0]  # im2col / col2im conditioner convolutions
+    x = torch.randn(3, 4, 4, 4).contiguous(memory_format=CL)
     with torch.no_grad():
-        level(torch.randn(3, 4, 4, 4))
+        y, logdet = level(x)
+        assert level._kept is not None and all(isinstance(s.net.out, Col2imWeight) for s in level._kept.steps)
+        x_back, _ = level.inverse(y)
+    y_ref, logdet_ref = _reference(level, x)
+    assert _close(y, y_ref) and _close(logdet, logdet_ref) and _close(x_back, x, 1e-5)
+
+
+def test_nothing_is_kept_where_no_convolution_is_prepacked():
+    level = make_steps(3, "affine", torch.float64, channels=20, hidden=16)[0]  # float64: direct, plain weights
+    with torch.no_grad():
+        level(torch.randn(3, 20, 4, 4, dtype=torch.float64))
     assert level._kept is None
 
 
