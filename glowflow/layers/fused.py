@@ -181,9 +181,8 @@ hot and interleaved, MKL's ran 0.71-0.87x the time of oneDNN's for every 1x1-con
 against oneDNN's products (paired medians): config M evaluation 0.930x, sampling 0.920x the time, S's evaluation
 and sampling 0.985-1.015x (within the host's noise; toggled in one model 0.97-0.98x). In a training step's forward
 they were neutral to slower (S 0.99x, M 1.01x; M 1.064x for the backward's products, fifteenth pass), so it keeps
-oneDNN's. With AVX-512 oneDNN's stay, faster
-there: on Zen 4 1.2-1.9x ``torch.mm``'s speed (:func:`matmul`), and on an Intel Xeon with AMX MKL's made M's
-evaluation 1.024x the time."""
+oneDNN's. With AVX-512 oneDNN's stay, faster there: on Zen 4 1.2-1.9x ``torch.mm``'s speed (:func:`matmul`), and
+on an Intel Xeon with AMX MKL's made M's evaluation 1.024x the time."""
 
 
 def _mkl_products(x: Tensor, inference: bool) -> bool:
@@ -300,7 +299,7 @@ def _few_channels(x: Tensor, c_in: int, c_out: int, backward: bool = False) -> t
 
 def conv_same(
     x: Tensor,
-    weight: Tensor,
+    weight: Tensor | Col2imWeight,
     bias: Tensor,
     relu: bool = False,
     out_dtype: torch.dtype | None = None,
@@ -314,6 +313,8 @@ def conv_same(
     * few output channels: col2im, ``fold(a @ W) + b`` with ``W[h, (i, j, c)] = w[c, h, k-1-i, k-1-j]`` (the
       flipped kernel: fold adds each position's patch of outputs around it, :func:`_fold_rows`);
     * otherwise oneDNN's direct convolution (:func:`conv_relu` with the ReLU fused).
+
+    ``weight`` may be :func:`prepack_conv_weight`'s (autograd off), for the form it was prepared for.
 
     Shapes: (B, C_in, H, W) -> (B, C_out, H, W), in ``out_dtype`` (default ``x``'s). ``inference``: in a pass with
     autograd off, for the products of the first two forms (:data:`MKL_INFERENCE_PRODUCTS`). The col2im form's fold sums
@@ -355,7 +356,7 @@ class Col2imWeight(NamedTuple):
 
 
 def is_prepacked(weight: Tensor | Col2imWeight) -> bool:
-    """Whether ``weight`` came out of :func:`prepack_conv_weight` changed (oneDNN's blocked layout or col2im's)."""
+    """Whether :func:`prepack_conv_weight` changed ``weight`` (into oneDNN's blocked layout or col2im's matrix)."""
     return isinstance(weight, Col2imWeight) or weight.is_mkldnn
 
 
