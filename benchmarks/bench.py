@@ -390,6 +390,11 @@ matmul) reach a dispatcher mode themselves instead of as the ``aten.convolution`
 they run."""
 
 
+def is_kernel(func) -> bool:
+    """Whether the dispatcher op ``func`` is a convolution or matrix product (:data:`KERNEL_OPS`)."""
+    return str(func.overloadpacket) in KERNEL_OPS
+
+
 def fused_kernel_flop_formulas() -> dict:
     """FLOP formulas for the oneDNN fused-activation kernels glowflow calls directly (``mkldnn._convolution_pointwise``,
     ``mkldnn._linear_pointwise``), which ``FlopCounterMode`` does not know: the FLOPs of the plain convolution /

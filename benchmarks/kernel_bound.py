@@ -55,23 +55,18 @@ from _normflows_glow import nf  # noqa: E402
 from bench import (  # noqa: E402
     CONFIGS,
     DEFAULT_MNIST_DIR,
-    KERNEL_OPS,
     PEERS,
     QUICK_CONFIGS,
     Batches,
     OpTimes,
     interleaved,
+    is_kernel,
     make_contender,
     sync,
 )
 
 _aten = torch.ops.aten
 SKIP = {_aten._local_scalar_dense.default, _aten.item.default}  # host reads: no kernel, nothing to replay
-
-
-def is_kernel(func) -> bool:
-    """Whether the dispatcher op ``func`` is a convolution or matrix product (:data:`bench.KERNEL_OPS`)."""
-    return str(func.overloadpacket) in KERNEL_OPS
 
 
 @dataclass

@@ -49,7 +49,7 @@ from glowflow.training.optim import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import CONFIGS, KERNEL_OPS, OpTimes, fused_kernel_flop_formulas  # noqa: E402
+from bench import CONFIGS, KERNEL_OPS, OpTimes, fused_kernel_flop_formulas, is_kernel  # noqa: E402
 
 
 def timer(clock: str):
@@ -173,8 +173,8 @@ class KernelShapeTimes(OpTimes):
 
     def record(self, func, args: tuple, kwargs: dict, out, seconds: float) -> None:
         super().record(func, args, kwargs, out, seconds)
-        name = str(func.overloadpacket)
-        if name in KERNEL_OPS:
+        if is_kernel(func):
+            name = str(func.overloadpacket)
             shapes = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
             formula = self.formulas.get(func.overloadpacket)
             flops = int(formula(*args, out_val=out, **kwargs)) if formula else 0
@@ -215,7 +215,7 @@ def profile_inference(name: str, fn, call_ms: float, mm_rate: float, calls: int 
         for _ in range(calls):
             fn()
     op_ms = sum(sec for _, sec in timer_.times.values()) * 1e3 / calls
-    kernel_ms = sum(sec for f, (_, sec) in timer_.times.items() if str(f.overloadpacket) in KERNEL_OPS) * 1e3 / calls
+    kernel_ms = sum(sec for f, (_, sec) in timer_.times.items() if is_kernel(f)) * 1e3 / calls
     ops = sum(n for n, _ in timer_.times.values()) // calls
     print(f"\n{name} ({call_ms:.1f} ms a call without the op timer): convolutions and matrix products "
           f"{kernel_ms:.1f} ms ({100 * kernel_ms / call_ms:.0f} % of the untimed call), other operations "

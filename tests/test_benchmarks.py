@@ -434,7 +434,7 @@ def test_profile_inference_splits_an_evaluation_call(capsys):
     by_shape = out.split("costliest kernels per evaluation call by operand shapes:\n")[1].splitlines()
     assert 0 < len(by_shape) <= 10 and all(" ms " in line and "GFLOP/s" in line for line in by_shape)
     assert all(line.split()[0] in profile_step.KERNEL_OPS for line in by_shape)
-    assert any(line.split()[0] == "aten.conv2d" for line in by_shape)  # the out convs, direct at these channels
+    assert any(line.split()[0] == "aten.conv2d" for line in by_shape)  # the split's prior (the steps' convs: oneDNN's)
 
 
 def test_kernel_bound_times_the_kernels_in_a_pass_at_the_dispatcher():

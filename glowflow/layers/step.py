@@ -142,7 +142,7 @@ def glow_step_weights(
     :func:`~glowflow.layers.fused.lu_weight` (or its inverse), :func:`~glowflow.layers.fused.fold_mixing` (or
     :func:`~glowflow.layers.fused.fold_unmixing`), :func:`~glowflow.layers.fused.fold_actnorm` and
     :func:`~glowflow.layers.fused.fold_gain`, differentiated by autograd."""
-    kinds = StepParameters(*zip(*(_step_tensors(step) for step in steps), strict=True))
+    kinds = _step_kinds(steps)
     affine = steps[0].affine
     if torch.compiler.is_compiling() or (inverse and torch.is_grad_enabled()):
         return _composed_step_weights(kinds, inverse, affine, packs)
@@ -197,6 +197,11 @@ def _stack(tensors: Tensor | Sequence[Tensor]) -> Tensor:
     return tensors if isinstance(tensors, Tensor) else torch.stack(tensors)
 
 
+def _step_kinds(steps: Sequence[FlowStep]) -> StepParameters:
+    """The fused steps' tensors by kind: each field the K steps' tensors of that kind (:func:`_step_tensors`)."""
+    return StepParameters(*zip(*(_step_tensors(step) for step in steps), strict=True))
+
+
 def _step_tensors(step: FlowStep) -> StepParameters:
     """A fused step's tensors, read from its modules' registries (``_modules``, ``_parameters``, ``_buffers``; see
     :meth:`FlowStep._parts` for why). :meth:`FlowStep.fused_step` has checked the types these names belong to."""
@@ -246,7 +251,7 @@ class FlowSteps(FlowSequence):
         self._kept: _KeptWeights | None = None
         if len(steps) < 2 or not all(_packable_step(s) for s in steps):
             return
-        kinds = zip(StepParameters._fields, zip(*(_step_tensors(s) for s in steps), strict=True), strict=True)
+        kinds = zip(StepParameters._fields, _step_kinds(steps), strict=True)
         for name, ts in kinds:
             if name in old and old[name].holds(ts):
                 self._packs[name] = old[name]
@@ -329,7 +334,7 @@ class FlowSteps(FlowSequence):
         if x.device.type != "cpu" or torch.compiler.is_compiling():
             w = glow_step_weights(steps, inverse, packs=self._packs).conditioner_in(setting[1])
             return w.unbind(), w.mix_logdet
-        kinds = StepParameters(*zip(*(_step_tensors(step) for step in steps), strict=True))
+        kinds = _step_kinds(steps)
         params = _read_stacks(len(steps), self._packs, [t for kind in kinds for t in kind])
         key = (inverse, *setting, x.shape)
         kept = self._kept
