@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import glowflow.layers.step as step_module
 from glowflow import Glow
 from glowflow.layers.fused import Col2imWeight, conv_same, prepack_conv_weight
-from tests.helpers import max_abs, randomize_
+from tests.helpers import jacobian_logdet, max_abs, randomize_
 from tests.layers.test_fast_paths import make_steps
 
 CL = torch.channels_last
@@ -227,3 +227,21 @@ def test_a_glow_scores_round_trips_and_samples_with_kept_weights_after_its_param
             randomize_(model, 0.02)
     kept = model.levels[0].layers[1]._kept  # made under the inference mode of sample: ordinary tensors all the same
     assert kept is not None and not any(t.is_inference() for t in (*kept.params, kept.mix_logdet, kept.steps[0].mix))
+
+
+@pytest.mark.parametrize(("dtype", "channels", "tol"), [(torch.float64, 4, 1e-9), (torch.float32, 20, 1e-4)])
+def test_kept_weights_log_det_is_the_autograd_jacobian_s_and_the_map_inverts(dtype, channels, tol):
+    """The passes with autograd off, on kept weights (col2im matrices in float64, oneDNN's prepacked convolutions in
+    float32): their log-det against log|det| of the full Jacobian of the plain layers, and the round trip."""
+    level, plain = make_steps(2, "affine", dtype, channels=channels, hidden=16)
+    x = torch.randn(2, channels, 2, 2, dtype=dtype).contiguous(memory_format=CL)
+    with torch.no_grad():
+        level(x)  # keeps the weights
+        y, logdet = level(x)
+        assert level._kept is not None
+        x_back, logdet_back = level.inverse(y)
+    plain64 = copy.deepcopy(plain).double()  # the Jacobian in float64, of the same parameters
+    expected = jacobian_logdet(lambda inp, c: plain64(inp)[0], x.double())
+    assert max_abs(logdet.double(), expected) < tol * max(1.0, expected.abs().max().item())
+    assert max_abs(x_back, x) < (1e-10 if dtype == torch.float64 else 1e-5)
+    assert max_abs(logdet_back, -logdet) < tol * max(1.0, logdet.abs().max().item())
