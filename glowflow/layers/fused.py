@@ -789,23 +789,53 @@ def _uncouple_(y_b: Tensor, net_out: Tensor, affine: bool) -> Tensor:
 
 
 def _step_forward(
-    x: Tensor,
-    mix: Tensor,
-    mix_bias: Tensor,
-    net: ConditionerWeights,
-    affine: bool,
-    dtype,
-    keep_scale: bool,
-    inference: bool = False,
-):
-    """The forward math of :func:`glow_step` with autograd off; returns ``(y, logdet_coupling, saved)`` (the scale
-    in ``saved`` only with ``keep_scale``, for the backward pass). ``inference``: not a training step's forward
-    (:data:`MKL_INFERENCE_PRODUCTS`)."""
+    x: Tensor, mix: Tensor, mix_bias: Tensor, net: ConditionerWeights, affine: bool, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, tuple]:
+    """The forward math of :func:`glow_step` in a training step (autograd off inside :class:`_GlowSteps`); returns
+    ``(y, logdet_coupling, saved)``, ``saved`` what the backward pass reads: the conditioner's input and hidden
+    activations and the scale."""
     y = mix_channels(x, mix, mix_bias)  # h = A x + c (a new channels-last tensor), turned into y in place
     ca = x.shape[1] // 2
-    net_in, a1, a2, net_out = _conditioner(y[:, :ca], net, dtype, inference)
-    logdet, scale = _couple_(y[:, ca:], net_out, affine, keep_scale)
+    net_in, a1, a2, net_out = _conditioner(y[:, :ca], net, dtype)
+    logdet, scale = _couple_(y[:, ca:], net_out, affine, keep_scale=True)
     return y, logdet, (net_in, a1, a2, scale)
+
+
+def _inference_step(x: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The forward math of :func:`glow_step` in a pass with autograd off, the conditioner by
+    :func:`inference_conditioner`; returns ``(y, logdet_coupling)``."""
+    y = mix_channels(x, w.mix, w.mix_bias)
+    ca = x.shape[1] // 2
+    logdet, _ = _couple_(y[:, ca:], inference_conditioner(y[:, :ca], w.net, dtype), affine, keep_scale=False)
+    return y, logdet
+
+
+INFERENCE_CHUNK_BYTES = 4 * 2**20
+"""The conditioner of a pass with autograd off on the CPU runs on batch chunks whose hidden activations are at most
+this many bytes each (:func:`inference_conditioner`)."""
+
+
+def inference_chunk(x_a: Tensor, hidden: int, dtype: torch.dtype) -> int:
+    """How many images of the conditioner input ``x_a`` (B, C_a, H, W) :func:`inference_conditioner` takes at a time:
+    as many as keep a hidden activation (H x W rows of ``hidden`` channels in ``dtype`` per image) within
+    :data:`INFERENCE_CHUNK_BYTES`, at least one; all B on other devices and while torch.compile traces."""
+    if x_a.device.type != "cpu" or torch.compiler.is_compiling():
+        return x_a.shape[0]
+    per_image = x_a.shape[2] * x_a.shape[3] * hidden * dtype.itemsize
+    return max(1, min(x_a.shape[0], INFERENCE_CHUNK_BYTES // per_image))
+
+
+def inference_conditioner(x_a: Tensor, net: ConditionerWeights, dtype: torch.dtype) -> Tensor:
+    """The conditioner's output (:func:`_conditioner`) for a pass with autograd off: the batch in chunks of
+    :func:`inference_chunk` images (the images are independent), their outputs concatenated. Each chunk's hidden
+    activations are new tensors that the next operation reads at once; held to a few MiB they stay in the CPU's
+    caches and in glibc's heap, where a whole large batch's (32 MiB and more for config S at batch 256; glibc maps
+    every block above 32 MiB afresh, and under its default settings smaller ones too) is written to memory and
+    faulted in again at every step of flow."""
+    size = inference_chunk(x_a, net.conv2.shape[0], dtype)
+    if size >= x_a.shape[0]:
+        return _conditioner(x_a, net, dtype, inference=True)[-1]
+    return torch.cat([_conditioner(c, net, dtype, inference=True)[-1] for c in x_a.split(size)])
 
 
 KEEP_FIRST_HIDDEN_FLOPS_PER_BYTE = 100
@@ -842,7 +872,7 @@ class _GlowSteps(torch.autograd.Function):
         saved, logdet = [], None
         for m, mb, *net in zip(*(t.unbind(0) for t in stacks), strict=True):
             net = ConditionerWeights(*net)
-            y, ld, (_, a1, a2, scale) = _step_forward(x, m, mb, net, affine, dtype, keep_scale=True)
+            y, ld, (_, a1, a2, scale) = _step_forward(x, m, mb, net, affine, dtype)
             # the first hidden activation is recomputed in backward (from the conditioner's input) where it is cheap
             saved += [x, y, a1 if keeps_first_hidden(net.conv1, a1) else None, a2, scale]
             x, logdet = y, ld if logdet is None else logdet + ld
@@ -973,7 +1003,7 @@ def glow_steps(x: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype |
     """K steps of flow one after the other, ``w`` the K steps' weights stacked (leading dim K, from
     :func:`~glowflow.layers.step.glow_step_weights`): the same map, log-det and gradients as K calls of
     :func:`glow_step`. With autograd on, one :class:`_GlowSteps` node for the K steps (S's training step 0.97x the
-    time, see :class:`_GlowSteps`); without, :func:`_step_forward` K times. Shapes as in :func:`glow_step`."""
+    time, see :class:`_GlowSteps`); without, :func:`_inference_step` K times. Shapes as in :func:`glow_step`."""
     if torch.is_grad_enabled():
         y, logdet = _GlowSteps.apply(x, w.mix, w.mix_bias, *w.net.tensors(), affine, dtype or x.dtype)
         return y, logdet + x.shape[2] * x.shape[3] * w.mix_logdet.sum()
@@ -990,7 +1020,7 @@ def run_steps(
     total_mix_logdet = x.shape[2] * x.shape[3] * mix_logdet.sum()
     logdet = None
     for step in steps:
-        x, ld, _ = _step_forward(x, step.mix, step.mix_bias, step.net, affine, dtype, False, inference=True)
+        x, ld = _inference_step(x, step, affine, dtype)
         logdet = ld if logdet is None else logdet + ld
     return x, logdet + total_mix_logdet
 
@@ -1011,7 +1041,9 @@ def glow_step_inverse(
     dtype = dtype or y.dtype
     ca = y.shape[1] // 2
     y_a = y[:, :ca]
-    net_out = _conditioner(y_a, w.net, dtype, inference=not torch.is_grad_enabled())[-1]
+    net_out = (
+        _conditioner(y_a, w.net, dtype)[-1] if torch.is_grad_enabled() else inference_conditioner(y_a, w.net, dtype)
+    )
     if overwrite and not torch.is_grad_enabled():
         logdet = _uncouple_(y[:, ca:], net_out, affine)
         h = y
