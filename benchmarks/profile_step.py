@@ -3,6 +3,7 @@
     python benchmarks/profile_step.py                    # medians of train / eval / sample timings, config S
     python benchmarks/profile_step.py --config M --profile   # plus the profile splits: train, eval, sample
     python benchmarks/profile_step.py --threads 1 --clock cpu # on a busy machine: process CPU time, one thread
+    python benchmarks/profile_step.py --batch 256            # batches (and samples) of 256, as glowflow score's
     PYTHONPATH=/path/to/other/checkout python benchmarks/profile_step.py   # the same for another version
 
 Configs as in bench.py: S = 3x32x32, L=3, K=8, width 128, batch 16; M = 1x32x32, L=2, K=16, width 256, batch 32;
@@ -36,6 +37,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -109,13 +111,16 @@ def main() -> None:
     parser.add_argument("--config", choices=("S", "M"), default="S")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--batch", type=int, default=None, help="images a step / call and samples drawn (default: the "
+                        "config's batch; 16 samples)")  # fmt: skip
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--optimizer", choices=("packed", "fused", "plain"), default="packed")
     parser.add_argument("--profile", action="store_true", help="the profile splits of training, evaluation, sampling")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = CONFIGS[args.config]
+    cfg = CONFIGS[args.config] if args.batch is None else replace(CONFIGS[args.config], batch=args.batch)
+    n_samples = 16 if args.batch is None else args.batch
     torch.manual_seed(0)
     model = Glow(cfg.shape, levels=cfg.levels, steps=cfg.steps, hidden=cfg.hidden)
     if args.optimizer == "packed":
@@ -139,7 +144,7 @@ def main() -> None:
         model.log_prob(x)
 
     def sample() -> None:
-        model.sample(16, temperature=0.7)
+        model.sample(n_samples, temperature=0.7)
 
     where = glowflow.__file__.rsplit("/glowflow/", 1)[0]
     print(f"glowflow from {where}; config {args.config} ({cfg.describe()}); {torch.get_num_threads()} threads; "
@@ -148,7 +153,7 @@ def main() -> None:
     for name, fn, n in (
         ("train step", train_step, cfg.batch),
         ("eval", evaluate, cfg.batch),
-        ("sample 16", sample, 16),
+        (f"sample {n_samples}", sample, n_samples),
     ):
         ms, fastest = median_ms(fn, args.rounds, args.clock)
         medians[name] = ms
@@ -156,7 +161,7 @@ def main() -> None:
     if args.profile:
         mm_rate = profile_split(model, opt, train_step, batch, args.clock, medians["train step"])
         profile_inference("evaluation", evaluate, medians["eval"], mm_rate)
-        profile_inference("sampling", sample, medians["sample 16"], mm_rate)
+        profile_inference("sampling", sample, medians[f"sample {n_samples}"], mm_rate)
 
 
 class KernelShapeTimes(OpTimes):
