@@ -812,7 +812,10 @@ def _inference_step(x: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dt
 
 INFERENCE_CHUNK_BYTES = 4 * 2**20
 """The conditioner of a pass with autograd off on the CPU runs on batch chunks whose hidden activations are at most
-this many bytes each (:func:`inference_conditioner`)."""
+this many bytes each (:func:`inference_conditioner`). On an AMD EPYC (Zen 3, 1 MiB of L2, 32 MiB of shared L3),
+in-process A/B against the whole batch, chunk limits of 1 / 2 / 4 / 8 / 16 MiB: config S's evaluation at batch 256
+0.83 / 0.72 / 0.70 / 0.71 / 0.77x the time, config M's at batch 32 1.05 / 0.95 / 0.90x, at 64 1.00 / 1.01 / 0.93 /
+1.04x; ``glowflow score`` of MNIST's test set with the shipped model (batch 256) 345 against 223 images/s."""
 
 
 def inference_chunk(x_a: Tensor, hidden: int, dtype: torch.dtype) -> int:
