@@ -1018,7 +1018,7 @@ def run_steps(
 ) -> tuple[Tensor, Tensor]:
     """:func:`glow_steps` with autograd off, given the K steps' weights one by one (``steps``, e.g. with prepacked
     convolutions: :meth:`ConditionerWeights.prepacked`) and ``mix_logdet`` (K,) their mixing log-dets per
-    position. Shapes as in :func:`glow_step`."""
+    position; each conditioner on batch chunks (:func:`inference_conditioner`). Shapes as in :func:`glow_step`."""
     dtype = dtype or x.dtype
     total_mix_logdet = x.shape[2] * x.shape[3] * mix_logdet.sum()
     logdet = None
@@ -1036,7 +1036,8 @@ def glow_step_inverse(
         ``(t, z) = NN(y_a)``;  ``h = (y_a, y_b / s - t)`` (affine) or ``(y_a, y_b - t)``;  ``x = A' h + c'``;
         log|det| = -(S mix_logdet + sum log s).
 
-    Differentiable by ordinary autograd. With ``overwrite`` and autograd off, ``h`` is computed in place in ``y``
+    Differentiable by ordinary autograd; with autograd off the conditioner runs on batch chunks
+    (:func:`inference_conditioner`). With ``overwrite`` and autograd off, ``h`` is computed in place in ``y``
     (which the caller must own: :class:`~glowflow.layers.step.FlowSteps` passes its intermediate results) instead
     of concatenating ``y_a`` with a new ``h_b``: S's sampling 0.98x, M's 0.99x the time. Shapes as in
     :func:`glow_step`.
