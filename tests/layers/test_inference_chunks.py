@@ -3,13 +3,15 @@ the same values as the whole batch at once, for a level and for a whole Glow."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 import glowflow.layers.fused as fused
 from glowflow import Glow
 from glowflow.layers.fused import ConditionerWeights, _conditioner, inference_chunk, inference_conditioner
-from tests.helpers import max_abs, randomize_
+from tests.helpers import jacobian_logdet, max_abs, randomize_
 from tests.layers.test_fast_paths import make_steps
 
 CL = torch.channels_last
@@ -94,6 +96,23 @@ def test_a_level_in_chunks_gives_the_whole_batch_s_passes(monkeypatch, coupling,
     assert max_abs(y_c, y) <= tol and max_abs(logdet_c, logdet) <= tol * logdet.abs().max().item()
     assert max_abs(back_c, back) <= tol and max_abs(inv_logdet_c, inv_logdet) <= tol * logdet.abs().max().item()
     assert max_abs(back_c, x) <= 10 * tol  # the round trip, in chunks both ways
+
+
+@pytest.mark.parametrize("coupling", ["affine", "additive"])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-4), (torch.float64, 1e-9)])
+def test_a_level_s_log_det_in_chunks_is_log_det_of_the_plain_layers_jacobian(monkeypatch, coupling, dtype, tol):
+    level, plain = make_steps(2, coupling, dtype, channels=4, hidden=8)
+    x = torch.randn(3, 4, 4, 4, dtype=dtype)
+    with torch.no_grad():
+        seen = _chunk_images(monkeypatch, 4 * 4 * 8 * dtype.itemsize, images=2)
+        y, logdet = level(x)
+        x_back, logdet_back = level.inverse(y)
+    assert seen == [2, 1] * 4
+    plain64 = copy.deepcopy(plain).double()  # the Jacobian in float64, of the same parameters
+    expected = jacobian_logdet(lambda inp, c: plain64(inp)[0], x.double())
+    assert max_abs(logdet.double(), expected) <= tol * max(1.0, expected.abs().max().item())
+    assert max_abs(logdet_back, -logdet) <= tol * max(1.0, logdet.abs().max().item())
+    assert max_abs(x_back, x) <= (1e-10 if dtype == torch.float64 else 1e-5)
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 2e-5), (torch.float64, 1e-11)])
