@@ -47,6 +47,7 @@ from torch.utils.flop_counter import flop_registry, shape_wrapper
 
 import glowflow
 from glowflow import Glow
+from glowflow.cli.score import positive_int
 from glowflow.training.optim import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -111,8 +112,8 @@ def main() -> None:
     parser.add_argument("--config", choices=("S", "M"), default="S")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--batch", type=int, default=None, help="images a step / call and samples drawn (default: the "
-                        "config's batch; 16 samples)")  # fmt: skip
+    batch_help = "images a step / call and samples drawn (default: the config's batch; 16 samples)"
+    parser.add_argument("--batch", type=positive_int, default=None, help=batch_help)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--optimizer", choices=("packed", "fused", "plain"), default="packed")
     parser.add_argument("--profile", action="store_true", help="the profile splits of training, evaluation, sampling")

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -357,6 +358,16 @@ def test_compile_bad_arguments_exit_2_naming_the_flag(argv, capsys):
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and argv[0] in errors[0]
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "x"])
+def test_profile_step_refuses_a_batch_that_is_not_a_positive_integer(monkeypatch, capsys, value):
+    monkeypatch.setattr(sys, "argv", ["profile_step.py", "--batch", value])
+    with pytest.raises(SystemExit) as exit_info:
+        profile_step.main()
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--batch" in errors[0]
 
 
 def test_profile_step_times_every_operation_at_the_dispatcher():
