@@ -4,6 +4,7 @@
     python benchmarks/profile_step.py --config M --profile   # plus the profile splits: train, eval, sample
     python benchmarks/profile_step.py --threads 1 --clock cpu # on a busy machine: process CPU time, one thread
     python benchmarks/profile_step.py --batch 256            # batches (and samples) of 256, as glowflow score's
+    python benchmarks/profile_step.py --config M --precision bf16   # bf16 conditioners (Glow(precision="bf16"))
     PYTHONPATH=/path/to/other/checkout python benchmarks/profile_step.py   # the same for another version
 
 Configs as in bench.py: S = 3x32x32, L=3, K=8, width 128, batch 16; M = 1x32x32, L=2, K=16, width 256, batch 32;
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--batch", type=positive_int, default=None, help=batch_help)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--optimizer", choices=("packed", "fused", "plain"), default="packed")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the conditioners' precision")
     parser.add_argument("--profile", action="store_true", help="the profile splits of training, evaluation, sampling")
     args = parser.parse_args()
     if args.threads:
@@ -123,7 +125,7 @@ def main() -> None:
     cfg = CONFIGS[args.config] if args.batch is None else replace(CONFIGS[args.config], batch=args.batch)
     n_samples = 16 if args.batch is None else args.batch
     torch.manual_seed(0)
-    model = Glow(cfg.shape, levels=cfg.levels, steps=cfg.steps, hidden=cfg.hidden)
+    model = Glow(cfg.shape, levels=cfg.levels, steps=cfg.steps, hidden=cfg.hidden, precision=args.precision)
     if args.optimizer == "packed":
         opt = make_optimizer("adam", model.parameters(), lr=1e-4)
     else:
@@ -149,7 +151,7 @@ def main() -> None:
 
     where = glowflow.__file__.rsplit("/glowflow/", 1)[0]
     print(f"glowflow from {where}; config {args.config} ({cfg.describe()}); {torch.get_num_threads()} threads; "
-          f"optimiser {args.optimizer}; {args.clock} clock")  # fmt: skip
+          f"optimiser {args.optimizer}; {args.precision}; {args.clock} clock")  # fmt: skip
     medians = {}
     for name, fn, n in (
         ("train step", train_step, cfg.batch),

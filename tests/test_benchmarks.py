@@ -370,6 +370,14 @@ def test_profile_step_refuses_a_batch_that_is_not_a_positive_integer(monkeypatch
     assert len(errors) == 1 and "--batch" in errors[0]
 
 
+def test_profile_step_refuses_a_precision_it_does_not_have(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["profile_step.py", "--precision", "fp16"])
+    with pytest.raises(SystemExit) as exit_info:
+        profile_step.main()
+    assert exit_info.value.code == 2
+    assert "--precision" in capsys.readouterr().err
+
+
 def test_profile_step_times_every_operation_at_the_dispatcher():
     a, b = torch.randn(64, 32), torch.randn(32, 16)
     with bench.OpTimes() as timer:

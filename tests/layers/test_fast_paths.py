@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import glowflow.layers.fused as fused_module
 from glowflow.export import FrozenMatrix
 from glowflow.layers import FlowSequence
 from glowflow.layers.fused import (
     _fold_rows,
     _relu_backward_,
     channel_sum,
+    conv1x1_weight_gradient,
     conv_relu,
     conv_same,
     conv_same_backward,
@@ -619,6 +622,64 @@ def test_rows_product_in_row_blocks_per_thread_is_a_transposed_times_b(threads, 
     tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype]
     assert max_abs(got, expected) < tol * expected.abs().max()
     assert got.is_contiguous() == (q >= p)
+
+
+@pytest.mark.parametrize(("n", "p", "q"), [(8192, 256, 36), (4097, 18, 256), (300, 1, 7), (5, 9, 40)])
+def test_conv1x1_weight_gradient_is_a_transposed_times_b(n, p, q):
+    """oneDNN's 1x1-convolution weight gradient of the rows viewed as (1, C, N, 1) images is ``a^T b``."""
+    torch.manual_seed(0)
+    a, b = torch.randn(n, p), torch.randn(n, q)
+    got = conv1x1_weight_gradient(a, b)
+    expected = a.double().t() @ b.double()
+    assert got.shape == (p, q) and got.dtype == torch.float32 and got.is_contiguous()
+    assert max_abs(got, expected) < 1e-5 * expected.abs().max()
+
+
+@pytest.mark.parametrize(("intel", "block", "dtype", "n", "taken"), [
+    (False, 16, torch.float32, 8192, True),  # Zen 5's case
+    (False, 16, torch.float32, 256, False),  # below ONEDNN_WEIGHT_GRADIENT_MACS
+    (True, 16, torch.float32, 8192, False),  # MKL's tuned paths on an Intel CPU
+    (False, 8, torch.float32, 8192, False),  # AVX2 only: not measured, MKL's product stays
+    (False, 16, torch.float64, 8192, False),
+])  # fmt: skip
+def test_rows_product_takes_the_onednn_weight_gradient_where_its_rule_says(intel, block, dtype, n, taken, monkeypatch):
+    monkeypatch.setattr(fused_module, "_mkl_gemv_is_fast", lambda: intel)
+    monkeypatch.setattr(fused_module, "CPU_OUTPUT_CHANNEL_BLOCK", block)
+    torch.manual_seed(0)
+    a, b = torch.randn(n, 128, dtype=dtype), torch.randn(n, 128, dtype=dtype)
+    with _Ops() as ops:
+        got = rows_product(a, b)
+    assert ("aten.convolution_backward" in ops.names) == (taken and torch.backends.mkldnn.is_available())
+    expected = a.double().t() @ b.double()
+    assert max_abs(got, expected) < 1e-5 * expected.abs().max()
+
+
+@pytest.mark.parametrize("coupling", ["affine", "additive"])
+def test_a_level_of_fused_steps_has_the_same_float32_gradients_with_the_onednn_weight_gradient(coupling, monkeypatch):
+    """The fused steps' backward with every weight-gradient product taken by :func:`conv1x1_weight_gradient` (the
+    rule forced on, any CPU) against MKL's products: the same gradients up to float32 rounding."""
+    product = fused_module.conv1x1_weight_gradient
+    fused, _ = make_steps(2, coupling, torch.float32, channels=8, hidden=32)
+    w = glow_step_weights(list(fused), inverse=False)
+    x = torch.randn(4, 8, 8, 8).contiguous(memory_format=CL)
+    inputs = [t.detach().clone().requires_grad_() for t in (x, w.mix, w.mix_bias, *w.net.tensors())]
+
+    def grads() -> tuple[Tensor, ...]:
+        weights = type(w)(inputs[1], inputs[2], w.mix_logdet.detach(), type(w.net)(*inputs[3:]))
+        y, ld = glow_steps(inputs[0], weights, affine=coupling == "affine")
+        return torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() + ld.sum(), inputs)
+
+    monkeypatch.setattr(fused_module, "ONEDNN_WEIGHT_GRADIENT_MACS", 2**63)
+    plain = grads()
+    monkeypatch.setattr(fused_module, "ONEDNN_WEIGHT_GRADIENT_MACS", 0)
+    monkeypatch.setattr(fused_module, "_mkl_gemv_is_fast", lambda: False)
+    monkeypatch.setattr(fused_module, "CPU_OUTPUT_CHANNEL_BLOCK", 16)
+    calls = []
+    monkeypatch.setattr(fused_module, "conv1x1_weight_gradient", lambda a, b: calls.append(1) or product(a, b))
+    onednn = grads()
+    assert len(calls) >= 4 or not torch.backends.mkldnn.is_available()  # each step's 1x1 and output convolution
+    for got, want in zip(onednn, plain, strict=True):
+        assert max_abs(got, want) < 1e-5 * want.abs().max()
 
 
 @pytest.mark.parametrize(("c_in", "c_out"), [(3, 16), (16, 5)])  # im2col, col2im
