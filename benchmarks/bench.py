@@ -7,6 +7,7 @@ host synchronisations, and glowflow's own scaling.
     python benchmarks/bench.py --threads 1 --clock cpu   # a busy machine: one thread, timed by process CPU time
     python benchmarks/bench.py --full --json results.json   # adds config P (the paper's CIFAR-10 model) on CPU
     python benchmarks/bench.py --quick               # tiny settings: exercises every code path in about a minute
+    python benchmarks/bench.py --timing-allocator default   # speed under glibc's default allocator, as users run
 
 normflows comes with ``pip install -e '.[bench]'``; without it the normflows columns are skipped. The ports are
 never part of glowflow: ``--peers DIR`` imports unmodified checkouts from ``DIR`` (see ``_peers.py``).
@@ -18,7 +19,8 @@ How it measures (see benchmarks/README.md for the definitions):
   heap instead of being unmapped and re-faulted on every no-grad pass), memory workers ``MEMORY_TUNABLES``
   (buffers >= 64 KiB are mmapped and returned on free, so resident memory follows live memory) and, in a second
   process per case, glibc's default settings (what users run).
-  A ``GLIBC_TUNABLES`` already set in the environment is kept for the timing workers.
+  A ``GLIBC_TUNABLES`` already set in the environment is kept for the timing workers; ``--timing-allocator
+  default`` times them under glibc's default settings instead, as users run.
 * Timing: inside one worker the contenders (glowflow, normflows, the ports, glowflow bf16) are built side by side,
   initialised (ActNorm) on a separate batch, warmed up, and then measured in interleaved rounds (order reversed
   every round), one fresh batch per round shared by all contenders; the tables give medians over rounds.
@@ -917,6 +919,13 @@ def main(argv: list[str] | None = None) -> dict:
         help="directory with checkouts of the original ports (glow-pytorch = rosinality, Glow-PyTorch = y0ast), "
         "benchmarked beside glowflow and normflows; see benchmarks/_peers.py",
     )
+    parser.add_argument(
+        "--timing-allocator",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="glibc allocator settings of the timing cases: tuned (TIMING_TUNABLES, or GLIBC_TUNABLES when set) or "
+        "default (glibc's own, what users run: large buffers unmapped and paged in again between passes)",
+    )
     parser.add_argument("--in-process", action="store_true", help="run the cases in this process (tests only)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -949,6 +958,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--peers {args.peers}: no checkout of {', '.join(d for d, _ in PEERS.values())} there")
     libs = ["glowflow"] + (["normflows"] if with_nf else []) + peers
     timing_tunables = os.environ.get("GLIBC_TUNABLES") or TIMING_TUNABLES
+    if args.timing_allocator == "default":
+        timing_tunables = None
     plot_path = args.plot if args.plot is not None else (None if args.quick else HERE / "scaling.png")
 
     threads_before = torch.get_num_threads()
@@ -1161,7 +1172,8 @@ def report(results: dict, configs_table: dict[str, Config]) -> str:
         + f"{'yes' if env['avx512_bf16'] else 'no'}); torch {env['torch']}, {env['threads']} threads "
         + f"(torch.get_num_threads()); python {env['python']}; glowflow at {env['git']}"
     )
-    out.append(f"GLIBC_TUNABLES timing cases: {env['timing_tunables']}")
+    timing = env["timing_tunables"] or "unset (glibc's default allocator)"
+    out.append(f"GLIBC_TUNABLES timing cases: {timing}")
     out.append(
         f'GLIBC_TUNABLES memory cases: {env["memory_tunables"]} ("precise" rows), and unset (glibc\'s default '
         'allocator, "default allocator" rows)'

@@ -119,6 +119,26 @@ def test_bench_quick_all_sections(tmp_path, capsys):
     assert results["env"]["threads"] == 1
 
 
+@pytest.mark.parametrize(("flag", "expected"), [([], bench.TIMING_TUNABLES), (["--timing-allocator", "default"], None)])
+def test_bench_timing_cases_run_under_the_chosen_allocator_settings(flag, expected, monkeypatch, capsys):
+    """``--timing-allocator default`` runs the timing cases under glibc's own settings (no ``GLIBC_TUNABLES``), as
+    users run; by default they get ``TIMING_TUNABLES``; the report's header says which."""
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    seen = []
+    real = bench.run_worker
+
+    def recording(spec, tunables, in_process):
+        seen.append((spec["kind"], tunables))
+        return real(spec, tunables, in_process)
+
+    monkeypatch.setattr(bench, "run_worker", recording)
+    argv = ["--quick", "--in-process", "--threads", "1", "--configs", "S", "--sections", "compare", "--no-normflows"]
+    results = bench.main([*argv, *flag])
+    assert seen == [("compare", expected)] and results["env"]["timing_tunables"] == expected
+    header = next(line for line in capsys.readouterr().out.splitlines() if "GLIBC_TUNABLES timing" in line)
+    assert header.endswith(expected or "unset (glibc's default allocator)")
+
+
 def test_bench_memory_case_in_fresh_process():
     """The default path: one case in a fresh process under the memory allocator settings."""
     cfg = bench.QUICK_CONFIGS["S"]
