@@ -529,11 +529,11 @@ def rows_product(a: Tensor, b: Tensor) -> Tensor:
     positions of outer products), -> (P, Q). Where :func:`_onednn_weight_gradient` says (float32, a non-Intel CPU with
     AVX-512, a large enough product) oneDNN's :func:`conv1x1_weight_gradient`: on an AMD EPYC (Zen 5) config M's
     float32 training step 0.857x the time, S's 0.968x (paired medians of in-process A/Bs, 10-12 rounds), where MKL's
-    products had run at 200 GFLOP/s against oneDNN's 450-510. Otherwise, for a narrower ``b``, ``(b^T a)^T`` (a
-    transposed view):
-    MKL's product with the few columns as its rows ran 1.6-2x faster on an Intel Xeon with AMX (8192 rows, 256 @ 36:
-    600 against 961 us; 256 @ 18: 434 against 874 us, hot), config M's float32 training 0.96-0.97x the time; equal
-    on Zen 4 (cold).
+    products had run at 200 GFLOP/s against oneDNN's 450-510.
+
+    Otherwise, for a narrower ``b``, ``(b^T a)^T`` (a transposed view): MKL's product with the few columns as its rows
+    ran 1.6-2x faster on an Intel Xeon with AMX (8192 rows, 256 @ 36: 600 against 961 us; 256 @ 18: 434 against
+    874 us, hot), config M's float32 training 0.96-0.97x the time; equal on Zen 4 (cold).
 
     On a CPU with T > 1 threads and at least 2048 rows per thread, the rows are cut into T blocks, their T products
     computed as one batched product (a block per thread, no output shared between threads) and summed: on an AMD
