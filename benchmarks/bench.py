@@ -20,7 +20,9 @@ How it measures (see benchmarks/README.md for the definitions):
   (buffers >= 64 KiB are mmapped and returned on free, so resident memory follows live memory) and, in a second
   process per case, glibc's default settings (what users run).
   A ``GLIBC_TUNABLES`` already set in the environment is kept for the timing workers; ``--timing-allocator
-  default`` times them under glibc's default settings instead, as users run.
+  default`` times them under glibc's default settings instead, as users run, with the evaluation and sampling in
+  a worker of their own that runs no training step first (a training step's large buffers raise glibc's dynamic
+  mmap threshold, which a process that only scores or samples never sees).
 * Timing: inside one worker the contenders (glowflow, normflows, the ports, glowflow bf16) are built side by side,
   initialised (ActNorm) on a separate batch, warmed up, and then measured in interleaved rounds (order reversed
   every round), one fresh batch per round shared by all contenders; the tables give medians over rounds.
@@ -73,6 +75,8 @@ from _peers import PEER_MISMATCHES, PEERS, build_peer_glow, peer_commit  # noqa:
 
 from glowflow import Glow  # noqa: E402
 
+COMPARE_PASSES = ("train", "eval", "sample")
+"""The passes a compare worker times, in this order (its ``passes`` spec key picks among them)."""
 TIMING_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967295"
 MEMORY_TUNABLES = "glibc.malloc.mmap_threshold=65536:glibc.malloc.trim_threshold=0"
 DEFAULT_MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
@@ -497,7 +501,11 @@ def timing_summary(times: list[float], per_call_items: int) -> dict:
 
 
 def worker_compare(spec: dict) -> dict:
-    """Config ``spec['config']``: training / evaluation / sampling speed of every contender, FLOPs, matmul rate."""
+    """Config ``spec['config']``: training / evaluation / sampling speed of every contender, FLOPs, matmul rate.
+    ``spec['passes']`` (default all three) picks among ``train`` (with the FLOPs, the host syncs and the matmul
+    reference), ``eval`` and ``sample``: an inference-only worker runs no training step at all, so glibc's
+    allocator meets the inference passes as in a process that only scores or samples."""
+    passes = spec.get("passes", COMPARE_PASSES)
     cfg = Config(**{**spec["config"], "shape": tuple(spec["config"]["shape"])})
     st = Settings(**spec["settings"])
     device = spec["device"]
@@ -516,6 +524,28 @@ def worker_compare(spec: dict) -> dict:
     for c in contenders:
         out["contenders"][c.name] = {"lib": c.lib, "params": c.params}
 
+    if "train" in passes:
+        compare_training(contenders, batches, st, device, spec.get("clock", "wall"), out)
+
+    fp32 = [c for c in contenders if c.name in LIBS]
+    for c in fp32:
+        c.model.load_state_dict(initial[c.name])
+        c.model.eval()
+    if "eval" in passes:
+        compare_evaluation(fp32, batches, st, device, spec.get("clock", "wall"), out)
+    if "sample" in passes:
+        compare_sampling(fp32, st, device, spec.get("clock", "wall"), out)
+
+    # sanity: both objectives are bits/dim of the same data (untrained models: close to each other, not equal)
+    with torch.no_grad():
+        k = batches.next()
+        for c in contenders:
+            out["contenders"][c.name]["bpd_check"] = float(c.objective(k).mean())
+    return out
+
+
+def compare_training(contenders: list[Contender], batches: Batches, st: Settings, device: str, clock: str, out: dict):
+    """FLOPs and host syncs of a training step, then the steps timed with the float32 matmul reference: into ``out``."""
     # FLOPs of one forward + backward (before timing: FlopCounterMode must not overlap the timed steps)
     flop_batch = batches.next()
     for c in contenders:
@@ -525,21 +555,19 @@ def worker_compare(spec: dict) -> dict:
     # training: forward + backward + optimiser step, plus the float32 matmul reference in the same rounds
     fns: dict[str, Callable[[object], object]] = {c.name: c.train_step for c in contenders}
     fns["matmul"] = matmul_fn(st.matmul_n, device)
-    times = interleaved(fns, batches.next, st.warmup, st.rounds, device, spec.get("clock", "wall"))
+    times = interleaved(fns, batches.next, st.warmup, st.rounds, device, clock)
     mm = timing_summary(times.pop("matmul"), 2 * st.matmul_n**3)
     out["matmul"] = {"n": st.matmul_n, "gflops": mm["items_per_s"] / 1e9, **mm}
     for c in contenders:
-        r = timing_summary(times[c.name], cfg.batch)
+        r = timing_summary(times[c.name], c.cfg.batch)
         flops = out["contenders"][c.name]["train_flops"]
         r["gflops"] = flops / r["median_s"] / 1e9
         r["fraction_of_matmul"] = r["gflops"] / out["matmul"]["gflops"]
         out["contenders"][c.name]["train"] = r
 
-    # evaluation: log-density without autograd, on the same dequantized batch for every contender
-    fp32 = [c for c in contenders if c.name in LIBS]
-    for c in fp32:
-        c.model.load_state_dict(initial[c.name])
-        c.model.eval()
+
+def compare_evaluation(fp32: list[Contender], batches: Batches, st: Settings, device: str, clock: str, out: dict):
+    """The evaluation pass timed (log-density without autograd, the same dequantized batch for every contender)."""
 
     def eval_fn(c: Contender) -> Callable[[object], object]:
         def run(x: object) -> None:
@@ -551,13 +579,14 @@ def worker_compare(spec: dict) -> dict:
     def make_x() -> torch.Tensor:
         return dequantize(batches.next())
 
-    times = interleaved(
-        {c.name: eval_fn(c) for c in fp32}, make_x, st.warmup, st.eval_rounds, device, spec.get("clock", "wall")
-    )
+    times = interleaved({c.name: eval_fn(c) for c in fp32}, make_x, st.warmup, st.eval_rounds, device, clock)
     for c in fp32:
-        out["contenders"][c.name]["eval"] = timing_summary(times[c.name], cfg.batch)
+        out["contenders"][c.name]["eval"] = timing_summary(times[c.name], c.cfg.batch)
 
-    # sampling: latency of SAMPLE_N samples at temperature TEMPERATURE
+
+def compare_sampling(fp32: list[Contender], st: Settings, device: str, clock: str, out: dict):
+    """The latency of SAMPLE_N samples at temperature TEMPERATURE."""
+
     def sample_fn(c: Contender) -> Callable[[object], object]:
         def run(_: object) -> None:
             with torch.no_grad():
@@ -565,23 +594,9 @@ def worker_compare(spec: dict) -> dict:
 
         return run
 
-    times = interleaved(
-        {c.name: sample_fn(c) for c in fp32},
-        lambda: None,
-        st.warmup,
-        st.sample_rounds,
-        device,
-        spec.get("clock", "wall"),
-    )
+    times = interleaved({c.name: sample_fn(c) for c in fp32}, lambda: None, st.warmup, st.sample_rounds, device, clock)
     for c in fp32:
         out["contenders"][c.name]["sample"] = timing_summary(times[c.name], SAMPLE_N)
-
-    # sanity: both objectives are bits/dim of the same data (untrained models: close to each other, not equal)
-    with torch.no_grad():
-        k = batches.next()
-        for c in contenders:
-            out["contenders"][c.name]["bpd_check"] = float(c.objective(k).mean())
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -984,7 +999,14 @@ def main(argv: list[str] | None = None) -> dict:
         if "compare" in sections:
             log(f"[{time.time() - t_start:6.0f}s] compare {n}: {cfg.describe()}")
             spec = {**common, "kind": "compare", "config": asdict(cfg), "libs": libs, "bf16": True}
-            res["compare"] = run_worker(spec, timing_tunables, args.in_process)
+            if timing_tunables is None:  # as users run: scoring and sampling in a process that trains nothing
+                inference = run_worker({**spec, "passes": ["eval", "sample"]}, None, args.in_process)
+                res["compare"] = run_worker({**spec, "passes": ["train"]}, None, args.in_process)
+                for name, c in inference["contenders"].items():
+                    res["compare"]["contenders"][name].update({k: c[k] for k in ("eval", "sample") if k in c})
+                res["compare"]["inference_process"] = "own"
+            else:
+                res["compare"] = run_worker(spec, timing_tunables, args.in_process)
         if "memory" in sections:
             # "memory": allocator settings under which RSS follows live memory (the split into phases is exact);
             # "memory_default": glibc's default settings, what users run (CPU only)
@@ -1172,7 +1194,10 @@ def report(results: dict, configs_table: dict[str, Config]) -> str:
         + f"{'yes' if env['avx512_bf16'] else 'no'}); torch {env['torch']}, {env['threads']} threads "
         + f"(torch.get_num_threads()); python {env['python']}; glowflow at {env['git']}"
     )
-    timing = env["timing_tunables"] or "unset (glibc's default allocator)"
+    timing = env["timing_tunables"] or (
+        "unset (glibc's default allocator; evaluation and sampling timed in a fresh process that trains nothing, as "
+        "a scoring or sampling run is)"
+    )
     out.append(f"GLIBC_TUNABLES timing cases: {timing}")
     out.append(
         f'GLIBC_TUNABLES memory cases: {env["memory_tunables"]} ("precise" rows), and unset (glibc\'s default '

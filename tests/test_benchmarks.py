@@ -128,15 +128,22 @@ def test_bench_timing_cases_run_under_the_chosen_allocator_settings(flag, expect
     real = bench.run_worker
 
     def recording(spec, tunables, in_process):
-        seen.append((spec["kind"], tunables))
+        seen.append((spec, tunables))
         return real(spec, tunables, in_process)
 
     monkeypatch.setattr(bench, "run_worker", recording)
     argv = ["--quick", "--in-process", "--threads", "1", "--configs", "S", "--sections", "compare", "--no-normflows"]
     results = bench.main([*argv, *flag])
-    assert seen == [("compare", expected)] and results["env"]["timing_tunables"] == expected
+    assert [t for _, t in seen] == [expected] * len(seen) and results["env"]["timing_tunables"] == expected
     header = next(line for line in capsys.readouterr().out.splitlines() if "GLIBC_TUNABLES timing" in line)
-    assert header.endswith(expected or "unset (glibc's default allocator)")
+    assert (expected or "unset (glibc's default allocator; evaluation and sampling timed in a fresh process") in header
+    # under glibc's defaults the inference passes run first, in a worker that trains nothing
+    assert [s.get("passes") for s, _ in seen] == ([None] if expected else [["eval", "sample"], ["train"]])
+    compare = results["configs"]["S"]["compare"]
+    passes = {"train", "eval", "sample"}
+    for name, c in compare["contenders"].items():  # glowflow-bf16 is timed in training only
+        assert passes & set(c) == (passes if name in bench.LIBS else {"train"})
+        assert all(c[p]["median_s"] > 0 for p in passes & set(c))
 
 
 def test_bench_memory_case_in_fresh_process():
