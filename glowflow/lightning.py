@@ -36,7 +36,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from glowflow import viz
 from glowflow.layers.dequantization import to_uint8
 from glowflow.models import MODELS, FlowModel, Glow, TabularGlow, build_model
-from glowflow.training.optim import make_optimizer, warmup_factor
+from glowflow.training.optim import LR_SCHEDULES, make_optimizer, schedule_factor
 
 
 def _unpack(batch: Any) -> tuple[Tensor, Tensor | None]:
@@ -55,6 +55,8 @@ class GlowflowModule(pl.LightningModule):
             ``model_config``, which is how :meth:`load_from_checkpoint` rebuilds it).
         lr: learning rate after the warm-up.
         warmup: optimiser steps of linear learning-rate warm-up (0: none).
+        lr_schedule: the learning rate after warm-up, ``"constant"`` or ``"cosine"`` (annealed along a half cosine
+            over the trainer's ``estimated_stepping_batches``; :data:`glowflow.training.optim.LR_SCHEDULES`).
         optimizer: ``"adam"`` or ``"adamax"``.
         val_samples: dequantization noise draws averaged per validation image (Glow).
         init_batch: optional data (``x`` or ``(x, y)``) for ActNorm's data-dependent initialisation, e.g. a
@@ -72,6 +74,7 @@ class GlowflowModule(pl.LightningModule):
         optimizer: str = "adam",
         val_samples: int = 1,
         init_batch: Any = None,
+        lr_schedule: str = "constant",
         *,
         model_class: str | None = None,
         model_config: dict[str, Any] | None = None,
@@ -87,12 +90,15 @@ class GlowflowModule(pl.LightningModule):
             raise ValueError(f"optimizer must be 'adam' or 'adamax', got {optimizer!r}")
         if not lr > 0 or warmup < 0 or val_samples < 1:
             raise ValueError("lr must be > 0, warmup >= 0 and val_samples >= 1")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
         self.model = model
         self.init_batch = init_batch
         self.save_hyperparameters(
             {
                 "lr": lr,
                 "warmup": warmup,
+                "lr_schedule": lr_schedule,
                 "optimizer": optimizer,
                 "val_samples": val_samples,
                 "model_class": type(model).__name__,
@@ -135,8 +141,14 @@ class GlowflowModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = make_optimizer(self.hparams.optimizer, self.model.parameters(), self.hparams.lr)
-        warmup = self.hparams.warmup
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_factor(e, warmup))
+        warmup, schedule = self.hparams.warmup, self.hparams.get("lr_schedule", "constant")
+        iters = None
+        if schedule != "constant":
+            total = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total):
+                raise ValueError(f"lr_schedule={schedule!r} needs a run of known length: set max_steps or max_epochs")
+            iters = int(total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: schedule_factor(e, warmup, schedule, iters))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     @torch.no_grad()

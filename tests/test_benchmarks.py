@@ -20,6 +20,7 @@ from glowflow import Glow
 from glowflow.layers.conditioners import ZeroConv2d
 from glowflow.layers.dequantization import bits_per_dim, to_continuous
 from glowflow.layers.priors import Split
+from glowflow.training import TrainConfig
 from glowflow.training.optim import PackedAdam
 from tests.helpers import load_script
 
@@ -395,6 +396,18 @@ def test_profile_step_refuses_a_batch_that_is_not_a_positive_integer(monkeypatch
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "--batch" in errors[0]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_precision_mnist5k_runs_take_the_chosen_learning_rate_schedule(tmp_path, schedule):
+    import argparse
+
+    args = argparse.Namespace(mnist5k_dir=tmp_path, mnist5k_iters=1000, mnist5k_lr_schedule=schedule, threads=1,
+                              quick=False, runs=["digits", "mnist5k"])  # fmt: skip
+    configs = precision.run_configs(args)
+    assert configs["mnist5k"]["lr_schedule"] == schedule and configs["mnist5k"]["iters"] == 1000
+    assert "lr_schedule" not in configs["digits"]  # the digits preset as it is
+    TrainConfig(**configs["mnist5k"])  # every key a training setting, every value valid
 
 
 def test_profile_step_refuses_a_precision_it_does_not_have(monkeypatch, capsys):

@@ -70,6 +70,29 @@ def test_module_rejects_bad_arguments():
         GlowflowModule()
     with pytest.raises(ValueError, match="optimizer must be"):
         GlowflowModule(TabularGlow(2, steps=1, hidden=4), optimizer="sgd")
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
+        GlowflowModule(TabularGlow(2, steps=1, hidden=4), lr_schedule="linear")
+
+
+def test_cosine_schedule_anneals_over_the_trainers_steps():
+    """``lr_schedule="cosine"``: the rate of each step follows ``schedule_factor`` over ``max_steps``; a run of
+    unknown length is refused."""
+    from glowflow.training.optim import schedule_factor
+
+    data = load_dataset("moons").data
+    module = GlowflowModule(TabularGlow(2, steps=1, hidden=8), lr=1e-2, warmup=2, lr_schedule="cosine")
+    rates = []
+
+    class Rates(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    _trainer(max_steps=6, limit_val_batches=0, callbacks=[Rates()]).fit(module, DataLoader(TensorDataset(data), 64))
+    assert rates == pytest.approx([1e-2 * schedule_factor(e, 2, "cosine", 6) for e in range(6)])
+    assert rates[1] == pytest.approx(1e-2) and rates[-1] < 0.1 * 1e-2
+    unbounded = _trainer(max_steps=-1, max_epochs=-1, limit_val_batches=0)
+    with pytest.raises(ValueError, match="needs a run of known length"):
+        unbounded.fit(GlowflowModule(TabularGlow(2, steps=1, hidden=8), lr_schedule="cosine"), DataLoader(data, 64))
 
 
 def test_core_package_does_not_import_lightning():

@@ -33,6 +33,7 @@ from glowflow.layers.coupling import COUPLINGS, MASKS, PRECISIONS
 from glowflow.layers.dequantization import DEQUANTIZERS
 from glowflow.layers.memory import MEMORY_MODES
 from glowflow.layers.permutations import PERMUTATIONS
+from glowflow.training.optim import LR_SCHEDULES
 
 OPTIMIZERS = ("adam", "adamax")
 
@@ -138,6 +139,8 @@ class TrainConfig:
     batch_size: int = _f(64, "examples per step, over all processes", "optimisation")
     lr: float = _f(2e-3, "learning rate after warm-up", "optimisation")
     warmup: int = _f(100, "steps of linear learning-rate warm-up (0: none)", "optimisation")
+    lr_schedule: str = _f("constant", "learning rate after warm-up: constant, or cosine (annealed along a half cosine "
+                          "towards 0 at --iters)", "optimisation", choices=LR_SCHEDULES)  # fmt: skip
     optimizer: str = _f("adam", "optimiser", "optimisation", choices=OPTIMIZERS)
     grad_clip: float | None = _f(50.0, "clip the gradient norm to this (none: no clipping)", "optimisation")
     init_batch_size: int = _f(512, "examples in the dedicated first batch that initialises ActNorm", "optimisation")

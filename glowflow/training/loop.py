@@ -218,7 +218,7 @@ def _train(
     # 5. optimiser with linear warm-up, fault guard, run state, outputs
     opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     metric = metric_for(data.is_image)
-    run = Run(cfg, ctx, data, model, opt, LearningRate(opt, cfg.warmup),
+    run = Run(cfg, ctx, data, model, opt, LearningRate(opt, cfg.warmup, schedule=cfg.lr_schedule, iters=cfg.iters),
               FaultGuard(cfg.max_faults, cfg.max_rollbacks, cfg.rollback_lr_factor), batches, RunState(),
               RunOutputs(run_dir, cfg, ctx, metric), metric)  # fmt: skip
 

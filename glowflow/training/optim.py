@@ -1,11 +1,13 @@
 """The optimiser and the learning-rate rule of a training run (also used by the Lightning module).
 
-The learning rate of optimiser step ``t`` (1-based) is ``lr * warmup_factor(t - 1, warmup) * lr_scale``: a linear
-warm-up over the first ``warmup`` steps, times the product of the fault guard's rollback factors.
+The learning rate of optimiser step ``t`` (1-based) is ``lr * schedule_factor(t - 1, warmup, schedule, iters) *
+lr_scale``: a linear warm-up over the first ``warmup`` steps, then constant or annealed along a half cosine
+(:data:`LR_SCHEDULES`), times the product of the fault guard's rollback factors.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -25,24 +27,57 @@ def make_optimizer(name: str, params: Iterable[Tensor], lr: float) -> torch.opti
     raise ValueError(f"unknown optimizer {name!r}; expected adam or adamax")
 
 
+LR_SCHEDULES = ("constant", "cosine")
+"""The learning rate after warm-up: ``constant``, or ``cosine``: ``lr * (1 + cos(pi * p)) / 2`` at step ``t`` with
+``p = (t - warmup) / (iters - warmup + 1)``, from ``lr`` at the end of warm-up down to a small positive rate at the
+last step ``iters`` (no step is taken at a rate of zero)."""
+
+
 def warmup_factor(epoch: int, warmup: int) -> float:
     """Linear warm-up: the learning rate of step ``epoch + 1`` is ``lr * min(1, (epoch + 1) / warmup)``."""
     return 1.0 if warmup <= 0 else min(1.0, (epoch + 1) / warmup)
 
 
+def schedule_factor(epoch: int, warmup: int, schedule: str = "constant", iters: int | None = None) -> float:
+    """The learning rate of step ``epoch + 1`` over ``lr``: :func:`warmup_factor`, then :data:`LR_SCHEDULES`'
+    ``schedule`` over a run of ``iters`` steps (needed for ``cosine``, whose steps past ``iters`` keep the last
+    step's rate)."""
+    if schedule == "constant":
+        return warmup_factor(epoch, warmup)
+    if schedule != "cosine":
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
+    if iters is None or iters < 1:
+        raise ValueError(f"the cosine learning-rate schedule needs the run's length in steps (iters={iters!r})")
+    step = min(epoch + 1, iters)
+    warm = min(max(warmup, 0), iters - 1)
+    progress = max(step - warm, 0) / (iters - warm + 1)
+    return warmup_factor(step - 1, warmup) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class LearningRate:
-    """The run's learning-rate rule over an optimiser: ``lr * warmup_factor(epoch, warmup) * scale``.
+    """The run's learning-rate rule over an optimiser: ``lr * schedule_factor(epoch, warmup, schedule, iters) *
+    scale``.
 
     ``step()`` advances to the next optimiser step; ``scale`` (the fault guard's rollback factor) can change at any
-    time and takes effect at once. ``state_dict`` is that of the ``LambdaLR`` scheduler it drives."""
+    time and takes effect at once. ``state_dict`` is that of the ``LambdaLR`` scheduler it drives: the step count,
+    not the schedule, which comes from the run's configuration (a run resumed with another ``iters`` re-plans the
+    rest of a cosine schedule over the new length)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup: int, scale: float = 1.0) -> None:
-        self.warmup = warmup
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup: int,
+        scale: float = 1.0,
+        schedule: str = "constant",
+        iters: int | None = None,
+    ) -> None:
+        schedule_factor(0, warmup, schedule, iters)  # a bad schedule fails here, not at the first step
+        self.warmup, self.schedule, self.iters = warmup, schedule, iters
         self.scale = scale
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: self.factor(epoch))
 
     def factor(self, epoch: int) -> float:
-        return warmup_factor(epoch, self.warmup) * self.scale
+        return schedule_factor(epoch, self.warmup, self.schedule, self.iters) * self.scale
 
     def step(self) -> None:
         self.scheduler.step()

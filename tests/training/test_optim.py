@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 
 import pytest
 import torch
 
 from glowflow import Glow
-from glowflow.training.optim import PackedAdam, make_optimizer, skip_if_not_finite
+from glowflow.training.optim import (
+    LearningRate,
+    PackedAdam,
+    make_optimizer,
+    schedule_factor,
+    skip_if_not_finite,
+    warmup_factor,
+)
 
 
 @pytest.fixture
@@ -193,3 +201,44 @@ def test_loading_a_state_into_the_live_optimizer_replaces_its_packed_state(model
     train(range(5, 7))
     assert_same_training(model, opt, reference, ref_opt)
     assert all(float(s["step"]) == 5.0 for s in opt.state_dict()["state"].values())
+
+
+@pytest.mark.parametrize("warmup", [0, 3, 10])
+def test_constant_schedule_is_the_warm_up_alone(warmup):
+    assert [schedule_factor(e, warmup) for e in range(20)] == [warmup_factor(e, warmup) for e in range(20)]
+
+
+@pytest.mark.parametrize(("warmup", "iters"), [(0, 10), (3, 10), (5, 6), (12, 10), (0, 1)])
+def test_cosine_schedule_warms_up_then_anneals_towards_zero(warmup, iters):
+    """Step t's factor (epoch t - 1): the warm-up up to ``warmup``, then ``(1 + cos(pi p)) / 2`` with
+    ``p = (t - warmup) / (iters - warmup + 1)`` (warm-up clamped to iters - 1), decreasing, positive at the last
+    step and held there after it."""
+    f = [schedule_factor(e, warmup, "cosine", iters) for e in range(iters + 3)]
+    warm = min(warmup, iters - 1)
+    for t in range(1, iters + 1):
+        p = max(t - warm, 0) / (iters - warm + 1)
+        assert f[t - 1] == pytest.approx(warmup_factor(t - 1, warmup) * 0.5 * (1 + math.cos(math.pi * p)))
+    after = f[warm:iters]
+    assert all(a > b for a, b in zip(after, after[1:], strict=False)) and f[iters - 1] > 0
+    assert f[iters] == f[iters + 2] == f[iters - 1]
+
+
+def test_schedule_refusals():
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'linear'"):
+        schedule_factor(0, 0, "linear", 10)
+    with pytest.raises(ValueError, match="needs the run's length"):
+        LearningRate(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), 0, schedule="cosine")
+
+
+def test_learning_rate_follows_the_schedule_and_the_rollback_scale():
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=0.5)
+    rule = LearningRate(opt, warmup=2, schedule="cosine", iters=6)
+    seen = []
+    for _ in range(6):
+        seen.append(rule.current)
+        opt.step()
+        rule.step()
+    assert seen == pytest.approx([0.5 * schedule_factor(e, 2, "cosine", 6) for e in range(6)])
+    rule.rescale(0.5)  # a rollback halves the rate at once
+    assert rule.current == pytest.approx(0.25 * schedule_factor(6, 2, "cosine", 6))

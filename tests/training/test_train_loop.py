@@ -87,6 +87,28 @@ def test_resume_continues_exactly(tmp_path: Path):
     assert resumed.untrained == pytest.approx(full.untrained)
 
 
+def test_cosine_schedule_logs_its_rates_and_resumes_exactly_after_a_crash(tmp_path: Path):
+    """``lr_schedule="cosine"`` over ``iters``: the logged rates follow ``schedule_factor``, and a run that stopped
+    with an error after its step-4 checkpoint, resumed with the same ``iters``, ends where an uninterrupted one does."""
+    from glowflow.training.optim import schedule_factor
+
+    cfg = tiny(iters=8, lr_schedule="cosine", lr=4e-3)
+    full = train(out=str(tmp_path / "full"), **cfg)
+    rates = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if r["step"] > 0}
+    assert rates == pytest.approx({t: 4e-3 * schedule_factor(t, 2, "cosine", 8) for t in (2, 4, 6, 8)})
+
+    def crash(step, loss):
+        if step == 6:
+            raise RuntimeError("simulated crash")
+        return loss
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(out=str(tmp_path / "crashed"), loss_hook=crash, **cfg)
+    resumed = train(out=str(tmp_path / "crashed"), resume=True)
+    assert resumed.step == 8 and resumed.config.lr_schedule == "cosine"
+    assert max_diff(params(full.model), params(resumed.model)) <= 1e-6  # as in test_resume_continues_exactly
+
+
 def test_resume_toy_and_extend(tmp_path: Path):
     full = train(out=str(tmp_path / "full"), iters=8, **TINY_TOY)
     train(out=str(tmp_path / "half"), iters=4, **TINY_TOY)
