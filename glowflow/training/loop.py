@@ -215,7 +215,7 @@ def _train(
     model = model.to(device)
     torch.manual_seed(cfg.seed + 10_000 * (ctx.rank + 1))
 
-    # 5. optimiser with linear warm-up, fault guard, run state, outputs
+    # 5. optimiser with linear warm-up and the --lr-schedule, fault guard, run state, outputs
     opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     metric = metric_for(data.is_image)
     run = Run(cfg, ctx, data, model, opt, LearningRate(opt, cfg.warmup, schedule=cfg.lr_schedule, iters=cfg.iters),
