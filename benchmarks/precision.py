@@ -9,7 +9,8 @@
 Each run is ``glowflow.train`` with one seed, the same configuration apart from ``precision`` (so the same data
 order, initialisation and dequantization noise up to where the precisions' round-off makes the runs diverge), and
 the final test bits/dim as the training loop measures it. The rule of glowflow issue 14: ``--precision auto``
-(bf16 where the hardware computes it natively) becomes the default if ``|bpd_bf16 - bpd_fp32| <= 0.01`` on both.
+(bf16 where the hardware computes it natively) is the training default while ``|bpd_bf16 - bpd_fp32| <= 0.01`` on
+both (met on an AMD EPYC Zen 5: benchmarks/README.md, twentieth pass). Each run sets ``precision`` explicitly.
 
 With several ``--seeds`` the report gives each seed's pair, the mean difference over the seeds and its standard
 error, and the spread of the fp32 runs alone: how far two trajectories of one precision end apart when only the

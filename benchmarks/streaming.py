@@ -167,6 +167,7 @@ def train_rate(preset: str, steps: int, batch: int | None, threads_override: int
     from glowflow.models import Glow
     from glowflow.training.config import resolve_config
     from glowflow.training.loop import make_optimizer
+    from glowflow.training.model import model_precision
 
     cfg = resolve_config(preset=preset)
     shape, bins = PRESET_SHAPES[preset]
@@ -179,7 +180,8 @@ def train_rate(preset: str, steps: int, batch: int | None, threads_override: int
         model = Glow(
             shape, levels=cfg.levels, steps=cfg.steps, hidden=cfg.hidden, coupling=cfg.coupling,
             permutation=cfg.permutation, conditioner=cfg.conditioner, mask=cfg.mask, num_bins=bins,
-            dequantization=cfg.dequantization, precision=cfg.precision, memory=cfg.memory,
+            dequantization=cfg.dequantization, precision=model_precision(cfg.precision, True, torch.device("cpu")),
+            memory=cfg.memory,
         )  # fmt: skip
         opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
         with torch.no_grad():

@@ -127,9 +127,9 @@ class TrainConfig:
     mask: str = _f("channel", "coupling mask of the image Glow", "model", choices=MASKS)
     dequantization: str = _f("uniform", "dequantization noise of the image Glow", "model",
                              choices=DEQUANTIZERS.names)  # fmt: skip
-    precision: str = _f("fp32", "conditioner precision in training and scoring: fp32, bf16 autocast, or auto (bf16 "
-                        "where the device computes it natively, else fp32); encode / decode always run the "
-                        "conditioners in fp32, so reconstructions stay exact", "model",
+    precision: str = _f("auto", "conditioner precision in training and scoring: fp32, bf16 autocast, or auto (bf16 "
+                        "for images where the device computes it natively, else fp32); encode / decode always run "
+                        "the conditioners in fp32, so reconstructions stay exact", "model",
                         choices=("auto", *PRECISIONS))  # fmt: skip
     memory: str = _f("standard", "activation memory of the image Glow's steps in training", "model",
                      choices=MEMORY_MODES)  # fmt: skip

@@ -15,7 +15,6 @@ the same sequence of batches and noise as an uninterrupted run.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import signal
@@ -23,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -45,12 +44,12 @@ from glowflow.training.checkpoint import (
 )
 from glowflow.training.config import FIELD_NAMES, TrainConfig, check_keys, load_config_file, resolve_config
 from glowflow.training.data import InMemoryData, TrainingData, prepare_data
-from glowflow.training.devices import resolve_device, resolve_precision
+from glowflow.training.devices import resolve_device
 from glowflow.training.distributed import DistContext
 from glowflow.training.evaluate import evaluate_source
 from glowflow.training.guard import FaultGuard, TrainingError
 from glowflow.training.metrics import Metric, metric_for
-from glowflow.training.model import model_for_data
+from glowflow.training.model import model_for_data, model_precision
 from glowflow.training.optim import LearningRate, make_optimizer
 from glowflow.training.outputs import RunOutputs, check_run_dir, default_run_dir
 from glowflow.training.step import LossHook, StepWindow, train_step
@@ -210,8 +209,9 @@ def _train(
     batches = training_batches(data, cfg, ctx, device)
 
     # 4. model: identical on every process; then each process gets its own dequantization-noise stream
-    # precision 'auto': bf16 where the device computes it natively (the model records what it resolved to)
-    model = model_for_data(dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device)), data)
+    # precision 'auto': bf16 for images where the device computes it natively (the model records what it resolved to)
+    precision = model_precision(cfg.precision, data.is_image, device)
+    model = model_for_data(replace(cfg, precision=precision), data)
     model = model.to(device)
     torch.manual_seed(cfg.seed + 10_000 * (ctx.rank + 1))
 
@@ -344,7 +344,7 @@ def _start(run: Run) -> None:
     out.open(0, resumed=False)
     procs = f" x {ctx.world_size} processes" if ctx.enabled else ""
     precision = model.precision + (" (auto)" if cfg.precision == "auto" else "")
-    extras = [x for x in (precision != "fp32" and precision, cfg.compile and "compiled") if x]
+    extras = [x for x in (model.precision != "fp32" and precision, cfg.compile and "compiled") if x]
     out.say(f"data: {data.describe()}" + (f", {cfg.workers} reader processes" if cfg.workers else ""))
     if cfg.mutation_rate:
         of = f", the background model for {cfg.background_for}" if cfg.background_for else ""
