@@ -44,6 +44,8 @@ from pathlib import Path
 
 import torch
 
+from glowflow.training.optim import LR_SCHEDULES
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_MNIST5K = HERE.parent.parent / "shared" / "data" / "mnist-5k"
 TOLERANCE = 0.01
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mnist5k-dir", type=Path, default=DEFAULT_MNIST5K)
     parser.add_argument("--mnist5k-iters", type=int, default=1000)
     schedule_help = "the MNIST-5k runs' learning rate after warm-up (glowflow.train's lr_schedule)"
-    parser.add_argument("--mnist5k-lr-schedule", choices=("constant", "cosine"), default="constant", help=schedule_help)
+    parser.add_argument("--mnist5k-lr-schedule", choices=LR_SCHEDULES, default="constant", help=schedule_help)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the MNIST-5k runs (digits: preset)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each trains both precisions")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each in its own process")

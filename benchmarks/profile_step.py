@@ -49,6 +49,7 @@ from torch.utils.flop_counter import flop_registry, shape_wrapper
 import glowflow
 from glowflow import Glow
 from glowflow.cli.score import positive_int
+from glowflow.layers.coupling import PRECISIONS
 from glowflow.training.optim import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -117,7 +118,7 @@ def main() -> None:
     parser.add_argument("--batch", type=positive_int, default=None, help=batch_help)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--optimizer", choices=("packed", "fused", "plain"), default="packed")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the conditioners' precision")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="the conditioners' precision")
     parser.add_argument("--profile", action="store_true", help="the profile splits of training, evaluation, sampling")
     args = parser.parse_args()
     if args.threads:

@@ -18,7 +18,9 @@ def model_for_data(cfg: TrainConfig, data: TrainingData, device: torch.device | 
     ``"auto"`` resolves for ``device`` (default: ``cfg.device``'s) by :func:`model_precision`."""
     num_classes = data.num_classes if cfg.conditional else None
     class_names = data.class_names if cfg.conditional else None
-    precision = model_precision(cfg.precision, data.is_image, device or resolve_device(cfg.device))
+    precision = cfg.precision
+    if precision == "auto":
+        precision = model_precision(precision, data.is_image, device or resolve_device(cfg.device))
     if data.is_image:
         return Glow(
             data.shape, levels=cfg.levels, steps=cfg.steps, hidden=cfg.hidden, coupling=cfg.coupling,
