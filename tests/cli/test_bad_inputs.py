@@ -61,6 +61,7 @@ TRAIN_ROWS = [
     Row("train --device tpu --out {out}", "argument --device: must be cpu, cuda, cuda:N or auto, got 'tpu'"),
     Row("train --device cuda:x --out {out}", "argument --device: must be cpu, cuda, cuda:N or auto"),
     Row("train --coupling spline --out {out}", "argument --coupling: invalid choice: 'spline'"),
+    Row("train --lr-schedule linear --out {out}", "argument --lr-schedule: invalid choice: 'linear'"),
     Row("train --data imagenet --out {out}", "config key 'data': unknown value 'imagenet'"),
     Row("train --data moons --n-bits 5 --out {out}", "'n_bits' applies to image data only"),
     Row("train --config {nowhere} --out {out}", "not found"),
