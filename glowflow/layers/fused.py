@@ -304,6 +304,7 @@ def conv_same(
     relu: bool = False,
     out_dtype: torch.dtype | None = None,
     inference: bool = False,
+    cols: Tensor | None = None,
 ) -> Tensor:
     """``conv(x, w) + b`` (then ReLU if ``relu``), stride 1, "same" padding (odd k x k kernels), by whichever of
     three equal computations suits the channel counts and dtype (:func:`_few_channels`; differentiable when autograd
@@ -319,13 +320,15 @@ def conv_same(
     Shapes: (B, C_in, H, W) -> (B, C_out, H, W), in ``out_dtype`` (default ``x``'s). ``inference``: in a pass with
     autograd off, for the products of the first two forms (:data:`MKL_INFERENCE_PRODUCTS`). The col2im form's fold sums
     the k*k products in ``out_dtype``: a bfloat16 convolution with a float32 output rounds each product once and the
-    sum not at all, where a bfloat16 fold would round the sum a second time.
+    sum not at all, where a bfloat16 fold would round the sum a second time. ``cols``: the im2col form's columns
+    ``_unfold_rows(x, k)`` where the caller has them (:func:`im2col_columns`), not unfolded again.
     """
     c_out, c_in, k, _ = weight.shape
     out_dtype = out_dtype or x.dtype
     few_in, few_out = _few_channels(x, c_in, c_out)
     if few_in:
-        cols, flat = _unfold_rows(x, k), weight.permute(0, 2, 3, 1).reshape(c_out, -1)
+        cols = _unfold_rows(x, k) if cols is None else cols
+        flat = weight.permute(0, 2, 3, 1).reshape(c_out, -1)
         out = _image(linear_relu(cols, flat, bias, inference) if relu else F.linear(cols, flat, bias), x)
     elif few_out:
         cols = matmul(_rows(x), weight.matrix if isinstance(weight, Col2imWeight) else _fold_weight(weight), inference)
@@ -339,6 +342,14 @@ def conv_same(
     else:
         out = F.conv2d(x, weight, bias, padding=k // 2)
     return out.to(out_dtype)
+
+
+def im2col_columns(x: Tensor, weight: Tensor | Col2imWeight) -> Tensor | None:
+    """The columns ``_unfold_rows(x, k)`` that :func:`conv_same` multiplies where it takes the im2col form for
+    ``x`` and ``weight`` (few input channels, :func:`_few_channels`), else None. The fused step's forward keeps them
+    for its backward where the weight gradient is their product (:func:`keeps_columns`)."""
+    c_out, c_in, k, _ = weight.shape
+    return _unfold_rows(x, k) if _few_channels(x, c_in, c_out)[0] else None
 
 
 class Col2imWeight(NamedTuple):
@@ -388,7 +399,9 @@ def prepack_conv_weight(weight: Tensor, x_shape: Sequence[int]) -> Tensor | Col2
         return weight
 
 
-def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def conv_same_backward(
+    grad: Tensor, x: Tensor, weight: Tensor, cols: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (input, weight, bias) of :func:`conv_same` without the ReLU, by the same computation as its forward:
     ``dx = fold(dy_rows w_flat)``, ``dw_flat = dy_rows^T unfold(x)`` (im2col; in float32 on CPU oneDNN's weight gradient
     of the convolution instead, which on an AMD EPYC (Zen 4) took 444-565 us against 1,565-1,982 for the unfold and
@@ -399,17 +412,19 @@ def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor,
     col2im (MKL's bf16 product; oneDNN's weight gradient took 759 against 554 us for 256 -> 4 channels on 32 x 16 x
     16, config M's bf16 training 0.965x the time, Intel Xeon with AMX). The bias gradient, a sum over all positions,
     is :func:`channel_sum`'s (for bfloat16 with oneDNN's weight gradient the same rounding computed inside its
-    convolution backward, sparing a pass over ``grad``)."""
+    convolution backward, sparing a pass over ``grad``). ``cols``: the im2col form's ``_unfold_rows(x, k)`` where the
+    caller kept them from the forward pass (:func:`im2col_columns`), for the weight gradient's product."""
     c_out, c_in, k, _ = weight.shape
     few_in, few_out = _few_channels(x, c_in, c_out, backward=True)
     if few_in:
         g_rows = _rows(grad)
-        if grad.dtype == torch.float32 and grad.device.type == "cpu":
+        if onednn_im2col_weight_gradient(grad):
             g_w = torch.ops.aten.convolution_backward(
                 grad, x, weight, [c_out], [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1, [False, True, False]
             )[1]  # fmt: skip
         else:
-            g_w = rows_product(g_rows, _unfold_rows(x, k)).view(c_out, k, k, c_in).permute(0, 3, 1, 2)
+            cols = _unfold_rows(x, k) if cols is None else cols
+            g_w = rows_product(g_rows, cols).view(c_out, k, k, c_in).permute(0, 3, 1, 2)
         g_cols = matmul(g_rows, weight.permute(0, 2, 3, 1).reshape(c_out, -1))  # bf16's k*k terms summed in float32
         g_x = _fold_rows(g_cols.float() if g_cols.dtype == torch.bfloat16 else g_cols, x, k)
         return g_x, g_w, channel_sum(grad, (0, 2, 3))
@@ -427,6 +442,12 @@ def conv_same_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor,
     if rows_weight:
         return g_x, _col2im_weight_grad(x, _unfold_rows(grad, k), k), channel_sum(grad, (0, 2, 3))
     return g_x, g_w, g_bias.float() if fused_bias else channel_sum(grad, (0, 2, 3))
+
+
+def onednn_im2col_weight_gradient(grad: Tensor) -> bool:
+    """Whether :func:`conv_same_backward` takes an im2col convolution's weight gradient from oneDNN's convolution
+    backward (float32 on the CPU) rather than as the product of ``grad``'s rows with the columns."""
+    return grad.dtype == torch.float32 and grad.device.type == "cpu"
 
 
 def _col2im_weight_grad(x: Tensor, g_cols: Tensor, k: int) -> Tensor:
@@ -759,14 +780,16 @@ def _conditioner(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``out(relu(conv2 relu(conv1 x_a)))`` computed in ``dtype``; differentiable when autograd records;
     ``inference``: in a pass with autograd off (:data:`MKL_INFERENCE_PRODUCTS`).
-    Returns ``(the conv1 input as computed: x_a in dtype, channels-last; hidden 1; hidden 2; output in x_a's dtype)``.
+    Returns ``(conv1's im2col columns of x_a in dtype, or None where it is not an im2col convolution
+    (:func:`im2col_columns`); hidden 1; hidden 2; output in x_a's dtype)``.
     """
     net_in = _conditioner_input(x_a, dtype)
     if net.conv1.dtype != dtype:  # FlowSteps casts a level's weights once (GlowStepWeights.conditioner_in)
         net = net.cast(dtype)
-    a1 = conv_same(net_in, net.conv1, net.conv1_bias, relu=True, inference=inference)
+    cols = im2col_columns(net_in, net.conv1)
+    a1 = conv_same(net_in, net.conv1, net.conv1_bias, relu=True, inference=inference, cols=cols)
     a2 = _image(linear_relu(_rows(a1), net.conv2, net.conv2_bias, inference), a1)
-    return net_in, a1, a2, conv_same(a2, net.out, net.out_bias, out_dtype=x_a.dtype, inference=inference)
+    return cols, a1, a2, conv_same(a2, net.out, net.out_bias, out_dtype=x_a.dtype, inference=inference)
 
 
 def _conditioner_input(x_a: Tensor, dtype: torch.dtype) -> Tensor:
@@ -834,13 +857,13 @@ def _step_forward(
     x: Tensor, mix: Tensor, mix_bias: Tensor, net: ConditionerWeights, affine: bool, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor, tuple]:
     """The forward math of :func:`glow_step` in a training step (autograd off inside :class:`_GlowSteps`); returns
-    ``(y, logdet_coupling, saved)``, ``saved`` what the backward pass reads: the conditioner's input and hidden
-    activations and the scale."""
+    ``(y, logdet_coupling, saved)``, ``saved`` what the backward pass may read: the first convolution's im2col
+    columns (or None), the conditioner's hidden activations and the scale."""
     y = mix_channels(x, mix, mix_bias)  # h = A x + c (a new channels-last tensor), turned into y in place
     ca = x.shape[1] // 2
-    net_in, a1, a2, net_out = _conditioner(y[:, :ca], net, dtype)
+    cols, a1, a2, net_out = _conditioner(y[:, :ca], net, dtype)
     logdet, scale = _couple_(y[:, ca:], net_out, affine, keep_scale=True)
-    return y, logdet, (net_in, a1, a2, scale)
+    return y, logdet, (cols, a1, a2, scale)
 
 
 def _inference_step(x: Tensor, w: GlowStepWeights, affine: bool, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -902,10 +925,25 @@ def keeps_first_hidden(conv1: Tensor, a1: Tensor) -> bool:
     return 2 * conv1[0].numel() / a1.element_size() >= KEEP_FIRST_HIDDEN_FLOPS_PER_BYTE
 
 
+def keeps_columns(cols: Tensor | None) -> Tensor | None:
+    """What :class:`_GlowSteps` stores of the first convolution's im2col columns ``cols`` (None where it is not an
+    im2col convolution) for the backward pass: the columns where its weight gradient is their product with the
+    output gradient's rows (:func:`onednn_im2col_weight_gradient` false: bfloat16, float64, other devices), which then
+    also recomputes the first hidden activation from them: the conditioner's input is unfolded once a step instead of
+    three times (config M's bf16 training step 0.969x the time, paired medians of in-process A/Bs 1.032 / 1.037x
+    for unfolding again; AMD EPYC Zen 5). In float32 on the CPU, whose weight gradient oneDNN computes from the input
+    itself, storing them only for the recomputation gained nothing measurable (0.99-1.00x) for 9 C_a values a
+    position more (config M: 13.5 MiB): None there."""
+    if cols is None or onednn_im2col_weight_gradient(cols):
+        return None
+    return cols
+
+
 class _GlowSteps(torch.autograd.Function):
     """:func:`glow_steps` (and :func:`glow_step`, K = 1) with autograd on: K fused steps as one node, their weights
     stacked (leading dim K). For each step it stores its input, output, the conditioner's second hidden activation
-    (and the first where :func:`keeps_first_hidden`) and the scale (the output of one step is the input of the next,
+    (and the first where :func:`keeps_first_hidden`), the first convolution's im2col columns where the backward reads
+    them (:func:`keeps_columns`) and the scale (the output of one step is the input of the next,
     stored once), and the stacked weights; the backward runs :func:`_step_backward` from the last step to the first and
     returns the stacked weight gradients. One node instead of K: no per-step ``apply``, no ``unbind`` of the
     weights into K autograd nodes and no stacking of their K gradients by autograd (S's training step 0.967x the
@@ -917,9 +955,10 @@ class _GlowSteps(torch.autograd.Function):
         saved, logdet = [], None
         for m, mb, *net in zip(*(t.unbind(0) for t in stacks), strict=True):
             net = ConditionerWeights(*net)
-            y, ld, (_, a1, a2, scale) = _step_forward(x, m, mb, net, affine, dtype)
+            y, ld, (cols, a1, a2, scale) = _step_forward(x, m, mb, net, affine, dtype)
             # the first hidden activation is recomputed in backward (from the conditioner's input) where it is cheap
-            saved += [x, y, a1 if keeps_first_hidden(net.conv1, a1) else None, a2, scale]
+            a1 = a1 if keeps_first_hidden(net.conv1, a1) else None
+            saved += [x, y, a1, keeps_columns(cols), a2, scale]
             x, logdet = y, ld if logdet is None else logdet + ld
         ctx.affine = affine
         ctx.save_for_backward(*saved, mix, conv1, conv1_bias, conv2, out)
@@ -952,7 +991,7 @@ def _step_backward(saved, grad_y, grad_logdet, affine: bool, needs) -> tuple:
     ``mix_bias`` only where ``needs`` says (None otherwise); ``out`` / ``out_bias``'s for the C_out filters the
     coupling reads, without the zero filters of :func:`padded_out_channels` (whose outputs were never read: the
     caller pads the K steps' stacked gradients once)."""
-    x, y, a1, a2, scale, mix, conv1, conv1_bias, conv2, out = saved
+    x, y, a1, cols, a2, scale, mix, conv1, conv1_bias, conv2, out = saved
     dtype = a2.dtype  # the conditioner's
     weights_dtype = conv1.dtype  # the gradients' dtype: bf16 where FlowSteps cast a level's weights once
     ca, cb = x.shape[1] // 2, x.shape[1] - x.shape[1] // 2
@@ -977,7 +1016,7 @@ def _step_backward(saved, grad_y, grad_logdet, affine: bool, needs) -> tuple:
         conv1, conv1_bias, conv2, out = conv1.to(dtype), conv1_bias.to(dtype), conv2.to(dtype), out.to(dtype)
     net_in = _conditioner_input(y[:, :ca], dtype)  # y_a = h_a, the conditioner's input: copied, not stored
     if a1 is None:
-        a1 = conv_same(net_in, conv1, conv1_bias, relu=True)
+        a1 = conv_same(net_in, conv1, conv1_bias, relu=True, cols=cols)
     # the conditioner backwards: out conv, ReLU, 1x1 conv (a matrix product), ReLU, first conv
     g_a2, g_out, g_out_bias = conv_same_backward(g_net.to(dtype), a2, out)
     if dtype != y.dtype:  # a bf16 conditioner's: summed from the float32 gradient, then in weights_dtype
@@ -985,7 +1024,7 @@ def _step_backward(saved, grad_y, grad_logdet, affine: bool, needs) -> tuple:
     g_a2 = _rows(_relu_backward_(g_a2, a2))
     g_conv2, g_conv2_bias = rows_product(g_a2, _rows(a1)), channel_sum(g_a2, (0,))
     g_a1 = _relu_backward_(_image(matmul(g_a2, conv2), a1), a1)
-    g_x_a, g_conv1, g_conv1_bias = conv_same_backward(g_a1, net_in, conv1)
+    g_x_a, g_conv1, g_conv1_bias = conv_same_backward(g_a1, net_in, conv1, cols)
     _into(grad_h[:, :ca], torch.add, grad_y[:, :ca], g_x_a)
     # the mixing h = A x + c:  dx = A^T dh,  dA = dh x^T,  dc = sum of dh over positions
     g_rows = _rows(grad_h)

@@ -818,6 +818,52 @@ def test_first_hidden_activation_stored_or_recomputed_gives_the_same_gradients(m
     assert shapes.count((3, 10, 4, 4)) == 2  # half the channels: each step's scale, not the conditioner's input
 
 
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 2e-5), (torch.bfloat16, None)])
+def test_im2col_columns_kept_for_the_backward_give_the_same_gradients(monkeypatch, dtype, tol):
+    """A level whose first convolutions take the im2col form (2 of 4 channels into the conditioner) stores each
+    step's columns for the backward pass where its weight gradient is their product (``keeps_columns``: float64,
+    bf16), which also recomputes the first hidden activation from them, instead of unfolding the input twice more;
+    float32 stores none. Either way the same gradients as unfolding again, and as the plain layers' (float64 /
+    float32). bf16 runs the rows forms (no AMX)."""
+    from glowflow.layers import fused
+
+    monkeypatch.setattr(fused, "_cpu_has_amx", lambda: False)
+    steps, plain = make_steps(2, "affine", torch.float32 if dtype == torch.bfloat16 else dtype, channels=4)
+    if dtype == torch.bfloat16:
+        for s in steps:
+            s.layers[2].precision = "bf16"
+    x = torch.randn(3, 4, 6, 6, dtype=steps.layers[0].layers[0].bias.dtype).contiguous(memory_format=CL)
+    g = (torch.randn_like(x), torch.randn(3, dtype=x.dtype))
+    unfolded = []
+    unfold_rows = fused._unfold_rows
+    monkeypatch.setattr(fused, "_unfold_rows", lambda t, k: unfolded.append(t.shape) or unfold_rows(t, k))
+    shapes = []  # of the saved tensors
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        kept = grads(steps, x, g)
+    stored = dtype != torch.float32
+    assert shapes.count((3 * 6 * 6, 9 * 2)) == (2 if stored else 0)  # each step's columns
+    # each conditioner input unfolded in the forward pass, then for the recomputation (and the product) unless stored
+    assert unfolded.count((3, 2, 6, 6)) == (2 if stored else 4)
+    monkeypatch.setattr(fused, "keeps_columns", lambda cols: None)
+    unfolded.clear()
+    again = grads(steps, x, g)
+    assert unfolded.count((3, 2, 6, 6)) == (6 if stored else 4)
+    references = [again] if tol is None else [again, grads(plain, x, g)]
+    for reference in references:
+        *outputs, params = reference
+        for got, want in [*zip(kept[:3], outputs, strict=True), *((kept[3][n], params[n]) for n in params)]:
+            assert max_abs(got, want) <= (tol or 1e-6) * max(1.0, want.abs().max().item())
+
+
+def test_im2col_columns_are_stored_where_the_backward_multiplies_them():
+    from glowflow.layers.fused import keeps_columns
+
+    cols32, cols64, cols16 = torch.ones(36, 18), torch.ones(36, 18, dtype=torch.float64), torch.ones(36, 18).bfloat16()
+    assert keeps_columns(None) is None  # no im2col convolution
+    assert keeps_columns(cols32) is None  # float32's weight gradient is oneDNN's, from the input
+    assert keeps_columns(cols64) is cols64 and keeps_columns(cols16) is cols16  # the product's operand
+
+
 def test_first_hidden_activation_is_kept_where_recomputing_it_is_dear():
     from glowflow.layers.fused import keeps_first_hidden
 
