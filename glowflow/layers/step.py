@@ -316,7 +316,7 @@ class FlowSteps(FlowSequence):
         """The K steps' folded weights one by one (conditioner cast, :meth:`GlowStepWeights.conditioner_in`) and
         their mixing log-dets per position (K,), for a pass with autograd off on input ``x`` (B, C, H, W).
 
-        On the CPU, the convolutions are prepacked for ``x``'s shape
+        On the CPU, the convolutions (the 1x1 one too) are prepacked for ``x``'s shape
         (:meth:`~glowflow.layers.fused.ConditionerWeights.prepacked`: oneDNN's blocked layout, or col2im's matrix),
         and where one of them is, the weights are kept from one such pass to the next beside a copy of the
         parameters and buffers they were folded from: a pass whose direction, setting and input shape match and
@@ -348,7 +348,7 @@ class FlowSteps(FlowSequence):
                 GlowStepWeights(step.mix, step.mix_bias, step.mix_logdet, step.net.prepacked(x_a_shape))
                 for step in w.unbind()
             ]
-            if any(is_prepacked(step.net.conv1) or is_prepacked(step.net.out) for step in folded):
+            if any(is_prepacked(w) for step in folded for w in (step.net.conv1, step.net.conv2, step.net.out)):
                 self._kept = _KeptWeights(key, StepParameters(*(t.clone() for t in params)), folded, w.mix_logdet)
         return folded, w.mix_logdet
 

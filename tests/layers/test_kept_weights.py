@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import glowflow.layers.fused as fused_module
 import glowflow.layers.step as step_module
 from glowflow import Glow
-from glowflow.layers.fused import Col2imWeight, conv_same, prepack_conv_weight
+from glowflow.layers.fused import Col2imWeight, conv_same, linear_relu, prepack_conv_weight, prepack_linear_weight
 from tests.helpers import jacobian_logdet, max_abs, randomize_
 from tests.layers.test_fast_paths import make_steps
 
@@ -63,6 +64,39 @@ def test_a_prepacked_weight_gives_the_convolution_for_inputs_of_any_shape(c_in, 
             assert _close(out, conv_same(x, weight, bias, relu=relu), 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_prepacked_linear_weight_gives_the_product_for_any_number_of_rows(dtype, monkeypatch):
+    """The 1x1 convolution's weight in oneDNN's layout (prepacked for 64 rows): ``relu(x W^T + b)`` for other row
+    counts too, as the plain weight gives it."""
+    monkeypatch.setattr(fused_module, "MKL_INFERENCE_PRODUCTS", False)  # oneDNN's products, as with AVX-512
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no native bfloat16 for oneDNN")
+    torch.manual_seed(0)
+    weight, bias = (torch.randn(24, 16) * 0.3).to(dtype), torch.randn(24).to(dtype)
+    packed = prepack_linear_weight(weight, 64)
+    if not packed.is_mkldnn:
+        pytest.skip("oneDNN's products are not available here")
+    assert packed.shape == weight.shape and packed.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    with torch.no_grad():
+        for rows in (64, 7, 300):
+            x = torch.randn(rows, 16).to(dtype)
+            expected = torch.relu(x.double() @ weight.double().t() + bias.double())
+            got = linear_relu(x, packed, bias, inference=True)
+            assert got.shape == (rows, 24) and got.dtype == dtype
+            assert _close(got.double(), expected, tol) and _close(got, linear_relu(x, weight, bias, True), tol)
+
+
+def test_a_linear_weight_stays_as_it_is_where_onednn_s_product_would_not_serve(monkeypatch):
+    weight = torch.randn(8, 8)
+    double = weight.double()
+    assert prepack_linear_weight(double, 64) is double  # float64: not oneDNN's
+    recording = weight.clone().requires_grad_()
+    assert prepack_linear_weight(recording, 64) is recording  # autograd records
+    monkeypatch.setattr(fused_module, "MKL_INFERENCE_PRODUCTS", True)  # an AVX2 CPU: MKL's products
+    assert prepack_linear_weight(weight, 64) is weight
+
+
 @pytest.mark.parametrize(
     ("c_out", "c_in", "dtype"),
     [(16, 2, torch.float32), (16, 8, torch.float64)],  # im2col, not oneDNN's
@@ -96,6 +130,7 @@ def test_kept_weights_serve_the_next_passes_with_the_values_of_folding_every_pas
         y, logdet = level(x)
         assert level._kept is not None and folds[0] == 1
         assert all(s.net.conv1.is_mkldnn and s.net.out.is_mkldnn for s in level._kept.steps)
+        assert all(s.net.conv2.is_mkldnn for s in level._kept.steps) or fused_module.MKL_INFERENCE_PRODUCTS
         y2, logdet2 = level(x)
         assert folds[0] == 1  # kept: not folded again
         x_back, logdet_back = level.inverse(y)  # the other direction folds its own
