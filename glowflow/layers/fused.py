@@ -302,7 +302,7 @@ def _few_channels(x: Tensor, c_in: int, c_out: int, backward: bool = False) -> t
 
 def conv_same(
     x: Tensor,
-    weight: Tensor | Col2imWeight,
+    weight: Tensor | Col2imWeight | Im2colWeight,
     bias: Tensor,
     relu: bool = False,
     out_dtype: torch.dtype | None = None,
@@ -331,10 +331,14 @@ def conv_same(
     few_in, few_out = _few_channels(x, c_in, c_out)
     if few_in:
         cols = _unfold_rows(x, k) if cols is None else cols
-        flat = weight.permute(0, 2, 3, 1).reshape(c_out, -1)
-        out = _image(linear_relu(cols, flat, bias, inference) if relu else F.linear(cols, flat, bias), x)
+        flat = weight.packed if isinstance(weight, Im2colWeight) else weight.permute(0, 2, 3, 1).reshape(c_out, -1)
+        out = _image(linear_relu(cols, flat, bias, inference) if relu else _linear(cols, flat, bias), x)
     elif few_out:
-        cols = matmul(_rows(x), weight.matrix if isinstance(weight, Col2imWeight) else _fold_weight(weight), inference)
+        if isinstance(weight, Col2imWeight) and weight.packed is not None:
+            cols = _linear(_rows(x), weight.packed)
+        else:
+            matrix = weight.matrix if isinstance(weight, Col2imWeight) else _fold_weight(weight)
+            cols = matmul(_rows(x), matrix, inference)
         out = _fold_rows(cols.to(out_dtype), x, k, bias.to(out_dtype))
         return out.relu_() if relu and not torch.is_grad_enabled() else (out.relu() if relu else out)
     elif weight.is_mkldnn:  # prepacked by prepack_conv_weight
@@ -347,7 +351,7 @@ def conv_same(
     return out.to(out_dtype)
 
 
-def im2col_columns(x: Tensor, weight: Tensor | Col2imWeight) -> Tensor | None:
+def im2col_columns(x: Tensor, weight: Tensor | Col2imWeight | Im2colWeight) -> Tensor | None:
     """The columns ``_unfold_rows(x, k)`` that :func:`conv_same` multiplies where it takes the im2col form for
     ``x`` and ``weight`` (few input channels, :func:`_few_channels`), else None. The fused step's forward keeps them
     for its backward where the weight gradient is their product (:func:`keeps_columns`)."""
@@ -355,41 +359,73 @@ def im2col_columns(x: Tensor, weight: Tensor | Col2imWeight) -> Tensor | None:
     return _unfold_rows(x, k) if _few_channels(x, c_in, c_out)[0] else None
 
 
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x W^T (+ b)`` for a plain weight or :func:`prepack_linear_weight`'s (autograd off)."""
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
 class Col2imWeight(NamedTuple):
     """A convolution weight (C_out, C_in, k, k) that :func:`conv_same` takes in the col2im form, prepared once for
     passes with autograd off (:func:`prepack_conv_weight`): ``matrix`` is its ``_fold_weight`` (C_in, k * k * C_out),
     which every call with the plain weight computes again (a flip: about 58 us for config M's 256 -> 4 / 8
-    channels, 32 of them in each of M's sampling calls)."""
+    channels, 32 of them in each of M's sampling calls); ``packed`` the same product's weight ``matrix^T`` in
+    oneDNN's blocked layout (:func:`prepack_linear_weight`), or None where oneDNN's product does not serve."""
 
     shape: torch.Size
     matrix: Tensor
+    packed: Tensor | None = None
 
     @property
     def dtype(self) -> torch.dtype:
         return self.matrix.dtype
 
 
-def is_prepacked(weight: Tensor | Col2imWeight) -> bool:
+class Im2colWeight(NamedTuple):
+    """A convolution weight (C_out, C_in, k, k) that :func:`conv_same` takes in the im2col form, prepared once for
+    passes with autograd off (:func:`prepack_conv_weight`): ``packed`` is its flat matrix ``w_flat`` (C_out,
+    k * k * C_in) in oneDNN's blocked layout (:func:`prepack_linear_weight`)."""
+
+    shape: torch.Size
+    packed: Tensor
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.packed.dtype
+
+
+def is_prepacked(weight: Tensor | Col2imWeight | Im2colWeight) -> bool:
     """Whether :func:`prepack_conv_weight` or :func:`prepack_linear_weight` changed ``weight`` (into oneDNN's
-    blocked layout or col2im's matrix)."""
-    return isinstance(weight, Col2imWeight) or weight.is_mkldnn
+    blocked layout or col2im's / im2col's matrices)."""
+    return isinstance(weight, (Col2imWeight, Im2colWeight)) or weight.is_mkldnn
 
 
-def prepack_conv_weight(weight: Tensor, x_shape: Sequence[int]) -> Tensor | Col2imWeight:
+def prepack_conv_weight(weight: Tensor, x_shape: Sequence[int]) -> Tensor | Col2imWeight | Im2colWeight:
     """``weight`` (C_out, C_in, k, k) reordered once into the blocked layout that oneDNN's direct convolution reads
     for inputs of ``x_shape`` (B, C_in, H, W): an opaque mkldnn tensor of the same values, which :func:`conv_same`
     takes in place of ``weight`` with autograd off (for inputs of any shape; of ``x_shape`` without a reorder).
     Given the plain weight, every such call first reorders it (oneDNN's verbose log: 50 weight reorders in each
     evaluation of config S). A weight that :func:`conv_same` takes in the col2im form comes back as its
-    :class:`Col2imWeight`; ``weight`` as it is where it takes the im2col form (:func:`_few_channels`), for a
-    bfloat16 weight on a CPU without native bfloat16, on other devices and where oneDNN does not serve. Hot on an
-    AMD EPYC (Zen 3, AVX2), batch 16, float32, prepacked against plain (interleaved medians): 6 -> 128 channels on
-    16x16 819 against 975 us, 12 -> 128 on 8x8 295 / 304, 24 -> 128 on 4x4 145 / 206, 128 -> 16 on 16x16
-    931 / 971, 128 -> 48 on 4x4 208 / 244."""
+    :class:`Col2imWeight`, one it takes in the im2col form (:func:`_few_channels`) as its :class:`Im2colWeight`,
+    their products' weights prepacked where oneDNN's product serves (:func:`prepack_linear_weight`; on an AMD EPYC
+    (Zen 5), hot, 4096 rows: im2col 18 -> 256 with the ReLU 107 against 120 us, col2im 256 -> 36 220 against 228, in
+    bfloat16 115 against 153); ``weight`` as it is for an im2col weight without oneDNN's product, for a bfloat16
+    weight on a CPU without native bfloat16, on other devices and where oneDNN does not serve. Hot on an AMD EPYC
+    (Zen 3, AVX2), batch 16, float32, prepacked against plain (interleaved medians): 6 -> 128 channels on 16x16 819
+    against 975 us, 12 -> 128 on 8x8 295 / 304, 24 -> 128 on 4x4 145 / 206, 128 -> 16 on 16x16 931 / 971, 128 -> 48
+    on 4x4 208 / 244."""
     c_out, c_in, k, _ = weight.shape
     few_in, few_out = _few_channels(weight, c_in, c_out)  # the weight's dtype and device are its input's
-    if few_out and not few_in and not (torch.is_grad_enabled() and weight.requires_grad):
-        return Col2imWeight(weight.shape, _fold_weight(weight))
+    recording = torch.is_grad_enabled() and weight.requires_grad
+    rows = x_shape[0] * x_shape[2] * x_shape[3]
+    if few_in and not recording:
+        packed = prepack_linear_weight(weight.permute(0, 2, 3, 1).reshape(c_out, -1).contiguous(), rows)
+        return Im2colWeight(weight.shape, packed) if packed.is_mkldnn else weight
+    if few_out and not recording:
+        matrix = _fold_weight(weight)
+        packed = prepack_linear_weight(matrix.t().contiguous(), rows)
+        return Col2imWeight(weight.shape, matrix, packed if packed.is_mkldnn else None)
     if (
         few_in
         or few_out
@@ -738,7 +774,7 @@ class ConditionerWeights:
 
     def prepacked(self, x_shape: Sequence[int]) -> ConditionerWeights:
         """One step's weights with both k x k convolutions' weights prepacked (:func:`prepack_conv_weight`: opaque
-        oneDNN tensors or :class:`Col2imWeight` matrices, which only :func:`conv_same` reads) and the 1x1
+        oneDNN tensors, :class:`Col2imWeight` or :class:`Im2colWeight`, which only :func:`conv_same` reads) and the 1x1
         convolution's (:func:`prepack_linear_weight`, which only :func:`linear_relu` reads) for a conditioner input of
         ``x_shape`` (B, C_a, H, W); for computing with autograd off."""
         b, _, h, w = x_shape

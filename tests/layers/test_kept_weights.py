@@ -13,7 +13,14 @@ import torch.nn.functional as F
 import glowflow.layers.fused as fused_module
 import glowflow.layers.step as step_module
 from glowflow import Glow
-from glowflow.layers.fused import Col2imWeight, conv_same, linear_relu, prepack_conv_weight, prepack_linear_weight
+from glowflow.layers.fused import (
+    Col2imWeight,
+    Im2colWeight,
+    conv_same,
+    linear_relu,
+    prepack_conv_weight,
+    prepack_linear_weight,
+)
 from tests.helpers import jacobian_logdet, max_abs, randomize_
 from tests.layers.test_fast_paths import make_steps
 
@@ -99,13 +106,38 @@ def test_a_linear_weight_stays_as_it_is_where_onednn_s_product_would_not_serve(m
 
 @pytest.mark.parametrize(
     ("c_out", "c_in", "dtype"),
-    [(16, 2, torch.float32), (16, 8, torch.float64)],  # im2col, not oneDNN's
+    [(16, 2, torch.float64), (16, 8, torch.float64)],  # im2col, direct: not oneDNN's
 )
 def test_weights_of_the_other_forms_stay_as_they_are(c_out, c_in, dtype):
     weight = torch.randn(c_out, c_in, 3, 3, dtype=dtype)
     assert prepack_conv_weight(weight, (2, c_in, 4, 4)) is weight
     for recording in (torch.randn(16, 8, 3, 3, requires_grad=True), torch.randn(4, 16, 3, 3, requires_grad=True)):
         assert prepack_conv_weight(recording, (2, recording.shape[1], 4, 4)) is recording  # autograd records
+
+
+@pytest.mark.parametrize("mkl", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize(("c_in", "c_out"), [(2, 16), (16, 4)])  # im2col, col2im
+def test_im2col_and_col2im_weights_prepack_their_products(c_in, c_out, relu, mkl, monkeypatch):
+    """float32 weights of the im2col / col2im forms come back with their products' weights in oneDNN's layout where
+    its products serve (not with MKL's, :data:`MKL_INFERENCE_PRODUCTS`), and give the convolution for inputs of any
+    shape."""
+    monkeypatch.setattr(fused_module, "MKL_INFERENCE_PRODUCTS", mkl)
+    torch.manual_seed(0)
+    weight, bias = torch.randn(c_out, c_in, 3, 3) * 0.2, torch.randn(c_out)
+    prepared = prepack_conv_weight(weight, (4, c_in, 6, 6))
+    onednn = prepack_linear_weight(torch.zeros(4, 4), 8).is_mkldnn  # oneDNN's products here, not MKL's
+    if c_in == 2:
+        assert (isinstance(prepared, Im2colWeight) and prepared.packed.is_mkldnn) if onednn else prepared is weight
+    else:
+        assert isinstance(prepared, Col2imWeight) and (prepared.packed is not None) == onednn
+        assert prepared.packed is None or prepared.packed.is_mkldnn
+    with torch.no_grad():
+        for shape in [(4, c_in, 6, 6), (3, c_in, 5, 7)]:
+            x = torch.randn(shape).contiguous(memory_format=CL)
+            expected = F.conv2d(x, weight, bias, padding=1)
+            expected = expected.relu() if relu else expected
+            assert _close(conv_same(x, prepared, bias, relu=relu, inference=True), expected, 1e-5), shape
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
