@@ -293,7 +293,7 @@ def test_a_glow_scores_round_trips_and_samples_with_kept_weights_after_its_param
         with torch.no_grad():
             randomize_(model, 0.02)
     kept = model.levels[0].layers[1]._kept  # made under the inference mode of sample: ordinary tensors all the same
-    assert kept is not None and not any(t.is_inference() for t in (*kept.params, kept.mix_logdet, kept.steps[0].mix))
+    assert kept is not None and not any(t.is_inference() for t in (*kept.copies, kept.mix_logdet, kept.steps[0].mix))
 
 
 @pytest.mark.parametrize(("dtype", "channels", "tol"), [(torch.float64, 4, 1e-9), (torch.float32, 20, 1e-4)])
