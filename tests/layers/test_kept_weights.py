@@ -224,6 +224,25 @@ def test_kept_weights_follow_every_change_of_the_parameters(change, inverse):
 
 
 @needs_prepacking
+def test_kept_weights_follow_a_kind_that_is_stacked_afresh_in_every_pass(monkeypatch):
+    """A tensor moved off its pack (``.data`` re-pointed) is stacked with its kind in every pass, a new tensor each
+    time: the kept weights still serve while the values are unchanged and are refolded when they change."""
+    level = make_steps(3, "affine", torch.float32, channels=20, hidden=16)[0]
+    bias = level[1].layers[0].bias  # an ActNorm bias
+    bias.data = bias.data.clone()  # its pack no longer holds it
+    x = torch.randn(3, 20, 4, 4).contiguous(memory_format=CL)
+    folds = _count_folds(monkeypatch)
+    with torch.no_grad():
+        y, _ = level(x)
+        assert torch.equal(level(x)[0], y) and folds[0] == 1  # kept
+        bias.add_(0.25)
+        y_changed, logdet = level(x)
+    assert folds[0] == 2 and max_abs(y_changed, y) > 1e-3
+    y_ref, logdet_ref = _reference(level, x)
+    assert _close(y_changed, y_ref) and _close(logdet, logdet_ref)
+
+
+@needs_prepacking
 def test_kept_weights_are_refolded_for_another_input_shape_and_dropped_by_training_and_moves():
     level = make_steps(3, "affine", torch.float32, channels=20, hidden=16)[0]
     with torch.no_grad():
