@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glowflow.layers.actnorm import ActNorm
+from glowflow.layers.allocator import raise_glibc_thresholds
 from glowflow.layers.base import Flow, zero_logdet
 from glowflow.layers.conditioners import GlowConvNet
 from glowflow.layers.conv1x1 import InvertibleConv1x1, InvertibleLinear, LUMatrix
@@ -329,11 +330,13 @@ class FlowSteps(FlowSequence):
         What is kept, the folded weights and the copy, takes about twice the level's parameter memory. A pass with
         autograd on (training) drops it, as do ``Module.to`` and its kin, loading a state dict and copying. On other
         devices, and while torch.compile traces, the weights are folded in every pass (the comparison would wait
-        for the device)."""
+        for the device). On the CPU the first such pass of a process raises glibc's allocation thresholds
+        (:func:`~glowflow.layers.allocator.raise_glibc_thresholds`)."""
         steps = list(self._modules["layers"]._modules.values())
         if x.device.type != "cpu" or torch.compiler.is_compiling():
             w = glow_step_weights(steps, inverse, packs=self._packs).conditioner_in(setting[1])
             return w.unbind(), w.mix_logdet
+        raise_glibc_thresholds()
         kinds = _step_kinds(steps)
         params = _read_stacks(len(steps), self._packs, [t for kind in kinds for t in kind])
         key = (inverse, *setting, x.shape)
