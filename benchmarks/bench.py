@@ -20,9 +20,10 @@ How it measures (see benchmarks/README.md for the definitions):
   (buffers >= 64 KiB are mmapped and returned on free, so resident memory follows live memory) and, in a second
   process per case, glibc's default settings (what users run).
   A ``GLIBC_TUNABLES`` already set in the environment is kept for the timing workers; ``--timing-allocator
-  default`` times them under glibc's default settings instead, as users run, with the evaluation and sampling in
-  a worker of their own that runs no training step first (a training step's large buffers raise glibc's dynamic
-  mmap threshold, which a process that only scores or samples never sees).
+  default`` times them under glibc's default settings instead, as users run, with each library's evaluation and
+  sampling in a worker of its own that runs no training step first (a training step's large buffers raise glibc's
+  dynamic mmap threshold, which a process that only scores or samples never sees - unless, like glowflow's first
+  pass with autograd off, it raises it itself, which in a shared process would serve the other libraries too).
 * Timing: inside one worker the contenders (glowflow, normflows, the ports, glowflow bf16) are built side by side,
   initialised (ActNorm) on a separate batch, warmed up, and then measured in interleaved rounds (order reversed
   every round), one fresh batch per round shared by all contenders; the tables give medians over rounds.
@@ -999,12 +1000,13 @@ def main(argv: list[str] | None = None) -> dict:
         if "compare" in sections:
             log(f"[{time.time() - t_start:6.0f}s] compare {n}: {cfg.describe()}")
             spec = {**common, "kind": "compare", "config": asdict(cfg), "libs": libs, "bf16": True}
-            if timing_tunables is None:  # as users run: scoring and sampling in a process that trains nothing
-                inference = run_worker({**spec, "passes": ["eval", "sample"]}, None, args.in_process)
+            if timing_tunables is None:  # as users run: each library scores and samples in a process of its own
+                alone = [{**spec, "libs": [lib], "bf16": False, "passes": ["eval", "sample"]} for lib in libs]
+                inference = [run_worker(one, None, args.in_process) for one in alone]
                 res["compare"] = run_worker({**spec, "passes": ["train"]}, None, args.in_process)
-                for name, c in inference["contenders"].items():
+                for name, c in (item for result in inference for item in result["contenders"].items()):
                     res["compare"]["contenders"][name].update({k: c[k] for k in ("eval", "sample") if k in c})
-                res["compare"]["inference_process"] = "own"
+                res["compare"]["inference_process"] = "own, one per library"
             else:
                 res["compare"] = run_worker(spec, timing_tunables, args.in_process)
         if "memory" in sections:
@@ -1195,8 +1197,8 @@ def report(results: dict, configs_table: dict[str, Config]) -> str:
         + f"(torch.get_num_threads()); python {env['python']}; glowflow at {env['git']}"
     )
     timing = env["timing_tunables"] or (
-        "unset (glibc's default allocator; evaluation and sampling timed in a fresh process that trains nothing, as "
-        "a scoring or sampling run is)"
+        "unset (glibc's default allocator; evaluation and sampling timed in a fresh process that trains nothing, one "
+        "per library, as a scoring or sampling run is)"
     )
     out.append(f"GLIBC_TUNABLES timing cases: {timing}")
     out.append(

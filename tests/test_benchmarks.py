@@ -138,8 +138,11 @@ def test_bench_timing_cases_run_under_the_chosen_allocator_settings(flag, expect
     assert [t for _, t in seen] == [expected] * len(seen) and results["env"]["timing_tunables"] == expected
     header = next(line for line in capsys.readouterr().out.splitlines() if "GLIBC_TUNABLES timing" in line)
     assert (expected or "unset (glibc's default allocator; evaluation and sampling timed in a fresh process") in header
-    # under glibc's defaults the inference passes run first, in a worker that trains nothing
-    assert [s.get("passes") for s, _ in seen] == ([None] if expected else [["eval", "sample"], ["train"]])
+    # under glibc's defaults the inference passes run first, a worker per library that trains nothing
+    expected_workers = [(None, None)] if expected else [(["eval", "sample"], ["glowflow"]), (["train"], None)]
+    assert [(s.get("passes"), s["libs"] if s.get("passes") == ["eval", "sample"] else None) for s, _ in seen] == (
+        expected_workers
+    )
     compare = results["configs"]["S"]["compare"]
     passes = {"train", "eval", "sample"}
     for name, c in compare["contenders"].items():  # glowflow-bf16 is timed in training only
