@@ -442,12 +442,12 @@ def prepack_conv_weight(weight: Tensor, x_shape: Sequence[int]) -> Tensor | Col2
 def prepack_linear_weight(weight: Tensor, rows: int) -> Tensor:
     """``weight`` (C_out, C_in) of :func:`linear_relu` (the conditioner's 1x1 convolution) reordered once into
     oneDNN's blocked layout for products with about ``rows`` rows: an opaque mkldnn tensor of the same values, which
-    :func:`linear_relu` takes with autograd off for any number of rows (the same results bit for bit as the plain
-    weight). Given the plain weight, every product first reorders it: on an AMD EPYC (Zen 5), hot, float32 with the
-    ReLU, 4096 rows 256 -> 256 1,094 against 1,301 us, 1024 rows 289 / 336, 4096 rows 128 -> 128 285 / 357, 256 rows
-    33 / 38; bfloat16 0.95-0.96x the time. ``weight`` as it is where :func:`linear_relu` would not take oneDNN's
-    product in a pass with autograd off (:func:`_onednn`, :data:`MKL_INFERENCE_PRODUCTS`) and for a bfloat16 weight
-    on a CPU without native bfloat16."""
+    :func:`linear_relu` takes with autograd off for any number of rows. Given the plain weight, every product first
+    reorders it: on an AMD EPYC (Zen 5), hot, float32 with the ReLU, 4096 rows 256 -> 256 1,094 against 1,301 us,
+    1024 rows 289 / 336, 4096 rows 128 -> 128 285 / 357, 256 rows 33 / 38; bfloat16 0.95-0.96x the time; the same
+    results bit for bit there, for every row count tried. ``weight`` as it is where :func:`linear_relu` would not
+    take oneDNN's product in a pass with autograd off (:func:`_onednn`, :data:`MKL_INFERENCE_PRODUCTS`) and for a
+    bfloat16 weight on a CPU without native bfloat16."""
     if (
         not _onednn(weight)
         or _mkl_products(weight, inference=True)
@@ -997,7 +997,7 @@ def keeps_columns(cols: Tensor | None) -> Tensor | None:
     im2col convolution) for the backward pass: the columns where its weight gradient is their product with the
     output gradient's rows (:func:`onednn_im2col_weight_gradient` false: bfloat16, float64, other devices), which then
     also recomputes the first hidden activation from them: the conditioner's input is unfolded once a step instead of
-    three times (config M's bf16 training step 0.969x the time, paired medians of in-process A/Bs 1.032 / 1.037x
+    three times (config M's bf16 training step 0.969-0.976x the time, paired medians of in-process A/Bs 1.025-1.037x
     for unfolding again; AMD EPYC Zen 5). In float32 on the CPU, whose weight gradient oneDNN computes from the input
     itself, storing them only for the recomputation gained nothing measurable (0.99-1.00x) for 9 C_a values a
     position more (config M: 13.5 MiB): None there."""
