@@ -104,8 +104,23 @@ class TensorSpec:
         return base.as_strided(self.shape, self.stride)
 
 
+@dataclass(frozen=True)
+class OpaqueSpec:
+    """An opaque oneDNN tensor (a weight prepacked into oneDNN's blocked layout), replayed as itself: it has no
+    strides to rebuild it from (it reports zeros), and the operations only read it."""
+
+    shape: tuple
+    dtype: torch.dtype
+    tensor: torch.Tensor = field(compare=False, hash=False, repr=False)
+
+    def make(self) -> torch.Tensor:
+        return self.tensor
+
+
 def _spec(x):
     if isinstance(x, torch.Tensor):
+        if x.is_mkldnn:
+            return OpaqueSpec(tuple(x.shape), x.dtype, x)
         return TensorSpec(tuple(x.shape), tuple(x.stride()), x.dtype, str(x.device))
     return x
 
@@ -137,8 +152,8 @@ def replay(calls: list[Call], repeats: int, device: str) -> None:
     the whole replay period rather than from one moment of a machine whose speed drifts."""
     prepared = []
     for call in calls:
-        args = tree_map(lambda s: s.make() if isinstance(s, TensorSpec) else s, call.args)
-        kwargs = tree_map(lambda s: s.make() if isinstance(s, TensorSpec) else s, call.kwargs)
+        args = tree_map(lambda s: s.make() if isinstance(s, (TensorSpec, OpaqueSpec)) else s, call.args)
+        kwargs = tree_map(lambda s: s.make() if isinstance(s, (TensorSpec, OpaqueSpec)) else s, call.kwargs)
         prepared.append((call, args, kwargs))
     for r in range(repeats + 1):
         for call, args, kwargs in prepared:

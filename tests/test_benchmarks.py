@@ -366,6 +366,25 @@ def test_kernel_bound_replays_an_expanded_tensor_of_its_recorded_layout():
     assert 0 < call.best_s < 1
 
 
+def test_kernel_bound_replays_a_prepacked_weight_as_itself():
+    """An opaque oneDNN tensor (a prepacked weight) reports no strides to rebuild it from: its recipe keeps the tensor,
+    the replay calls the kernel with it, and calls with weights of one shape and dtype count as one."""
+    from glowflow.layers.fused import prepack_linear_weight
+
+    packed = [prepack_linear_weight(torch.randn(16, 8), 32) for _ in range(2)]
+    if not packed[0].is_mkldnn:
+        pytest.skip("oneDNN's products are not available here")
+    x = torch.randn(32, 8)
+    recorder = kernel_bound.Recorder()
+    with recorder:
+        for w in packed:
+            torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    (call,) = [c for c in recorder.calls.values() if c.kernel]
+    assert call.count == 2 and isinstance(call.args[1], kernel_bound.OpaqueSpec) and call.args[1].make() is packed[0]
+    kernel_bound.replay([call], repeats=2, device="cpu")
+    assert 0 < call.best_s < 0.1
+
+
 def test_compile_quick(tmp_path, capsys):
     """Each pass traces as one graph, is compiled (here by aot_eager: the same capture, eager kernels) and timed
     against eager mode; the table and the JSON carry the same rows."""
