@@ -426,12 +426,7 @@ def prepack_conv_weight(weight: Tensor, x_shape: Sequence[int]) -> Tensor | Col2
         matrix = _fold_weight(weight)
         packed = prepack_linear_weight(matrix.t().contiguous(), rows)
         return Col2imWeight(weight.shape, matrix, packed if packed.is_mkldnn else None)
-    if (
-        few_in
-        or few_out
-        or not _onednn(weight)
-        or (weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    ):
+    if few_in or few_out or not _onednn_prepacks(weight):
         return weight
     try:
         return torch.ops.mkldnn._reorder_convolution_weight(weight, [k // 2] * 2, [1, 1], [1, 1], 1, list(x_shape))
@@ -448,16 +443,18 @@ def prepack_linear_weight(weight: Tensor, rows: int) -> Tensor:
     results bit for bit there, for every row count tried. ``weight`` as it is where :func:`linear_relu` would not
     take oneDNN's product in a pass with autograd off (:func:`_onednn`, :data:`MKL_INFERENCE_PRODUCTS`) and for a
     bfloat16 weight on a CPU without native bfloat16."""
-    if (
-        not _onednn(weight)
-        or _mkl_products(weight, inference=True)
-        or (weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    ):
+    if not _onednn_prepacks(weight) or _mkl_products(weight, inference=True):
         return weight
     try:
         return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
     except RuntimeError:
         return weight
+
+
+def _onednn_prepacks(weight: Tensor) -> bool:
+    """Whether oneDNN's kernels serve ``weight`` (:func:`_onednn`) in a layout of their own: not for a bfloat16
+    weight on a CPU without native bfloat16."""
+    return _onednn(weight) and not (weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def conv_same_backward(
