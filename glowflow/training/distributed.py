@@ -117,6 +117,19 @@ def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     return out
 
 
+# The last barrier's Work, kept until the next barrier or the process's end. gloo's barrier refers to every
+# collective still in flight when it was called; whichever thread drops the last reference to it frees those
+# collectives' tensors, which needs the GIL. Dropped by gloo's worker thread while the main thread is already
+# finalizing the interpreter, that thread is killed mid-free and the process aborts ("terminate called without
+# an active exception", SIGABRT; 2-3 % of two-rank test runs that exit right after training). Kept here, the
+# last reference is always this module's, dropped by a thread holding the GIL.
+_last_barrier: dist.Work | None = None
+
+
 def barrier(ctx: DistContext) -> None:
+    """Every process waits here until all have arrived."""
+    global _last_barrier
     if ctx.enabled:
-        dist.barrier()
+        work = dist.barrier(async_op=True)
+        work.wait()
+        _last_barrier = work
