@@ -2,7 +2,14 @@
 
 import importlib
 
-from glowflow.errors import CheckpointError, DataError, GlowflowError, NotInitializedError, SingularWeightError
+from glowflow.errors import (
+    CheckpointError,
+    DataError,
+    GlowflowError,
+    NonFiniteError,
+    NotInitializedError,
+    SingularWeightError,
+)
 from glowflow.layers.dequantization import bits_per_dim, quantize, to_continuous, to_uint8
 from glowflow.models import MODELS, FlowModel, Glow, TabularGlow
 from glowflow.preprocessing import ImagePreprocessing, reduce_bits
@@ -30,6 +37,7 @@ __all__ = [
     "Glow",
     "GlowflowError",
     "ImagePreprocessing",
+    "NonFiniteError",
     "NotInitializedError",
     "SingularWeightError",
     "TabularGlow",

@@ -26,3 +26,8 @@ class DataError(GlowflowError, ValueError):
 
 class CheckpointError(GlowflowError, ValueError):
     """A checkpoint is corrupt, truncated, foreign (not written by glowflow) or incompatible with the model."""
+
+
+class NonFiniteError(GlowflowError, ArithmeticError):
+    """A pass of the flow turned finite values into NaN or inf: its map overflowed (latents or a temperature far
+    beyond what the model was trained on, or parameters that diverged). The message says how many examples."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowflow.checks import TEMPERATURE
-from glowflow.errors import NotInitializedError
+from glowflow.errors import NonFiniteError, NotInitializedError
 from glowflow.layers.actnorm import ActNorm
 from glowflow.layers.coupling import COUPLINGS, PRECISIONS, Coupling
 from glowflow.layers.dequantization import value_range
@@ -182,13 +182,23 @@ class FlowModel(nn.Module):
 
     @without_autograd_bookkeeping
     def decode(
-        self, zs: list[Tensor] | tuple[Tensor, ...], y: Tensor | int | str | None = None, *, exact: bool = True
+        self,
+        zs: list[Tensor] | tuple[Tensor, ...],
+        y: Tensor | int | str | None = None,
+        *,
+        exact: bool = True,
+        validate: bool = True,
     ) -> Tensor:
-        """Latents -> data; the exact inverse of :meth:`encode` (both with ``exact=True``, the default)."""
+        """Latents -> data; the exact inverse of :meth:`encode` (both with ``exact=True``, the default).
+
+        ``validate``: raise :class:`~glowflow.errors.NonFiniteError` where the decoded data hold NaN or inf (finite
+        latents whose inverse overflowed: far beyond what the model was trained on); ``False`` returns them as they
+        are (the check reads the result back to the host once)."""
         zs = self._check_latents(zs)
         self._check_initialized()
         with self.conditioner_precision(exact):
-            return self._decode(zs, self._cond(y, zs[0].shape[0]))
+            x = self._decode(zs, self._cond(y, zs[0].shape[0]))
+        return _check_finite_output(x, "decoding these latents") if validate else x
 
     @without_autograd_bookkeeping
     def log_prob(self, x: Tensor, y: Tensor | int | str | None = None) -> Tensor:
@@ -207,11 +217,14 @@ class FlowModel(nn.Module):
         generator: torch.Generator | None = None,
         *,
         exact: bool = False,
+        validate: bool = True,
     ) -> Tensor:
         """Draw ``n`` samples with every latent's standard deviation scaled by ``temperature`` (a finite number >= 0,
         NumPy scalars included).
 
-        ``exact=True`` decodes with float32 conditioners (only matters for ``precision="bf16"``)."""
+        ``exact=True`` decodes with float32 conditioners (only matters for ``precision="bf16"``). ``validate``: raise
+        :class:`~glowflow.errors.NonFiniteError` where a sample holds NaN or inf (the inverse overflowed: a
+        temperature far beyond 1, or diverged parameters); ``False`` returns such samples as they are."""
         n = check_positive_int("n (the number of samples)", n)
         temperature = TEMPERATURE.check("temperature", temperature)
         self._check_initialized()
@@ -221,7 +234,8 @@ class FlowModel(nn.Module):
             for shape in self.latent_shapes
         ]
         with self.conditioner_precision(exact):
-            return self._decode(zs, self._cond(y, n))
+            x = self._decode(zs, self._cond(y, n))
+        return _check_finite_output(x, f"sampling at temperature {temperature:g}") if validate else x
 
     @contextmanager
     def conditioner_precision(self, exact: bool) -> Iterator[None]:
@@ -441,3 +455,17 @@ class FlowModel(nn.Module):
         if validate and not torch.compiler.is_compiling() and bool((y < 0).any() or (y >= self.num_classes).any()):
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got {y.min().item()}..{y.max().item()}")
         return F.one_hot(y.long(), self.num_classes).to(ref.dtype)
+
+
+def _check_finite_output(x: Tensor, what: str) -> Tensor:
+    """``x`` (B, ...) if all its values are finite, else :class:`~glowflow.errors.NonFiniteError` saying for how
+    many of the B examples ``what`` gave NaN or inf. Not while torch.compile / torch.export traces."""
+    if torch.compiler.is_compiling():
+        return x
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    if bool(bad.any()):
+        raise NonFiniteError(
+            f"{what} gave NaN or inf for {int(bad.sum())} of {x.shape[0]} examples: the model's inverse overflowed "
+            "(latents or a temperature far beyond what it was trained on, or diverged parameters)"
+        )
+    return x

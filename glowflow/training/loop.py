@@ -554,7 +554,8 @@ def _finish(run: Run, stopped_by: str | None) -> TrainResult:
         out.say(f"done: {plural(state.step, 'step')}, {state.elapsed:.0f} s of training: "
                 f"{metric.format(state.last_eval)} "
                 f"(untrained {state.untrained[metric.key]:.3f}{best_text})")  # fmt: skip
-        out.say(f"outputs: {out.run_dir}/samples.png, curve.png, metrics.jsonl, checkpoints/")
+        written = [n for n in ("samples.png", "curve.png", "metrics.jsonl") if (out.run_dir / n).exists()]
+        out.say(f"outputs: {out.run_dir}/{', '.join([*written, 'checkpoints/'])}")
     if state.skipped_examples:
         n = state.skipped_examples
         out.say(f"{n} unreadable example{'s were' if n != 1 else ' was'} replaced by the next readable one "

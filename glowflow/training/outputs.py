@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from glowflow import viz
-from glowflow.errors import SingularWeightError
+from glowflow.errors import NonFiniteError, SingularWeightError
 from glowflow.io import atomic_write_text
 from glowflow.models import FlowModel
 from glowflow.progress import Progress
@@ -100,7 +100,7 @@ class RunOutputs:
             with torch.random.fork_rng(devices=[]):
                 picture = sample_picture(model, test_x, self.cfg.temperatures, self.cfg.sample_n, seed=self.cfg.seed,
                                          caption=f"step {step}")  # fmt: skip
-        except (SingularWeightError, ValueError, RuntimeError) as e:
+        except (SingularWeightError, NonFiniteError, ValueError, RuntimeError) as e:
             self.say(f"step {step}: could not draw samples ({type(e).__name__}: {e})")
             return
         viz.save_png(picture, self.run_dir / "samples" / f"step_{step:06d}.png")

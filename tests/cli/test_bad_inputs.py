@@ -108,6 +108,7 @@ SAMPLE_ROWS = [
     Row("sample {run} --label cat", "unknown class 'cat'"),
     Row("sample {moons} --label 1", "--label needs a class-conditional model"),
     Row("sample {run} --seed 2147483648", "argument --seed: must lie in 0..2147483647"),
+    Row("sample {run} --temperature 1e300", "sampling at temperature 1e+300 gave NaN or inf for 64 of 64 examples"),
 ]
 
 INTERPOLATE_ROWS = [

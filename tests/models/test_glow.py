@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from glowflow import Glow, NotInitializedError
+from glowflow import Glow, NonFiniteError, NotInitializedError
 from glowflow.layers.dequantization import to_continuous
 from glowflow.layers.priors import standard_normal_log_prob
 from tests.helpers import assert_close, jacobian_logdet, max_abs, randomize_
@@ -152,6 +152,28 @@ def test_class_conditional_sampling():
     model.encode(torch.rand(8, 1, 4, 4) - 0.5, torch.arange(8) % 4)
     assert model.sample(3, y=2).shape == (3, 1, 4, 4)
     assert model.sample(2, y=torch.tensor([0, 3])).shape == (2, 1, 4, 4)
+
+
+def test_an_inverse_that_overflows_raises_unless_validate_is_false():
+    """Finite latents far beyond the data's decode to inf / NaN: decode and sample say so (how many examples)
+    instead of returning them, and with ``validate=False`` return them, the other examples exact."""
+    torch.manual_seed(0)
+    model = Glow((1, 8, 8), levels=2, steps=2, hidden=8)
+    x = torch.rand(4, 1, 8, 8) - 0.5
+    zs, _ = model.encode(x)
+    huge = [z.clone() for z in zs]
+    for z in huge:
+        z[0] = torch.finfo(torch.float32).max  # finite, so the latents' own check lets them through
+    with pytest.raises(NonFiniteError, match="decoding these latents gave NaN or inf for 1 of 4 examples"):
+        model.decode(huge)
+    out = model.decode(huge, validate=False)
+    assert torch.isfinite(out.flatten(1)).all(1).tolist() == [False, True, True, True]
+    assert max_abs(out[1:], x[1:]) < 1e-5
+    assert max_abs(model.decode(zs), x) < 1e-5  # ordinary latents pass the check
+    with pytest.raises(NonFiniteError, match="sampling at temperature 1e\\+300 gave NaN or inf for 3 of 3"):
+        model.sample(3, temperature=1e300)  # the latents themselves overflow float32
+    assert not torch.isfinite(model.sample(3, temperature=1e300, validate=False)).any()
+    assert torch.isfinite(model.sample(3, temperature=1.0)).all()
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -49,6 +49,19 @@ def test_run_directory_and_metrics(tmp_path: Path):
     assert model.is_initialized and model.num_bins == 17
 
 
+def test_samples_that_overflow_are_reported_and_the_run_goes_on(tmp_path: Path, capsys):
+    """Sampling at a temperature whose latents overflow float32 (NonFiniteError): each sampling step says so in one
+    line, writes no picture, and the run ends as usual; the closing list of outputs names only what was written."""
+    out = tmp_path / "run"
+    result = train(out=str(out), **tiny(iters=4, sample_every=2, temperatures=[1e300]))
+    assert result.step == 4 and result.stopped_by is None
+    said = capsys.readouterr().out
+    for step in (2, 4):
+        assert f"step {step}: could not draw samples (NonFiniteError: sampling at temperature 1e+300" in said
+    assert not (out / "samples.png").exists() and (out / "checkpoints" / "last.pt").is_file()
+    assert f"outputs: {out}/curve.png, metrics.jsonl, checkpoints/" in said
+
+
 def test_training_learns(tmp_path: Path):
     result = train(out=str(tmp_path / "r"), **tiny(iters=60, lr=3e-3, eval_every=60, checkpoint_every=0, log_every=20))
     # measured: 4.63 untrained -> 3.78 bits/dim after 60 steps
