@@ -462,7 +462,7 @@ def _check_finite_output(x: Tensor, what: str) -> Tensor:
     many of the B examples ``what`` gave NaN or inf. Not while torch.compile / torch.export traces."""
     if torch.compiler.is_compiling():
         return x
-    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    bad = ~torch.isfinite(x.flatten(1)).all(1)
     if bool(bad.any()):
         raise NonFiniteError(
             f"{what} gave NaN or inf for {int(bad.sum())} of {x.shape[0]} examples: the model's inverse overflowed "
