@@ -7,6 +7,7 @@ import torch
 from glowflow import Glow, NonFiniteError, NotInitializedError
 from glowflow.layers.dequantization import to_continuous
 from glowflow.layers.priors import standard_normal_log_prob
+from glowflow.models.base import _check_finite_output
 from tests.helpers import assert_close, jacobian_logdet, max_abs, randomize_
 
 
@@ -174,6 +175,11 @@ def test_an_inverse_that_overflows_raises_unless_validate_is_false():
         model.sample(3, temperature=1e300)  # the latents themselves overflow float32
     assert not torch.isfinite(model.sample(3, temperature=1e300, validate=False)).any()
     assert torch.isfinite(model.sample(3, temperature=1.0)).all()
+    big = torch.full((2, 1, 8, 8), 3e38)  # finite, though its sum overflows: the check lets it through
+    assert _check_finite_output(big, "this") is big
+    big[1, 0, 3, 3] = float("nan")
+    with pytest.raises(NonFiniteError, match="this gave NaN or inf for 1 of 2 examples"):
+        _check_finite_output(big, "this")
 
 
 def test_bad_inputs_raise_clear_errors():
